@@ -1,0 +1,27 @@
+"""Shared fixtures: the optional reference data beside the checkout, and seeding."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the checkout, or ``$CDISM_SHARED_DATA``."""
+    return Path(os.environ.get("CDISM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not (path / "benchmarks").is_dir():
+        pytest.skip(f"reference data not found at {path} (set CDISM_SHARED_DATA to the folder "
+                    "holding benchmarks/, train/ and weights/)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
