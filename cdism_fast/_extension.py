@@ -78,15 +78,13 @@ def _format(exc: BaseException) -> str:
     return text if len(text) < 2000 else text[:2000] + " [...]"
 
 
-def _jit_build(sources: list[Path], name: str, cuda: bool) -> None:
+def _jit_build(root: Path, sources: list[Path], name: str, cuda: bool) -> None:
     from torch.utils import cpp_extension
 
-    digest = hashlib.sha256()
-    for path in sources:
-        digest.update(path.read_bytes())
-    digest.update(torch.__version__.encode())
-    # One build folder per (sources, torch): never reuse a build made for another torch.
-    build_dir = cache_dir() / "torch_extensions" / f"{name}-{digest.hexdigest()[:16]}"
+    # One build folder per (source folder, torch): never reuse objects built for
+    # another torch; within it ninja recompiles only the sources that changed.
+    key = hashlib.sha256(f"{root.resolve()}|{torch.__version__}".encode()).hexdigest()[:16]
+    build_dir = cache_dir() / "torch_extensions" / f"{name}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     print(f"cdism_fast: compiling the {name} extension for torch {torch.__version__} on first use "
           f"(cached in {build_dir})", file=sys.stderr, flush=True)
@@ -97,7 +95,7 @@ def _jit_build(sources: list[Path], name: str, cuda: bool) -> None:
         extra_cflags=cflags,
         extra_ldflags=["-fopenmp"],
         extra_cuda_cflags=["-O3", "--use_fast_math"] if cuda else None,
-        extra_include_paths=[str(sources[0].parent if not cuda else sources[0].parent.parent)],
+        extra_include_paths=[str(root)],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=False,
@@ -139,7 +137,7 @@ def _load(kind: str) -> ExtensionStatus:
                 root = source_dir()
                 if root is None:
                     raise FileNotFoundError("the C++ sources (csrc/registration.cpp) are not installed")
-                _jit_build(cpp_sources(root), "cdism_fast_C", cuda=False)
+                _jit_build(root, cpp_sources(root), "cdism_fast_C", cuda=False)
                 status.loaded, status.how = True, "built on first use"
                 status.error = None
             except Exception as build_error:  # keep the reason; the ops fall back to the reference
