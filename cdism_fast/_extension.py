@@ -86,8 +86,10 @@ def _jit_build(root: Path, sources: list[Path], name: str, cuda: bool) -> None:
     key = hashlib.sha256(f"{root.resolve()}|{torch.__version__}".encode()).hexdigest()[:16]
     build_dir = cache_dir() / "torch_extensions" / f"{name}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    print(f"cdism_fast: compiling the {name} extension for torch {torch.__version__} on first use "
-          f"(cached in {build_dir})", file=sys.stderr, flush=True)
+    library = build_dir / f"{name}.so"
+    if not library.exists() or library.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+        print(f"cdism_fast: compiling the {name} extension for torch {torch.__version__} on first use "
+              f"(cached in {build_dir})", file=sys.stderr, flush=True)
     cflags = ["-O3", "-std=c++17", "-fopenmp"]
     cpp_extension.load(
         name=name,
@@ -123,6 +125,8 @@ def _load(kind: str) -> ExtensionStatus:
     status = ExtensionStatus(module_name)
     try:
         if kind == "cuda":
+            if torch.version.cuda is None:
+                raise ImportError(f"torch {torch.__version__} is a CPU build")
             load("cpp")  # the C++ library defines the schemas the CUDA kernels implement
             if not _status["cpp"].loaded:
                 raise ImportError(f"cdism_fast._C is missing, so its CUDA kernels cannot register: "

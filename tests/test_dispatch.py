@@ -1,0 +1,75 @@
+"""The op layer: backend selection, reasons, overrides and the missing-extension fallback."""
+import pytest
+import torch
+
+from cdism_fast import _extension, ops
+from cdism_fast.ops import _dispatch
+from cdism_fast.ops.charbonnier import OP as CHARBONNIER
+
+
+def _select(backend="auto", reduction="mean"):
+    x = torch.randn(2, 3, 4, 4)
+    return CHARBONNIER.select(backend, x, x, x, 1e-3, reduction).name
+
+
+def test_auto_prefers_cpp_on_cpu():
+    assert ops.available_backends("charbonnier") == ["cpp", "reference"]
+    assert _select() == "cpp"
+
+
+def test_auto_skips_backend_whose_check_refuses_the_call():
+    assert _select(reduction="none") == "reference"
+    with pytest.raises(ops.BackendUnavailable, match="reduction='none' is not fused"):
+        _select("cpp", reduction="none")
+
+
+def test_backend_of_another_device_says_why():
+    with pytest.raises(ops.BackendUnavailable, match="has no 'cuda' backend"):
+        _select("cuda")
+    reasons = ops.unavailable_backends("charbonnier", "cuda")
+    assert "runs on cpu tensors, not cuda" in reasons["cpp"]
+
+
+def test_unknown_names_are_value_errors(monkeypatch):
+    with pytest.raises(ValueError, match="backend='fastest' is unknown"):
+        _select("fastest")
+    with pytest.raises(ValueError, match="unknown op 'conv'"):
+        ops.available_backends("conv")
+    monkeypatch.setenv("CDISM_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="CDISM_BACKEND='gpu' is not a backend"):
+        _select()
+
+
+def test_environment_forces_a_backend(monkeypatch):
+    monkeypatch.setenv("CDISM_BACKEND", "reference")
+    assert _select() == "reference"
+    # An op without the forced backend keeps choosing by itself.
+    monkeypatch.setenv("CDISM_BACKEND", "triton")
+    assert _select() == "cpp"
+
+
+def test_onnx_export_uses_the_reference(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_exporting", lambda: True)
+    assert _select() == "reference"
+
+
+def test_missing_extension_falls_back_and_keeps_the_error(monkeypatch, capsys):
+    broken = _extension.ExtensionStatus("cdism_fast._C", error="prebuilt cdism_fast._C: ImportError: boom")
+    monkeypatch.setitem(_extension._status, "cpp", broken)
+    assert ops.available_backends("charbonnier") == ["reference"]
+    assert _select() == "reference"
+    with pytest.raises(ops.BackendUnavailable, match="ImportError: boom"):
+        _select("cpp")
+    x, y = torch.randn(3, 5), torch.randn(3, 5)
+    torch.testing.assert_close(ops.charbonnier(x, y), torch.sqrt((x - y) ** 2 + 1e-6).mean())
+
+    from cdism_fast.cli import main
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "cdism_fast._C" in out and "MISSING" in out and "ImportError: boom" in out
+
+
+def test_every_registered_op_has_a_reference():
+    for name, op in ops.registered_ops().items():
+        assert "reference" in op.backends, name
+        assert op.backends["reference"].devices >= {"cpu", "cuda"}, name
