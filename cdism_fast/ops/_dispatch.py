@@ -99,6 +99,9 @@ class Op:
                                      f"({self.explain(like.device, like.dtype, *args, **kwargs)})")
         if requested not in BACKEND_NAMES:
             raise ValueError(f"{self.name}: backend={requested!r} is unknown; use 'auto' or one of {BACKEND_NAMES}")
+        if like.device.type == "meta":
+            # Meta tensors only propagate shapes (FLOP counting, meta-device models).
+            return self.backends["reference"]
         reason = self.why_not(requested, like.device, like.dtype, *args, **kwargs)
         if reason is not None:
             raise BackendUnavailable(f"{self.name}: backend {requested!r} cannot run this call: {reason}")
@@ -150,6 +153,8 @@ def unavailable_backends(name: str, device="cpu", dtype: torch.dtype = torch.flo
 
 
 def _machine_reason(backend: Backend, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if device.type == "meta":
+        return None if backend.name == "reference" else "meta tensors only propagate shapes: the reference runs"
     if device.type not in backend.devices:
         return f"runs on {'/'.join(sorted(backend.devices))} tensors, not {device.type}"
     if dtype not in backend.dtypes:

@@ -1,0 +1,60 @@
+"""``cdism-fast models``: every preset with its structure, parameters and multiply-accumulates."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "models", help="presets: structure, parameters, MACs (the paper's FLOPs) per output image",
+        description="Every model preset with its structure (N_b blocks, N_l layers, N_c channels), its parameter "
+                    "count and its multiply-accumulates (the paper's 'FLOPs') for one output image.")
+    parser.add_argument("--scale", type=_scale, default=2, help="upscaling factor (default 2)")
+    parser.add_argument("--size", type=_output_size, default="1280x720", metavar="WxH",
+                        help="output image size, width x height (default 1280x720, the paper's Table I)")
+    parser.set_defaults(func=run)
+
+
+def _scale(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text!r}")
+    return int(text)
+
+
+def _output_size(text: str) -> tuple[int, int]:
+    """(height, width) from 'WIDTHxHEIGHT'."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()) or int(width) < 1 or int(height) < 1:
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT in pixels, e.g. 1280x720, got {text!r}")
+    return int(height), int(width)
+
+
+def run(args) -> int:
+    import torch
+
+    from cdism_fast.models import PRESETS, build, count_flops, count_params
+
+    out_hw = args.size
+    if out_hw[0] % args.scale or out_hw[1] % args.scale:
+        print(f"error: --size {out_hw[1]}x{out_hw[0]} must be divisible by --scale {args.scale}", file=sys.stderr)
+        return 2
+    header = (f"{'preset':<20} {'family':<7} {'N_b':>4} {'N_l':>4} {'N_c':>4} {'params':>12} "
+              f"{'w/o bias tables':>15} {'GMACs':>9} {'w/o attn':>9}")
+    print(f"x{args.scale}, output {out_hw[1]}x{out_hw[0]}; MACs = multiply-accumulates (the paper's 'FLOPs'), "
+          "'w/o attn' leaves out the attention products q·kᵀ and attn·v")
+    print(header)
+    print("-" * len(header))
+    for name, preset in PRESETS.items():
+        try:
+            with torch.device("meta"):  # no weights are allocated: structure and counts only
+                model = build(name, scale=args.scale)
+        except ValueError as error:  # a scale this preset's upsampler cannot do
+            print(f"{name:<20} {preset.family:<7} {error}")
+            continue
+        structure = model.structure()
+        macs = count_flops(model, out_hw)
+        print(f"{name:<20} {preset.family:<7} {structure.n_b:>4} {structure.n_l:>4} {structure.n_c:>4} "
+              f"{count_params(model):>12,} {count_params(model, exclude=('relative_position_bias_table',)):>15,} "
+              f"{macs['total'] / 1e9:>9.1f} {macs['total_without_attention'] / 1e9:>9.1f}")
+    return 0

@@ -1,0 +1,177 @@
+"""Independent float64 formulations of EDSR and SwinIR, written from the papers and the facts of the
+official code (names, mean, range, window partition, shifted-window mask by region labels), working
+directly on state dicts in the official formats; and writers of those formats."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+DIV2K_MEAN = torch.tensor([0.4488, 0.4371, 0.4040], dtype=torch.float64).view(1, 3, 1, 1)
+
+
+def _conv(sd, prefix, x):
+    w = sd[prefix + ".weight"].double()
+    return F.conv2d(x, w, sd[prefix + ".bias"].double(), padding=w.shape[-1] // 2)
+
+
+def _upsample(sd, prefix, x, scale, indices):
+    """Convs at ``prefix.{i}`` followed by a pixel shuffle of 3 (one conv) or 2 (each conv)."""
+    factor = 3 if scale == 3 else 2
+    for i in indices:
+        x = F.pixel_shuffle(_conv(sd, f"{prefix}.{i}", x), factor)
+    return x
+
+
+def _shuffle_indices(scale):
+    return [0] if scale == 3 else [2 * i for i in range(int(math.log2(scale)))]
+
+
+# --- EDSR --------------------------------------------------------------------------------------------------------
+
+def edsr_pytorch_forward(sd, x255, n_b, scale, res_scale=1.0):
+    """EDSR-PyTorch's forward on a 0-255 image, from its own state dict (sub_mean/add_mean 1x1 convs)."""
+    x = _conv(sd, "sub_mean", x255.double())
+    x = _conv(sd, "head.0", x)
+    res = x
+    for i in range(n_b):
+        convs = sorted(int(k.split(".")[3]) for k in sd if k.startswith(f"body.{i}.body.") and k.endswith("weight"))
+        y = res
+        for j, index in enumerate(convs):
+            y = _conv(sd, f"body.{i}.body.{index}", y if j == 0 else torch.relu(y))
+        res = res + y * res_scale
+    res = _conv(sd, f"body.{n_b}", res) + x
+    return _conv(sd, "add_mean", _conv(sd, "tail.1", _upsample(sd, "tail.0", res, scale, _shuffle_indices(scale))))
+
+
+def to_edsr_pytorch(sd, n_b, rgb_range=255.0):
+    """Our (BasicSR-named) EDSR state dict in EDSR-PyTorch's names, with its mean shifts."""
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if key.startswith("conv_first."):
+            new = "head.0." + parts[-1]
+        elif key.startswith("conv_after_body."):
+            new = f"body.{n_b}.{parts[-1]}"
+        elif key.startswith("body."):
+            new = f"body.{parts[1]}.body.{2 * (int(parts[2][4:]) - 1)}.{parts[-1]}"
+        elif key.startswith("upsample."):
+            new = f"tail.0.{parts[1]}.{parts[-1]}"
+        elif key.startswith("conv_last."):
+            new = "tail.1." + parts[-1]
+        else:
+            raise KeyError(key)
+        out[new] = value.clone()
+    dtype = next(iter(sd.values())).dtype
+    eye = torch.eye(3, dtype=dtype).view(3, 3, 1, 1)
+    mean = DIV2K_MEAN.view(3).to(dtype)
+    out.update({"sub_mean.weight": eye.clone(), "sub_mean.bias": -rgb_range * mean,
+                "add_mean.weight": eye.clone(), "add_mean.bias": rgb_range * mean})
+    return out
+
+
+# --- SwinIR ------------------------------------------------------------------------------------------------------
+
+def official_relative_index(ws):
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+    rel[:, :, 0] += ws - 1
+    rel[:, :, 1] += ws - 1
+    rel[:, :, 0] *= 2 * ws - 1
+    return rel.sum(-1)
+
+
+def _partition(x, ws):
+    b, h, w, c = x.shape
+    return x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws * ws, c)
+
+
+def _reverse(windows, ws, b, h, w):
+    return windows.view(b, h // ws, w // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
+
+
+def official_mask(h, w, ws, shift):
+    labels = torch.zeros(1, h, w, 1)
+    count = 0
+    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            labels[:, hs, wsl, :] = count
+            count += 1
+    windows = _partition(labels, ws).squeeze(-1)
+    diff = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+def _layer_norm(sd, prefix, x):
+    return F.layer_norm(x, x.shape[-1:], sd[prefix + ".weight"].double(), sd[prefix + ".bias"].double())
+
+
+def _linear(sd, prefix, x):
+    bias = sd.get(prefix + ".bias")
+    return F.linear(x, sd[prefix + ".weight"].double(), None if bias is None else bias.double())
+
+
+def _swin_block(sd, p, x, h, w, heads, ws, shift):
+    b, length, c = x.shape
+    shortcut = x
+    x = _layer_norm(sd, p + ".norm1", x).view(b, h, w, c)
+    if shift:
+        x = torch.roll(x, (-shift, -shift), (1, 2))
+    windows = _partition(x, ws)
+    n = ws * ws
+    qkv = _linear(sd, p + ".attn.qkv", windows).reshape(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * (c // heads) ** -0.5, qkv[1], qkv[2]
+    attn = q @ k.transpose(-2, -1)
+    table = sd[p + ".attn.relative_position_bias_table"].double()
+    attn = attn + table[official_relative_index(ws).view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+    if shift:
+        mask = official_mask(h, w, ws, shift).double()
+        attn = (attn.view(-1, mask.shape[0], heads, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, n, n)
+    out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, c)
+    x = _reverse(_linear(sd, p + ".attn.proj", out).view(-1, ws, ws, c), ws, b, h, w)
+    if shift:
+        x = torch.roll(x, (shift, shift), (1, 2))
+    x = shortcut + x.reshape(b, length, c)
+    y = _linear(sd, p + ".mlp.fc2", F.gelu(_linear(sd, p + ".mlp.fc1", _layer_norm(sd, p + ".norm2", x))))
+    return x + y
+
+
+def swinir_official_forward(sd, x, scale, depths, heads, ws, upsampler, img_range=1.0):
+    """SwinIR on RGB in [0, 1] from an official-format state dict, reflect-padded to the window size."""
+    h_old, w_old = x.shape[-2:]
+    x = F.pad(x.double(), (0, -w_old % ws, 0, -h_old % ws), mode="reflect")
+    h, w = x.shape[-2:]
+    x = (x - DIV2K_MEAN) * img_range
+    first = _conv(sd, "conv_first", x)
+    tokens = first.flatten(2).transpose(1, 2)
+    if "patch_embed.norm.weight" in sd:
+        tokens = _layer_norm(sd, "patch_embed.norm", tokens)
+    for i, (depth, head) in enumerate(zip(depths, heads)):
+        y = tokens
+        for j in range(depth):
+            y = _swin_block(sd, f"layers.{i}.residual_group.blocks.{j}", y, h, w, head, ws, ws // 2 if j % 2 else 0)
+        image = y.transpose(1, 2).reshape(y.shape[0], -1, h, w)
+        tokens = _conv(sd, f"layers.{i}.conv", image).flatten(2).transpose(1, 2) + tokens
+    tokens = _layer_norm(sd, "norm", tokens)
+    features = _conv(sd, "conv_after_body", tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)) + first
+    if upsampler == "pixelshuffle":
+        y = F.leaky_relu(_conv(sd, "conv_before_upsample.0", features), 0.01)
+        y = _conv(sd, "conv_last", _upsample(sd, "upsample", y, scale, _shuffle_indices(scale)))
+    else:
+        y = F.pixel_shuffle(_conv(sd, "upsample.0", features), scale)
+    return (y / img_range + DIV2K_MEAN)[..., :h_old * scale, :w_old * scale]
+
+
+def with_official_buffers(sd, depths, ws, hw=(64, 64), fill=None):
+    """Our SwinIR state dict plus the official file's relative_position_index (every block) and
+    attn_mask (shifted blocks, for a ``hw`` training patch) buffers; ``fill`` replaces their values
+    (to show that they are not trusted)."""
+    out = {k: v.clone() for k, v in sd.items()}
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            p = f"layers.{i}.residual_group.blocks.{j}"
+            index = official_relative_index(ws)
+            out[p + ".attn.relative_position_index"] = index if fill is None else torch.full_like(index, fill)
+            if j % 2:
+                mask = official_mask(*hw, ws, ws // 2)
+                out[p + ".attn_mask"] = mask if fill is None else torch.full_like(mask, float(fill))
+    return out
