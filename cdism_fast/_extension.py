@@ -96,7 +96,8 @@ def _jit_build(root: Path, sources: list[Path], name: str, cuda: bool) -> None:
         sources=[str(p) for p in sources],
         extra_cflags=cflags,
         extra_ldflags=["-fopenmp"],
-        extra_cuda_cflags=["-O3", "--use_fast_math"] if cuda else None,
+        # No --use_fast_math: it flushes denormals, and the kernels match the reference exactly.
+        extra_cuda_cflags=["-O3"] if cuda else None,
         extra_include_paths=[str(root)],
         build_directory=str(build_dir),
         is_python_module=False,
@@ -136,19 +137,41 @@ def _load(kind: str) -> ExtensionStatus:
         status.loaded, status.how = True, "prebuilt"
     except ImportError as prebuilt_error:
         status.error = f"prebuilt {module_name}: {_format(prebuilt_error)}"
-        if kind == "cpp" and os.environ.get("CDISM_JIT", "1") != "0":
+        obstacle = _jit_obstacle(kind)
+        if obstacle is None:
             try:
                 root = source_dir()
                 if root is None:
                     raise FileNotFoundError("the C++ sources (csrc/registration.cpp) are not installed")
-                _jit_build(root, cpp_sources(root), "cdism_fast_C", cuda=False)
+                if kind == "cpp":
+                    _jit_build(root, cpp_sources(root), "cdism_fast_C", cuda=False)
+                else:
+                    _jit_build(root, cuda_sources(root), "cdism_fast_C_cuda", cuda=True)
                 status.loaded, status.how = True, "built on first use"
                 status.error = None
             except Exception as build_error:  # keep the reason; the ops fall back to the reference
                 status.error += f"; build on first use: {_format(build_error)}"
-        elif kind == "cpp":
-            status.error += "; build on first use disabled by CDISM_JIT=0"
+        else:
+            status.error += f"; build on first use: {obstacle}"
     return status
+
+
+def _jit_obstacle(kind: str) -> Optional[str]:
+    """Why extension ``kind`` cannot be compiled on first use here, or ``None``."""
+    if os.environ.get("CDISM_JIT", "1") == "0":
+        return "disabled by CDISM_JIT=0"
+    if kind == "cuda":
+        if torch.version.cuda is None:
+            return f"torch {torch.__version__} is a CPU build"
+        if not _status["cpp"].loaded:
+            return "cdism_fast._C is not loaded"
+        if not torch.cuda.is_available():  # the build targets the visible GPU
+            return "no CUDA device visible"
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if CUDA_HOME is None:
+            return "no CUDA toolkit found (set CUDA_HOME)"
+    return None
 
 
 def load(kind: str) -> ExtensionStatus:
@@ -163,6 +186,8 @@ def load(kind: str) -> ExtensionStatus:
         return _status[kind]
 
 
+# torch.compile runs this once while tracing (the lock and the build cannot be traced).
+@torch.compiler.assume_constant_result
 def missing_reason(kind: str) -> Optional[str]:
     """``None`` if extension ``kind`` is loaded, else why it is not."""
     status = load(kind)
