@@ -7,5 +7,6 @@ Models" (Jiang, Nawala, Zhang, Bull), with fused CPU/CUDA/Triton kernels.
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
+from .evaluation import evaluate, upscale  # noqa: E402
 
-__all__ = ["ops", "__version__"]
+__all__ = ["ops", "evaluate", "upscale", "__version__"]

@@ -25,3 +25,13 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread: on a shared 2-core machine, OpenMP threads
+    waiting for busy cores make long per-image loops several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

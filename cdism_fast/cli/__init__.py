@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from ..ops._dispatch import BackendUnavailable
+
 # Order is the order shown in ``cdism-fast --help``.
-COMMANDS = ("info",)
+COMMANDS = ("info", "eval", "upscale", "export", "models", "train", "prune", "compress", "distill", "run", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,3 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError, FileExistsError, BackendUnavailable) as exc:
+        # A user's mistake: one line that names it (CDISM_DEBUG=1 shows the traceback).
+        if os.environ.get("CDISM_DEBUG") == "1":
+            raise
+        print(f"cdism-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2

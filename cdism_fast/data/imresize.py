@@ -73,19 +73,19 @@ def _resize_axis(x: torch.Tensor, dim: int, out_length: int, scale: float, round
     weights, indices = _contributions(x.shape[dim], out_length, scale)
     weights = weights.to(device=x.device, dtype=x.dtype)
     indices = indices.to(x.device)
-    view = [1] * x.dim()
-    view[dim] = out_length
-    # One gathered slice per tap keeps memory at one output-sized buffer,
-    # and sums the taps in MATLAB's order.
-    out = None
-    for tap in range(weights.shape[1]):
-        term = x.index_select(dim, indices[:, tap]) * weights[:, tap].view(view)
-        out = term if out is None else out.add_(term)
+    # With the resized axis first and contiguous, every tap gathers whole
+    # rows; one gathered slice per tap keeps memory at one output-sized
+    # buffer, and the taps are summed in MATLAB's order.
+    rows = x.movedim(dim, 0).contiguous()
+    column = (-1,) + (1,) * (rows.dim() - 1)
+    out = rows.index_select(0, indices[:, 0]) * weights[:, 0].view(column)
+    for tap in range(1, weights.shape[1]):
+        out.addcmul_(rows.index_select(0, indices[:, tap]), weights[:, tap].view(column))
     if round_to_uint8:
         # Halves away from zero (floor(v + 0.5) for the non-negative values
         # that survive the clamp), then saturate like a uint8 cast in MATLAB.
-        out = torch.floor(out + 0.5).clamp_(0, 255)
-    return out
+        out = out.add_(0.5).floor_().clamp_(0, 255)
+    return out.movedim(0, dim)
 
 
 def imresize(img: torch.Tensor, scale: float) -> torch.Tensor:
@@ -114,4 +114,4 @@ def imresize(img: torch.Tensor, scale: float) -> torch.Tensor:
     out = img.to(work_dtype)
     out = _resize_axis(out, out.dim() - 2, out_h, float(scale), is_uint8)
     out = _resize_axis(out, out.dim() - 1, out_w, float(scale), is_uint8)
-    return out.to(img.dtype)
+    return out.to(img.dtype).contiguous()

@@ -116,8 +116,9 @@ class Op:
 
 
 def _exporting() -> bool:
-    # ONNX has no kernels of ours: export traces the reference formulation.
-    return torch.onnx.is_in_onnx_export()
+    # Exported graphs (ONNX, torch.export) must run without our extensions:
+    # export traces the reference formulation.
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
 def new_op(name: str) -> Op:

@@ -1,0 +1,37 @@
+"""``cdism-fast export``: write a model as safetensors, BasicSR .pth, or ONNX."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from ..export import EXPORT_FORMATS
+
+    parser = subparsers.add_parser(
+        "export", help="write a model as safetensors, .pth or ONNX",
+        description="Export MODEL (checkpoint file or preset name) to OUT. safetensors: the state dict; pth: "
+                    "{'params': state_dict} as BasicSR loads it; onnx: input 'lr', output 'sr', dynamic batch, "
+                    "height and width.")
+    parser.add_argument("model", metavar="MODEL", help="checkpoint file or preset name")
+    parser.add_argument("output", type=Path, metavar="OUT", help="output file")
+    parser.add_argument("--format", choices=tuple(EXPORT_FORMATS), default=None,
+                        help="default: from the suffix of OUT")
+    parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
+                        help="example input size traced for ONNX (default: 64 64)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    parser.add_argument("--static", action="store_true", help="ONNX: fix the input size to --input-size")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import infer_scale, load_model
+    from ..export import export
+
+    model = load_model(args.model, args.scale)
+    scale = args.scale or infer_scale(model)
+    path = export(model, args.output, format=args.format, scale=scale, input_size=tuple(args.input_size),
+                  opset=args.opset, dynamic=not args.static)
+    print(f"wrote {path}")
+    return 0

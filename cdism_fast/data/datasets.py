@@ -1,0 +1,222 @@
+"""Paired HR/LR image folders for evaluation and training.
+
+Two folder layouts are understood (``resolve_layout``):
+
+* DIV2K: ``DIV2K_train_HR/0001.png`` with ``DIV2K_train_LR_bicubic/X2/0001x2.png``;
+* same stem: ``Set5/HR/baby.png`` with ``Set5/LR_bicubic/X2/baby.png``.
+
+A folder of HR images without LR images works too (``HRFolderDataset``): the LR
+images are made with the MATLAB-exact :func:`~cdism_fast.data.imresize` and
+cached. Every item is an :class:`ImagePair` of RGB uint8 (3, H, W) tensors with
+the HR image mod-cropped to ``scale`` times the LR size (top-left kept), which
+is how published results pair them.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ._checks import check_int
+from .imresize import imresize
+from .io import image_size, list_images, read_image, write_image
+
+__all__ = ["ImagePair", "PairedFolderDataset", "HRFolderDataset", "resolve_layout", "folder_dataset", "mod_crop"]
+
+
+class ImagePair(NamedTuple):
+    lr: torch.Tensor
+    hr: torch.Tensor
+    name: str
+
+
+def mod_crop(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """Crop the bottom and right so that height and width are multiples of ``scale``."""
+    height, width = img.shape[-2:]
+    return img[..., : height - height % scale, : width - width % scale]
+
+
+def _file_signature(path: Path) -> str:
+    """Path, size and modification time: enough to notice a replaced file."""
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _scale_subfolder(folder: Path, scale: int) -> Path | None:
+    for name in (f"X{scale}", f"x{scale}"):
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+class PairedFolderDataset(Dataset):
+    """An HR folder and the folder of its LR images for one ``scale``.
+
+    ``lr_dir`` is the folder of LR files for that scale (``.../LR_bicubic/X2``);
+    its parent (``.../LR_bicubic``) is accepted too. An HR file ``stem.ext`` is
+    paired with ``{stem}x{scale}.*`` (DIV2K) or ``{stem}.*`` (same stem). Sizes are
+    checked from the file headers when the dataset is made, so a wrong pair
+    fails at once with both file names.
+    """
+
+    def __init__(self, hr_dir, lr_dir, scale: int, name: str | None = None):
+        self.scale = check_int("scale", scale)
+        hr_dir, lr_dir = Path(hr_dir), Path(lr_dir)
+        if not lr_dir.is_dir():
+            raise FileNotFoundError(f"LR folder {lr_dir} does not exist; pass the folder of LR images for x{scale} "
+                                    "(e.g. LR_bicubic/X2), or use HRFolderDataset to make them with imresize")
+        lr_dir = _scale_subfolder(lr_dir, scale) or lr_dir
+        self.hr_dir, self.lr_dir = hr_dir, lr_dir
+        self.name = name or (hr_dir.parent.name if hr_dir.name == "HR" else hr_dir.name)
+        hr_paths = list_images(hr_dir)
+        lr_by_stem = {p.stem: p for p in list_images(lr_dir)}
+        self.pairs: list[tuple[Path, Path]] = []
+        for hr_path in hr_paths:
+            lr_path = lr_by_stem.get(f"{hr_path.stem}x{scale}") or lr_by_stem.get(hr_path.stem)
+            if lr_path is None:
+                raise FileNotFoundError(
+                    f"no LR image for HR file {hr_path} in {lr_dir} (looked for {hr_path.stem}x{scale}.* and "
+                    f"{hr_path.stem}.*); add it, remove the HR file, or use HRFolderDataset to make LR images")
+            self._check_sizes(hr_path, lr_path)
+            self.pairs.append((hr_path, lr_path))
+
+    def _check_sizes(self, hr_path: Path, lr_path: Path) -> None:
+        (hr_h, hr_w), (lr_h, lr_w) = image_size(hr_path), image_size(lr_path)
+        if (lr_h, lr_w) != (hr_h // self.scale, hr_w // self.scale):
+            raise ValueError(
+                f"LR image {lr_path} is {lr_w}x{lr_h} but HR image {hr_path} is {hr_w}x{hr_h}, which at x{self.scale} "
+                f"needs an LR image of {hr_w // self.scale}x{hr_h // self.scale}; check that the LR folder is the "
+                f"one for x{self.scale}")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> ImagePair:
+        hr_path, lr_path = self.pairs[index]
+        lr = read_image(lr_path)
+        hr = mod_crop(read_image(hr_path), self.scale)
+        if hr.shape[-2:] != tuple(s * self.scale for s in lr.shape[-2:]):
+            # The header check passed, so the decoded file changed since.
+            raise ValueError(f"HR image {hr_path} and LR image {lr_path} no longer match at x{self.scale}")
+        return ImagePair(lr, hr, hr_path.stem)
+
+    def cache_key(self, index: int) -> str:
+        """A string that changes when either file of pair ``index`` changes."""
+        hr_path, lr_path = self.pairs[index]
+        return f"paired|x{self.scale}|{_file_signature(hr_path)}|{_file_signature(lr_path)}"
+
+
+class HRFolderDataset(Dataset):
+    """HR images only (a folder or a list of files); LR images are made with ``imresize``.
+
+    The LR image of each file is computed once (MATLAB-exact uint8 bicubic of
+    the mod-cropped HR image) and kept in memory, or, with ``cache_dir``,
+    written there as PNG and reused across runs.
+    """
+
+    def __init__(self, hr: str | Path | Sequence[str | Path], scale: int, cache_dir=None, name: str | None = None):
+        self.scale = check_int("scale", scale)
+        if isinstance(hr, (str, Path)):
+            self.paths = list_images(hr)
+            self.name = name or Path(hr).name
+        else:
+            self.paths = [Path(p) for p in hr]
+            if not self.paths:
+                raise ValueError("HRFolderDataset: the list of HR images is empty; pass a folder or image files")
+            missing = [p for p in self.paths if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"HR image {missing[0]} does not exist ({len(missing)} missing in all)")
+            self.name = name or self.paths[0].parent.name
+        for path in self.paths:
+            height, width = image_size(path)
+            if min(height, width) < self.scale:
+                raise ValueError(f"HR image {path} is {width}x{height}, smaller than the scale x{self.scale}; "
+                                 "remove it from the set")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._lr_cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def cache_key(self, index: int) -> str:
+        return f"hr-only|x{self.scale}|{_file_signature(self.paths[index])}"
+
+    def _lr_cache_path(self, index: int) -> Path:
+        digest = hashlib.sha1(self.cache_key(index).encode()).hexdigest()[:16]
+        return self.cache_dir / f"X{self.scale}" / f"{self.paths[index].stem}_{digest}.png"
+
+    def _make_lr(self, index: int, hr: torch.Tensor) -> torch.Tensor:
+        if index in self._lr_cache:
+            return self._lr_cache[index]
+        cached = self._lr_cache_path(index) if self.cache_dir is not None else None
+        if cached is not None and cached.is_file():
+            lr = read_image(cached)
+        else:
+            lr = imresize(hr, 1 / self.scale)
+            if cached is not None:
+                # Write under a temporary name, then rename, so a killed run
+                # never leaves a half-written cache file behind.
+                partial = cached.with_name(cached.stem + ".partial" + cached.suffix)
+                write_image(partial, lr)
+                partial.replace(cached)
+        if self.cache_dir is None:
+            self._lr_cache[index] = lr
+        return lr
+
+    def __getitem__(self, index: int) -> ImagePair:
+        hr = mod_crop(read_image(self.paths[index]), self.scale)
+        return ImagePair(self._make_lr(index, hr), hr, self.paths[index].stem)
+
+
+def _single_hr_subfolder(root: Path) -> Path | None:
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and (p.name == "HR" or p.name.endswith("_HR")))
+    if len(candidates) > 1:
+        raise ValueError(f"{root} holds several HR folders ({', '.join(p.name for p in candidates)}); "
+                         "pass one of them")
+    return candidates[0] if candidates else None
+
+
+def _lr_folder_for(hr_dir: Path, scale: int) -> Path | None:
+    """Where the layouts keep the LR images of ``hr_dir`` at ``scale``, if they exist."""
+    if hr_dir.name == "HR":
+        base = hr_dir.parent / "LR_bicubic"
+    else:  # DIV2K_train_HR -> DIV2K_train_LR_bicubic
+        base = hr_dir.parent / f"{hr_dir.name[: -len('_HR')]}_LR_bicubic"
+    return _scale_subfolder(base, scale) if base.is_dir() else None
+
+
+def resolve_layout(path, scale: int) -> tuple[Path, Path | None]:
+    """(HR folder, LR folder or None) for a data folder in either layout.
+
+    ``path`` may be a set's root (``Set5`` holding ``HR`` and ``LR_bicubic``,
+    or ``DIV2K`` holding ``DIV2K_valid_HR`` and ``DIV2K_valid_LR_bicubic``), the
+    HR folder itself (``Set5/HR``, ``DIV2K_valid_HR``), or any folder of images
+    (no LR folder: the LR images are made with ``imresize``).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder {path} does not exist; pass a folder of images or a dataset root "
+                                "(e.g. Set5 holding HR/ and LR_bicubic/X2/)")
+    if path.name == "HR" or path.name.endswith("_HR"):
+        hr_dir = path
+    else:
+        hr_dir = _single_hr_subfolder(path)
+        if hr_dir is None:
+            return path, None
+    return hr_dir, _lr_folder_for(hr_dir, check_int("scale", scale))
+
+
+def folder_dataset(path, scale: int, cache_dir=None) -> PairedFolderDataset | HRFolderDataset:
+    """The dataset for a data folder in either layout (see :func:`resolve_layout`).
+
+    Uses the folder's own LR images for ``scale`` when it has them, as published
+    results do, else makes them with ``imresize``.
+    """
+    hr_dir, lr_dir = resolve_layout(path, scale)
+    name = Path(path).name if hr_dir != Path(path) else None
+    if lr_dir is not None:
+        return PairedFolderDataset(hr_dir, lr_dir, scale, name=name)
+    return HRFolderDataset(hr_dir, scale, cache_dir=cache_dir, name=name)

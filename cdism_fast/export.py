@@ -1,0 +1,130 @@
+"""Write a trained model for use outside cdism_fast: safetensors, BasicSR ``.pth``, or ONNX.
+
+* ``safetensors``: the state dict (shared tensors handled), with the model's
+  class name and scale in the file's metadata.
+* ``pth``: ``torch.save({"params": state_dict})``, the layout BasicSR and KAIR
+  load.
+* ``onnx``: the model traced with torch's ONNX exporter, input ``lr`` and
+  output ``sr`` (N, 3, H, W) with dynamic batch, height and width (height
+  and width fixed to ``input_size`` with ``dynamic=False``). The package's fused ops run their
+  reference formulation while exporting, so no custom kernel ends up in the
+  graph.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+__all__ = ["EXPORT_FORMATS", "export"]
+
+EXPORT_FORMATS = {"safetensors": (".safetensors",), "pth": (".pth", ".pt"), "onnx": (".onnx",)}
+
+
+def _format_for(path: Path, format: str | None) -> str:
+    if format is None:
+        for name, suffixes in EXPORT_FORMATS.items():
+            if path.suffix.lower() in suffixes:
+                return name
+        raise ValueError(f"cannot tell the export format from {path.name}; name the file *.safetensors, *.pth "
+                         f"or *.onnx, or pass format= one of {', '.join(EXPORT_FORMATS)}")
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    return format
+
+
+@contextlib.contextmanager
+def _reference_ops() -> Iterator[None]:
+    # CDISM_BACKEND is the ops' global backend switch: while tracing, every
+    # fused op runs its plain-PyTorch reference formulation, which ONNX can express.
+    previous = os.environ.get("CDISM_BACKEND")
+    os.environ["CDISM_BACKEND"] = "reference"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["CDISM_BACKEND"]
+        else:
+            os.environ["CDISM_BACKEND"] = previous
+
+
+def _has_free_size(program: "torch.export.ExportedProgram") -> bool:
+    """Whether the traced image input kept symbolic height and width."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    return not any(is_concrete_int(size) for size in node.meta["val"].shape[2:])
+
+
+def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opset: int, dynamic: bool) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as error:
+        raise RuntimeError(f"ONNX export needs the onnx and onnxscript packages ({error}); "
+                           "run: pip install onnx onnxscript") from error
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    # Batch 2: torch.export fixes a dimension whose example size is 1.
+    example = torch.rand(2, 3, *input_size, device=device)
+    # AUTO lets torch.export keep a size free wherever the model allows it
+    # (and infer its range) instead of failing on the first guard.
+    free = {0: torch.export.Dim.AUTO}
+    if dynamic:
+        free.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
+    was_training = model.training
+    model.eval()
+    # The exporter logs progress and irrelevant registry notes at WARNING level.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), _reference_ops():
+            # Tracing first, separately: the ONNX exporter would otherwise fall
+            # back to other tracers that may fix the input size silently.
+            hint = ("export a fixed input size instead (dynamic=False, or --static --input-size H W) and run it "
+                    "on tiles of that size")
+            try:
+                # Given by position, because the forward argument may have any name.
+                program = torch.export.export(model, (example,), dynamic_shapes=(free,), strict=False)
+            except Exception as error:
+                raise RuntimeError(f"torch.export could not trace {type(model).__name__} on a "
+                                   f"{tuple(example.shape)} input: {type(error).__name__}: "
+                                   f"{str(error).splitlines()[0]}" + (f"; {hint}" if dynamic else "")) from error
+            if dynamic and not _has_free_size(program):
+                raise RuntimeError(f"{type(model).__name__} fixes the input height or width while tracing, so it "
+                                   f"cannot be exported with a free size; {hint}")
+            torch.onnx.export(program, f=str(path), input_names=["lr"], output_names=["sr"],
+                              opset_version=opset, external_data=False, verbose=False)
+    finally:
+        exporter_log.setLevel(level)
+        model.train(was_training)
+
+
+def export(model: nn.Module, path, format: str | None = None, scale: int | None = None,
+           input_size: tuple[int, int] = (64, 64), opset: int = 18, dynamic: bool = True) -> Path:
+    """Write ``model`` to ``path`` as ``format`` (default: from the file suffix) and return the path.
+
+    ``scale`` is recorded in the safetensors metadata. For ONNX, ``input_size``
+    is the (height, width) of the example input traced; the batch size is
+    free, and so are height and width with ``dynamic``.
+    """
+    path = Path(path)
+    format = _format_for(path, format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "safetensors":
+        from safetensors.torch import save_model
+
+        metadata = {"format": "pt", "arch": type(model).__name__}
+        if scale is not None:
+            metadata["scale"] = str(scale)
+        save_model(model, str(path), metadata=metadata)
+    elif format == "pth":
+        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+        torch.save({"params": state}, path)
+    else:
+        _export_onnx(model, path, input_size, opset, dynamic)
+    return path

@@ -1,0 +1,163 @@
+"""export: safetensors, BasicSR .pth and ONNX (checked against PyTorch with onnxruntime)."""
+import argparse
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cdism_fast.cli import export as export_command
+from cdism_fast.export import export
+
+HAS_MODELS = importlib.util.find_spec("cdism_fast.models") is not None
+HAS_ONNXRUNTIME = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnxscript"))
+needs_onnxruntime = pytest.mark.skipif(not HAS_ONNXRUNTIME, reason="onnxruntime/onnxscript are not installed")
+needs_models = pytest.mark.skipif(not HAS_MODELS, reason="cdism_fast.models is not available yet")
+
+
+class ShiftedWindowSR(nn.Module):
+    """Conv features, a cyclic shift and window partition as in Swin, pixel-shuffle upsampling."""
+
+    def __init__(self, scale=2, channels=8, window=4):
+        super().__init__()
+        self.window, self.scale = window, scale
+        self.head = nn.Conv2d(3, channels, 3, padding=1)
+        self.mix = nn.Linear(channels, channels)
+        self.tail = nn.Sequential(nn.Conv2d(channels, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+        self.register_buffer("offset", torch.full((1, 3, 1, 1), 0.5))
+
+    def forward(self, x):
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % self.window, (-width) % self.window
+        features = self.head(F.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))
+        shifted = torch.roll(features, shifts=(-(self.window // 2),) * 2, dims=(2, 3))
+        n, c, h, w = shifted.shape
+        windows = shifted.view(n, c, h // self.window, self.window, w // self.window, self.window)
+        windows = windows.permute(0, 2, 4, 3, 5, 1)
+        mixed = windows + self.mix(windows).softmax(dim=-1)
+        back = mixed.permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
+        features = torch.roll(back, shifts=(self.window // 2,) * 2, dims=(2, 3))[..., :height, :width]
+        return self.tail(features) + self.offset
+
+
+def _onnx_output(path, x):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"lr": x.numpy()})[0]
+
+
+def _assert_onnx_matches(model, path, shapes):
+    for shape in shapes:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = _onnx_output(path, x)
+        assert got.shape == expected.shape
+        difference = np.abs(got - expected).max()
+        print(f"\n{path.name} {shape}: max abs difference {difference:.2e}")
+        assert difference < 1e-4, (shape, difference)
+
+
+def test_safetensors_and_pth(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model = ShiftedWindowSR()
+    state = model.state_dict()
+    path = export(model, tmp_path / "model.safetensors", scale=2)
+    loaded = load_file(path)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"format": "pt", "arch": "ShiftedWindowSR", "scale": "2"}
+    path = export(model, tmp_path / "model.pth")
+    params = torch.load(path, weights_only=True)["params"]
+    fresh = ShiftedWindowSR()
+    fresh.load_state_dict(params)
+    assert all(torch.equal(fresh.state_dict()[k], state[k]) for k in state)
+
+
+@needs_onnxruntime
+def test_onnx_with_cyclic_shift_and_free_size(tmp_path):
+    model = ShiftedWindowSR().eval()
+    path = export(model, tmp_path / "model.onnx", input_size=(32, 40))
+    _assert_onnx_matches(model, path, [(1, 3, 32, 40), (2, 3, 27, 45)])
+
+
+class FixedWidthSR(nn.Module):
+    """Branches on its input width, which fixes the width while tracing."""
+
+    def forward(self, x):
+        mode = "nearest" if x.shape[3] == 16 else "bilinear"
+        return F.interpolate(x, scale_factor=2, mode=mode)
+
+
+@needs_onnxruntime
+def test_onnx_refuses_to_fix_the_size_silently(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot be exported with a free size; export a fixed input size"):
+        export(FixedWidthSR(), tmp_path / "fixed.onnx", input_size=(16, 16))
+    path = export(FixedWidthSR(), tmp_path / "fixed.onnx", input_size=(20, 16), dynamic=False)
+    _assert_onnx_matches(FixedWidthSR(), path, [(1, 3, 20, 16)])
+
+
+@needs_onnxruntime
+@needs_models
+def test_onnx_of_the_presets(tmp_path):
+    from cdism_fast.models import build
+
+    edsr = build("edsr_mini", scale=2)
+    _assert_onnx_matches(edsr, export(edsr, tmp_path / "edsr.onnx"), [(1, 3, 64, 64), (2, 3, 37, 53)])
+    # SwinIR with one shifted and one plain layer, through the package's window attention.
+    swinir = build("swinir_mini", scale=2, depths=(2,), num_heads=(6,))
+    path = export(swinir, tmp_path / "swinir.onnx", input_size=(40, 56), dynamic=False)
+    _assert_onnx_matches(swinir, path, [(1, 3, 40, 56), (3, 3, 40, 56)])
+
+
+@needs_models
+def test_pth_export_loads_back_with_load_pretrained(tmp_path):
+    from cdism_fast.models import build, load_pretrained
+
+    model = build("edsr_mini", scale=3)
+    loaded = load_pretrained(export(model, tmp_path / "edsr.pth"))
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="cdism-fast")
+    export_command.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_export_command(tmp_path, monkeypatch, capsys):
+    import cdism_fast.evaluation
+
+    # The command loads its model through load_model; a small one stands in here.
+    monkeypatch.setattr(cdism_fast.evaluation, "load_model", lambda spec, scale=None: ShiftedWindowSR())
+    args = _parse(["export", "anything.pth", str(tmp_path / "out.safetensors")])
+    assert args.func(args) == 0 and (tmp_path / "out.safetensors").is_file()
+    assert "wrote" in capsys.readouterr().out
+    args = _parse(["export", "anything.pth", str(tmp_path / "out.bin"), "--format", "pth"])
+    assert args.func(args) == 0 and "params" in torch.load(tmp_path / "out.bin", weights_only=True)
+    args = _parse(["export", "anything.pth", str(tmp_path / "out.bin")])
+    with pytest.raises(ValueError, match="cannot tell the export format"):
+        args.func(args)
+
+
+@needs_models
+def test_export_command_with_a_preset(tmp_path):
+    args = _parse(["export", "edsr_mini", str(tmp_path / "edsr.safetensors"), "--scale", "4"])
+    with pytest.warns(UserWarning, match="random"):
+        assert args.func(args) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "edsr.safetensors"), "pt") as handle:
+        assert handle.metadata()["scale"] == "4"
+
+
+def test_bad_format(tmp_path):
+    with pytest.raises(ValueError, match="unknown export format"):
+        export(ShiftedWindowSR(), tmp_path / "x.onnx", format="tflite")
