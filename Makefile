@@ -13,8 +13,13 @@ EXTRAS      := test,demo,export,triton
 # Reinstall the dependencies when their declaration changes.
 DEPS_STAMP  := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst =,,$(TORCH))
 PYTEST_ARGS ?=
+# CUDA extension build check: architectures, out-of-tree build folder, toolkit.
+CUDA_ARCHS  ?= 8.6;9.0
+CUDA_BUILD  ?= $(CACHE)/cuda-build-check
+# Where nvcc is a wrapper script outside its toolkit, torch would guess CUDA_HOME wrong.
+CUDA_HOME   ?= $(firstword $(wildcard /usr/local/cuda) $(patsubst %/bin/nvcc,%,$(shell command -v nvcc)))
 
-.PHONY: test install venv bench demo cmake info clean
+.PHONY: test install venv bench demo cmake info clean cuda-build-check
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +50,22 @@ cmake: venv
 	cmake -S . -B cmake-build -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
 	      -DPython_EXECUTABLE=$(PY)
 	cmake --build cmake-build -j2
+
+$(VENV_CUDA)/bin/python:
+	$(PYTHON) -m venv $(VENV_CUDA)
+	$(VENV_CUDA)/bin/python -m pip install -q --upgrade pip setuptools wheel ninja numpy "$(TORCH_CUDA)"
+
+# Compiles and links cdism_fast._C and _C_cuda against the CUDA build of torch for
+# TORCH_CUDA_ARCH_LIST=$(CUDA_ARCHS), out of the tree (no GPU needed), then loads both.
+# The build is keyed by the sources' content (a fresh clone's new file times would
+# otherwise rebuild everything): unchanged sources only rerun the load check.
+CUDA_STAMP   = $(CUDA_BUILD)/built-$(shell cat setup.py $$(find csrc -type f | sort) | sha1sum | cut -c1-16)-$(subst =,,$(TORCH_CUDA))-$(subst ;,_,$(CUDA_ARCHS))
+cuda-build-check: $(VENV_CUDA)/bin/python
+	test -f $(CUDA_STAMP) || { rm -f $(CUDA_BUILD)/built-* && \
+	  CUDA_HOME="$(CUDA_HOME)" CDISM_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" MAX_JOBS=$${MAX_JOBS:-2} \
+	  $(VENV_CUDA)/bin/python setup.py -q build_ext --build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/tmp && \
+	  touch $(CUDA_STAMP); }
+	CUDA_HOME="$(CUDA_HOME)" $(VENV_CUDA)/bin/python csrc/cuda/check_build.py $(CUDA_BUILD)/lib $(subst .,,$(subst ;, ,$(CUDA_ARCHS)))
 
 clean:
 	rm -rf build cmake-build cdism_fast/*.so *.egg-info

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The GPU checks of one short GPU session, in one go (within 8 minutes on an H100):
+#   1. build cdism_fast._C and _C_cuda in place for the visible GPU,
+#   2. run the GPU tests (tests/test_gpu_kernels.py: every CUDA and Triton kernel
+#      against the float64 reference at training shapes, fp32/fp16/bf16),
+#   3. run the benchmark suite on cuda, one case group at a time while time is left
+#      (optimizer, attention, losses, models).
+# Writes benchmarks/results/<date>_<gpu>_gpu-check.{json,md} (tests summary and
+# every benchmark table) and, when $OUT is set (the device tool), copies them and
+# the full log there.
+#
+#   bash benchmarks/gpu_check.sh            # PYTHON=python3 and BUDGET_S=480 by default
+set -uo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+BUDGET_S=${BUDGET_S:-480}
+PY=${PYTHON:-python3}
+RESULTS=benchmarks/results
+WORK=$(mktemp -d)
+LOG=$WORK/gpu_check.log
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec > >(tee "$LOG") 2>&1
+
+left() { echo $((BUDGET_S - ($(date +%s) - START))); }
+step() { echo; echo "=== $* ($(($(date +%s) - START)) s elapsed)"; }
+
+step "environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader || true
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, \
+'gpu', torch.cuda.get_device_name())"
+GPU=$($PY -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name()).strip('-').lower())")
+STEM="$RESULTS/$(date +%F)_${GPU}_gpu-check"
+
+step "build (in place, for the visible GPU)"
+if [ -z "${CUDA_HOME:-}" ]; then
+  # An nvcc wrapper script outside its toolkit would make torch guess the toolkit wrong.
+  if [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda
+  elif command -v nvcc >/dev/null; then export CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")"); fi
+fi
+echo "CUDA_HOME=${CUDA_HOME:-unset}"
+BUILD_OK=1
+CDISM_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} $PY setup.py -q build_ext --inplace || BUILD_OK=0
+$PY -c "from cdism_fast import _extension as e; s = e.statuses(); print({k: (v.loaded, v.how, v.error) for k, v in s.items()})"
+
+step "GPU tests"
+TESTS_OK=1
+timeout $(( $(left) - 200 > 60 ? $(left) - 200 : 60 )) $PY -m pytest tests/test_gpu_kernels.py -q -rfE \
+  -p no:cacheprovider --durations=5 --junitxml="$WORK/tests.xml" || TESTS_OK=0
+
+step "benchmarks"
+# Each group saves into its own folder (the runner names files by date, device and torch only).
+for group in optimizer attention losses models; do
+  remaining=$(left)
+  if [ "$remaining" -lt 45 ]; then echo "[$group] skipped: ${remaining} s left of the ${BUDGET_S} s budget"; continue; fi
+  timeout $((remaining - 15)) $PY -c "import sys; from pathlib import Path; import benchmarks.harness as h
+h.RESULTS_DIR = Path(sys.argv[1])
+from benchmarks.__main__ import main
+sys.exit(main(['--device', 'cuda', '--only', sys.argv[2]]))" "$WORK/$group" "$group" || echo "[$group] stopped or failed"
+  saved=$(ls "$WORK/$group"/*.json 2>/dev/null | head -1)
+  if [ -n "$saved" ]; then cp "$saved" "$WORK/bench_$group.json"; fi
+done
+
+step "results"
+$PY - "$STEM" "$WORK" "$BUILD_OK" "$TESTS_OK" <<'EOF'
+import glob, json, os, sys, xml.etree.ElementTree as ET
+from benchmarks.harness import Measurement, format_table
+
+stem, work, build_ok, tests_ok = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
+summary = {"build_ok": build_ok, "tests_ok": tests_ok, "tests": {}, "benchmarks": {}}
+lines = [f"# GPU check: {os.path.basename(stem)}", "", f"build: {'ok' if build_ok else 'FAILED'}; "
+         f"GPU tests: {'passed' if tests_ok else 'FAILED or incomplete'}", ""]
+if os.path.exists(f"{work}/tests.xml"):
+    suite = ET.parse(f"{work}/tests.xml").getroot().iter("testsuite").__next__()
+    summary["tests"] = {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped", "time")}
+    lines.append("tests: " + ", ".join(f"{k} {v}" for k, v in summary["tests"].items()))
+    for case in suite.iter("testcase"):
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if problem is not None:
+            lines.append(f"- FAILED {case.get('name')}: {(problem.get('message') or '')[:300]}")
+for path in sorted(glob.glob(f"{work}/bench_*.json")):
+    group = os.path.basename(path)[6:-5]
+    payload = json.load(open(path))
+    summary["benchmarks"][group] = payload
+    rows = [Measurement(**{k: v for k, v in m.items() if k != "gbps"}) for m in payload["measurements"]]
+    bandwidth = payload["copy_bandwidth_gbps"] * 1e9
+    lines += ["", f"## {group} ({payload['device']}, torch {payload['torch']}, copy {payload['copy_bandwidth_gbps']:.0f} GB/s)",
+              "", format_table(rows, bandwidth)]
+json.dump(summary, open(f"{stem}.json", "w"), indent=2)
+open(f"{stem}.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+print(f"\nwrote {stem}.json and {stem}.md")
+EOF
+sleep 1  # let tee write the log's last lines
+if [ -n "${OUT:-}" ]; then cp "$STEM.json" "$STEM.md" "$LOG" "$OUT"/ 2>/dev/null; cp "$WORK/tests.xml" "$OUT"/ 2>/dev/null; fi
+echo "done in $(($(date +%s) - START)) s"
+[ "$BUILD_OK" = 1 ] && [ "$TESTS_OK" = 1 ]

@@ -1,0 +1,91 @@
+"""Triton backends: window attention and the Laplacian-pyramid loss, forward and backward.
+
+Kernels are written for Triton 3.6 through 3.9 (the GPU machines have 3.6, the
+CUDA build of torch pins 3.8, PyPI serves 3.9): plain pointer arithmetic with
+masks (block pointers are gone in 3.9), no libdevice calls, fp16/bf16 converted
+to fp32 right after every load (the interpreter computes bf16 wrongly
+otherwise), and one fixed launch configuration per kernel (the interpreter
+cannot run multi-config autotuning). Each launch is wrapped in a
+``torch.library.custom_op`` with fake and autograd registrations, so
+``torch.compile(fullgraph=True)`` traces through it.
+
+The backends run on CUDA tensors. With ``TRITON_INTERPRET=1`` in the
+environment *before cdism_fast is imported* (``@triton.jit`` reads it when the
+kernels are defined), they run on CPU tensors in Triton's interpreter instead:
+slow, for checking the kernels on machines without a GPU.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+import torch
+
+#: Oldest Triton the kernels are written for.
+MIN_TRITON = (3, 6)
+
+#: Kernels were defined for the Triton interpreter (CPU tensors) rather than for a GPU.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+#: Device types the Triton backends accept.
+DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
+
+
+def _find_missing_reason() -> Optional[str]:
+    try:
+        import triton
+    except Exception as exc:  # ImportError, or a broken install failing in its own import
+        return (f"triton is not importable ({type(exc).__name__}: {exc}); "
+                "install it with pip install 'cdism_fast[triton]'")
+    version = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    if version < MIN_TRITON:
+        return f"triton {triton.__version__} is older than {'.'.join(map(str, MIN_TRITON))}"
+    return None
+
+
+_MISSING = _find_missing_reason()
+
+
+def missing_reason() -> Optional[str]:
+    """``None`` when the Triton kernels can be defined here, else why not."""
+    return _MISSING
+
+
+
+def _unavailable(*args, **kwargs):
+    from .._dispatch import BackendUnavailable
+
+    raise BackendUnavailable(f"the Triton backends cannot run here: {_MISSING}")
+
+
+#: Largest head dim of window attention (one tile of D columns per program).
+MAX_HEAD_DIM = 64
+
+
+def _window_attention_check(q, k, v, bias_table, window_size, shift_size, hw, scale) -> Optional[str]:
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    return None
+
+
+def _register() -> None:
+    from .._dispatch import Backend
+    from ..distillation import OP as DISTILLATION_OP
+    from ..laplacian import LOSS_OP
+    from ..window_attention import OP as WINDOW_ATTENTION_OP
+
+    if _MISSING is None:
+        # Importing these imports triton and defines the kernels and their custom ops.
+        from .laplacian import distillation_loss_triton, laplacian_loss_triton
+        from .window_attention import window_attention_triton
+    else:
+        distillation_loss_triton = laplacian_loss_triton = window_attention_triton = _unavailable
+    dtypes = frozenset({torch.float32, torch.float16, torch.bfloat16})
+    for op, fn, check in ((WINDOW_ATTENTION_OP, window_attention_triton, _window_attention_check),
+                          (LOSS_OP, laplacian_loss_triton, None),
+                          (DISTILLATION_OP, distillation_loss_triton, None)):
+        op.register(Backend("triton", fn, frozenset(DEVICES), dtypes, missing_reason, check))
+
+
+_register()
