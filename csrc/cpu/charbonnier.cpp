@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "elementwise.h"
@@ -12,6 +13,7 @@ namespace {
 
 // Chunks large enough to amortise thread start-up, small enough to balance.
 constexpr int64_t kGrain = 32768;
+constexpr int64_t kBlock = 256;
 
 at::Tensor charbonnier_loss(const at::Tensor& x_in, const at::Tensor& y_in, double eps, bool mean) {
   TORCH_CHECK(x_in.sizes() == y_in.sizes(), "charbonnier_loss: x and y differ in shape");
@@ -25,14 +27,19 @@ at::Tensor charbonnier_loss(const at::Tensor& x_in, const at::Tensor& y_in, doub
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const acc eps2 = static_cast<acc>(eps) * static_cast<acc>(eps);
-    // Partial sums per chunk in the accumulation type, combined in double.
+    // Short blocks summed in the accumulation type (vectorisable), blocks summed in
+    // double: the rounding error stays that of a 256-term sum at any size.
     double total = at::parallel_reduce(0, n, kGrain, 0.0, [&](int64_t begin, int64_t end, double partial) {
-      acc sum = 0;
-      for (int64_t i = begin; i < end; ++i) {
-        const acc d = static_cast<acc>(xp[i]) - static_cast<acc>(yp[i]);
-        sum += std::sqrt(d * d + eps2);
+      for (int64_t block = begin; block < end; block += kBlock) {
+        const int64_t stop = std::min(end, block + kBlock);
+        acc sum = 0;
+        for (int64_t i = block; i < stop; ++i) {
+          const acc d = static_cast<acc>(xp[i]) - static_cast<acc>(yp[i]);
+          sum += std::sqrt(d * d + eps2);
+        }
+        partial += static_cast<double>(sum);
       }
-      return partial + static_cast<double>(sum);
+      return partial;
     }, std::plus<double>());
     if (mean) total /= static_cast<double>(n);
     out.fill_(total);

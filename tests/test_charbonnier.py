@@ -1,0 +1,133 @@
+"""Charbonnier loss: every backend against a float64 NumPy formulation."""
+import numpy as np
+import pytest
+import torch
+
+import float64_references as ref
+from cdism_fast.ops import BackendUnavailable, available_backends, charbonnier
+from tolerances import assert_close
+
+BACKENDS = available_backends("charbonnier")
+# Images, odd sizes, a flat vector, and one large enough to be summed in several parallel chunks.
+SHAPES = [(2, 3, 17, 23), (1, 1, 1, 1), (3, 5), (7,), (4, 3, 101, 97)]
+
+
+def _pair(shape, dtype=torch.float32):
+    x = torch.rand(shape, dtype=dtype)
+    return x, x + 0.05 * torch.randn(shape, dtype=dtype)
+
+
+def _expected(x, y, eps, reduction):
+    return torch.from_numpy(np.asarray(ref.charbonnier(ref.as_float64(x), ref.as_float64(y), eps, reduction)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("eps", [1e-3, 0.0, 0.5])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_float64_numpy(backend, reduction, eps, shape):
+    x, y = _pair(shape)
+    loss = charbonnier(x, y, eps, reduction, backend=backend)
+    assert loss.shape == () and loss.dtype == x.dtype
+    assert_close(loss, _expected(x, y, eps, reduction))
+    x64, y64 = x.double(), y.double()
+    assert_close(charbonnier(x64, y64, eps, reduction, backend=backend), _expected(x64, y64, eps, reduction))
+
+
+def test_reduction_none():
+    x, y = _pair((2, 3, 5, 4))
+    out = charbonnier(x, y, reduction="none")
+    assert out.shape == x.shape
+    assert_close(out, _expected(x, y, 1e-3, "none"))
+    if "cpp" in BACKENDS:
+        with pytest.raises(BackendUnavailable, match="reduction='none' is not fused"):
+            charbonnier(x, y, reduction="none", backend="cpp")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(backend, dtype):
+    x, y = _pair((4, 3, 64, 61), dtype)
+    x.requires_grad_()
+    loss = charbonnier(x, y, backend=backend)
+    assert loss.dtype == dtype
+    assert_close(loss, _expected(x, y, 1e-3, "mean"))
+    loss.backward()
+    assert x.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradients_of_both_inputs_and_layouts(backend, reduction):
+    x, y = _pair((2, 3, 11, 14))
+    x_ref, y_ref = x.clone().requires_grad_(), y.clone().requires_grad_()
+    charbonnier(x_ref, y_ref, 1e-2, reduction, backend="reference").backward()
+    x_layouts, y_layouts = ref.layouts(x), ref.layouts(y)
+    # Same layouts, then mixed ones (x contiguous against each layout of y).
+    pairs = [(name, x_layouts[name], y_layouts[name]) for name in x_layouts]
+    pairs += [(f"contiguous/{name}", x.clone(), yl) for name, yl in ref.layouts(y).items()]
+    for name, xl, yl in pairs:
+        xl.requires_grad_(), yl.requires_grad_()
+        charbonnier(xl, yl, 1e-2, reduction, backend=backend).backward()
+        assert_close(xl.grad, x_ref.grad, msg=name)
+        assert_close(yl.grad, y_ref.grad, msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck_float64(backend, reduction):
+    x, y = (t.requires_grad_() for t in _pair((2, 3, 4, 5), torch.float64))
+    assert torch.autograd.gradcheck(lambda a, b: charbonnier(a, b, 1e-2, reduction, backend=backend), (x, y))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    x, y = _pair((2, 3, 16, 15))
+    x.requires_grad_()
+    compiler = "aot_eager" if backend == "reference" else "inductor"  # see test_laplacian
+    compiled = torch.compile(lambda a, b: charbonnier(a, b, backend=backend), fullgraph=True, backend=compiler)
+    loss = compiled(x, y)
+    (grad,) = torch.autograd.grad(loss, x)
+    x_eager = x.detach().requires_grad_()
+    eager = charbonnier(x_eager, y, backend=backend)
+    eager.backward()
+    assert_close(loss, eager)
+    assert_close(grad, x_eager.grad)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")
+def test_opcheck():
+    x, y = _pair((2, 3, 7, 6))
+    x64, y64 = (t.double().contiguous(memory_format=torch.channels_last) for t in _pair((1, 2, 5, 9)))
+    for args in ((x.requires_grad_(), y, 1e-3, True), (x64, y64.requires_grad_(), 0.1, False),
+                 (x.detach().bfloat16(), y.bfloat16(), 1e-3, True)):
+        torch.library.opcheck(torch.ops.cdism_fast.charbonnier_loss, args)
+        grad = torch.tensor(0.7, dtype=args[0].dtype)
+        torch.library.opcheck(torch.ops.cdism_fast.charbonnier_loss_backward, (grad, *(a.detach() if
+                              isinstance(a, torch.Tensor) else a for a in args)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_in_nan_out(backend):
+    x, y = _pair((2, 3, 8, 8))
+    x[1, 2, 3, 4] = float("nan")
+    x.requires_grad_()
+    loss = charbonnier(x, y, backend=backend)
+    assert loss.isnan()
+    loss.backward()
+    assert x.grad[1, 2, 3, 4].isnan() and x.grad.isnan().sum() == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(y=torch.rand(2, 3, 8, 7)), "same shape"),
+    (dict(y=torch.rand(2, 3, 8, 8, dtype=torch.float64)), "same dtype"),
+    (dict(x=torch.ones(2, 3, 8, 8, dtype=torch.int64)), "floating-point"),
+    (dict(eps=-1e-3), "eps must be >= 0"),
+    (dict(eps=float("nan")), "eps must be >= 0"),
+    (dict(reduction="avg"), "reduction must be one of"),
+])
+def test_bad_input(kwargs, match):
+    args = dict(x=torch.rand(2, 3, 8, 8), y=torch.rand(2, 3, 8, 8))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        charbonnier(**args)
