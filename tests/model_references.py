@@ -72,6 +72,7 @@ def to_edsr_pytorch(sd, n_b, rgb_range=255.0):
 # --- SwinIR ------------------------------------------------------------------------------------------------------
 
 def official_relative_index(ws):
+    """Coordinates stacked per window, differences shifted to start at 0, rows scaled by 2·ws − 1."""
     coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
     rel[:, :, 0] += ws - 1
@@ -80,23 +81,24 @@ def official_relative_index(ws):
     return rel.sum(-1)
 
 
-def _partition(x, ws):
+def window_partition(x, ws):
     b, h, w, c = x.shape
     return x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws * ws, c)
 
 
-def _reverse(windows, ws, b, h, w):
+def window_reverse(windows, ws, b, h, w):
     return windows.view(b, h // ws, w // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
 
 
 def official_mask(h, w, ws, shift):
+    """Label the three row and column slices of the grid, then −100 where two tokens' labels differ."""
     labels = torch.zeros(1, h, w, 1)
     count = 0
     for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
         for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
             labels[:, hs, wsl, :] = count
             count += 1
-    windows = _partition(labels, ws).squeeze(-1)
+    windows = window_partition(labels, ws).squeeze(-1)
     diff = windows.unsqueeze(1) - windows.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
@@ -116,7 +118,7 @@ def _swin_block(sd, p, x, h, w, heads, ws, shift):
     x = _layer_norm(sd, p + ".norm1", x).view(b, h, w, c)
     if shift:
         x = torch.roll(x, (-shift, -shift), (1, 2))
-    windows = _partition(x, ws)
+    windows = window_partition(x, ws)
     n = ws * ws
     qkv = _linear(sd, p + ".attn.qkv", windows).reshape(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0] * (c // heads) ** -0.5, qkv[1], qkv[2]
@@ -127,7 +129,7 @@ def _swin_block(sd, p, x, h, w, heads, ws, shift):
         mask = official_mask(h, w, ws, shift).double()
         attn = (attn.view(-1, mask.shape[0], heads, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, n, n)
     out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, c)
-    x = _reverse(_linear(sd, p + ".attn.proj", out).view(-1, ws, ws, c), ws, b, h, w)
+    x = window_reverse(_linear(sd, p + ".attn.proj", out).view(-1, ws, ws, c), ws, b, h, w)
     if shift:
         x = torch.roll(x, (shift, shift), (1, 2))
     x = shortcut + x.reshape(b, length, c)

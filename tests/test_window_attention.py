@@ -5,45 +5,16 @@ import pytest
 import torch
 
 from cdism_fast.ops import available_backends, relative_position_index, shift_window_mask, window_attention
+from model_references import window_partition as swinir_partition
+from model_references import window_reverse as swinir_reverse
+from model_references import official_mask as swinir_mask
+from model_references import official_relative_index as swinir_relative_index
 from tolerances import assert_close
 
 BACKENDS = available_backends("window_attention")
 
 
 # --- SwinIR's window attention, re-implemented from the paper and the released code's facts -------------------
-
-def swinir_relative_index(ws):
-    """Coordinates stacked per window, differences shifted to start at 0, rows scaled by 2·ws − 1."""
-    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
-    rel[:, :, 0] += ws - 1
-    rel[:, :, 1] += ws - 1
-    rel[:, :, 0] *= 2 * ws - 1
-    return rel.sum(-1)
-
-
-def swinir_partition(x, ws):
-    b, h, w, c = x.shape
-    return x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
-
-
-def swinir_reverse(windows, ws, b, h, w):
-    return windows.view(b, h // ws, w // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
-
-
-def swinir_mask(h, w, ws, shift):
-    """Label the three row and column slices of the grid, then −100 where two tokens' labels differ."""
-    labels = torch.zeros(1, h, w, 1)
-    slices = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-    count = 0
-    for hs in slices:
-        for wsl in slices:
-            labels[:, hs, wsl, :] = count
-            count += 1
-    windows = swinir_partition(labels, ws).squeeze(-1)
-    diff = windows.unsqueeze(1) - windows.unsqueeze(2)
-    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
-
 
 class SwinIRWindowAttention(torch.nn.Module):
     """qkv Linear, windowed multi-head attention with bias (and mask when shifted), proj Linear; on

@@ -7,6 +7,8 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include "flat_pair.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -117,24 +119,6 @@ void update(scalar_t* p, const scalar_t* g, int64_t n, const StepArgs& a) {
     update(p_block, g_block, len, a);
     narrow(p_block, p + start, len);
   }
-}
-
-// One parameter as a flat array: the tensor updated in place (the parameter
-// itself, or a contiguous copy written back afterwards) and a gradient in the
-// same memory layout.
-struct FlatPair {
-  at::Tensor param, work, grad;
-};
-
-FlatPair flatten(const at::Tensor& param, const at::Tensor& grad) {
-  at::Tensor work = param.is_non_overlapping_and_dense() ? param : param.contiguous();
-  at::Tensor flat_grad = grad;
-  if (grad.strides() != work.strides() || !grad.is_non_overlapping_and_dense()) {
-    // empty_like keeps the strides of a dense tensor: the copy matches work element by element.
-    flat_grad = at::empty_like(work);
-    flat_grad.copy_(grad);
-  }
-  return {param, work, flat_grad};
 }
 
 bool is_supported(at::ScalarType dtype) {

@@ -15,6 +15,8 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include "flat_pair.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -100,23 +102,6 @@ __global__ void __launch_bounds__(kThreads) obproxsg_kernel(Table table, StepArg
       p[i] = static_cast<scalar_t>(update<T>(static_cast<T>(p[i]), static_cast<T>(g[i]), args));
     }
   }
-}
-
-// One parameter as a flat array: the tensor updated in place (the parameter
-// itself, or a contiguous copy written back afterwards) and a gradient in the
-// same memory layout (the same rule as the CPU kernel).
-struct FlatPair {
-  at::Tensor param, work, grad;
-};
-
-FlatPair flatten(const at::Tensor& param, const at::Tensor& grad) {
-  at::Tensor work = param.is_non_overlapping_and_dense() ? param : param.contiguous();
-  at::Tensor flat_grad = grad;
-  if (grad.strides() != work.strides() || !grad.is_non_overlapping_and_dense()) {
-    flat_grad = at::empty_like(work);
-    flat_grad.copy_(grad);
-  }
-  return {param, work, flat_grad};
 }
 
 bool vector_aligned(const at::Tensor& t) {
