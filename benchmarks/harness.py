@@ -98,7 +98,8 @@ def format_table(rows: list[Measurement], bandwidth: float) -> str:
         for name, row in backends.items():
             gbps = row.gbps()
             bw = f"{gbps:.1f} ({100 * gbps * 1e9 / bandwidth:.0f}%)" if gbps is not None else ""
-            rate = f"{row.items / row.seconds:,.0f}" if row.items else ""
+            rate = (f"{row.items / row.seconds:,.0f}" if row.items / row.seconds >= 10
+                    else f"{row.items / row.seconds:.2f}") if row.items else ""
             vs_eager = f"{eager.seconds / row.seconds:.2f}x" if eager else ""
             vs_compile = f"{compiled.seconds / row.seconds:.2f}x" if compiled else ""
             lines.append(f"| {op} | {shape} | {mode} | {name} | {1e3 * row.seconds:.3f} | {bw} | {rate} "

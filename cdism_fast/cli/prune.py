@@ -1,0 +1,60 @@
+"""``cdism-fast prune``: stage 1, sparsify the teacher with OBProx-SG and measure its density d."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, \
+        preset_argument
+
+    parser = subparsers.add_parser(
+        "prune", help="stage 1: OBProx-SG pruning, writes density.json",
+        description="Fine-tune the teacher on charbonnier(eps=1e-3) while OBProx-SG applies lam*||theta||_1 "
+                    "(Prox-SG phase, then orthant phase). The penalty is the optimizer's: only the Charbonnier "
+                    "term is back-propagated. Writes the pruned model.pt and density.json (d of the "
+                    "deep-feature module's weights, the paper's d, and per-layer densities).")
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint (model.pt of `train`, or an "
+                                                         "EDSR-PyTorch / BasicSR / SwinIR file)")
+    parser.add_argument("--lam", type=float, default=None, help="l1 weight lambda (paper presets: 1e-4)")
+    parser.add_argument("--n-p", type=int, default=None,
+                        help="Prox-SG phase length in phase epochs (default: the preset's; without one, "
+                             "a tenth of the iterations)")
+    parser.add_argument("--n-o", type=int, default=None,
+                        help="orthant phase length in phase epochs per cycle (default: orthant to the end)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="optimizer steps per phase epoch")
+    parser.add_argument("--eps", type=float, default=None, help="orthant projection threshold")
+    parser.add_argument("--penalty", choices=("all", "deep"), default=None,
+                        help="penalise all parameters (the paper) or only the deep-feature module")
+    preset_argument(parser, "paper-edsr")
+    add_data_arguments(parser)
+    add_training_arguments(parser)
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _prune(args) -> str:
+    from ..training import distributed
+    from ..training.artifacts import load_model
+    from ..training.cli_support import settings_from_args
+    from ..training.presets import PRESETS
+    from ..training.stages import prune
+
+    preset = PRESETS[args.preset]
+    settings = settings_from_args(args, preset.prune)
+    options = dict(preset.prune_options)
+    given = {"lam": args.lam, "n_p": args.n_p, "n_o": args.n_o, "steps_per_epoch": args.steps_per_epoch,
+             "eps": args.eps, "penalty": args.penalty}
+    options.update({k: v for k, v in given.items() if v is not None})
+    context = distributed.setup(args.device)
+    result = prune(load_model(args.teacher), args.out, settings, args.data, args.val, resume=args.resume,
+                   overwrite=args.overwrite, context=context, **options)
+    if context.is_main and result.status == "completed":
+        report = result.extra["density"]
+        print(f"density d (deep-feature weights) = {report['density']:.4f}, all weights = "
+              f"{report['all_weights']:.4f}; pruned model: {result.model_path}")
+    return result.status
+
+
+def run(args) -> int:
+    from ..training.cli_support import run_safely
+
+    return run_safely(_prune, args)

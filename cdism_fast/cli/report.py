@@ -1,0 +1,44 @@
+"""``cdism-fast report RUN_DIR``: rebuild report.md, report.json and the figures of a workflow run."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="rebuild the report of a `run` folder from its files",
+        description="Rebuild report.json, report.md, psnr_vs_cost.png (Fig. 4 style) and crops.png (Fig. 3 "
+                    "style) of a `cdism-fast run` folder from evaluation.json and the stage files.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of `cdism-fast run`")
+    parser.set_defaults(func=run)
+
+
+def print_summary(report: dict, run_dir) -> None:
+    """The report's models as a short table, its checks, and where the files are."""
+    from ..report import REPORT_MODELS
+
+    print(f"{'model':<18} {'params':>10} {'FLOPs@720p':>11} {'PSNR':>8} {'SSIM':>7}")
+    for name, label in REPORT_MODELS.items():
+        entry = report.get(name)
+        if entry is not None:
+            print(f"{label:<18} {entry['params'] / 1e3:>9.1f}K {entry['flops'] / 1e9:>10.2f}G "
+                  f"{entry['psnr']:>8.3f} {entry['ssim']:>7.4f}")
+    checks = report.get("checks", {})
+    if "student_params_fraction" in checks:
+        print(f"student/teacher parameters: {100 * checks['student_params_fraction']:.2f}%")
+    if "student_minus_bicubic_psnr" in checks:
+        print(f"student - bicubic: {checks['student_minus_bicubic_psnr']:+.3f} dB")
+    if "kd_minus_no_kd_psnr" in checks:
+        print(f"KD - no-KD student: {checks['kd_minus_no_kd_psnr']:+.3f} dB")
+    print(f"report: {run_dir}/report.md")
+
+
+def _report(args) -> str:
+    from ..report import build_report
+
+    print_summary(build_report(args.run_dir), args.run_dir)
+    return "completed"
+
+
+def run(args) -> int:
+    from ..training.cli_support import run_safely
+
+    return run_safely(_report, args)

@@ -1,0 +1,51 @@
+"""``cdism-fast run``: every stage of a preset, the evaluation and the report, in one command."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from ..training.cli_support import add_output_arguments, add_training_arguments, preset_argument
+
+    parser = subparsers.add_parser(
+        "run", help="all stages (teacher, prune, compress, distill, no-KD baseline), evaluation and report",
+        description="Run the whole workflow of a preset into --out: teacher (trained unless --teacher), pruning, "
+                    "compression, distillation and the no-KD baseline, then evaluate teacher, pruned teacher, "
+                    "students and bicubic and write report.md/report.json with the figures. --resume skips "
+                    "completed stages and resumes the interrupted one.")
+    preset_argument(parser, "demo")
+    parser.add_argument("--data", help="training data (default: the built-in photographs; paper presets: DIV2K)")
+    parser.add_argument("--val", action="append", help="evaluation set (repeatable; default: the built-in "
+                                                      "held-out photographs when --data is not given)")
+    parser.add_argument("--teacher", help="pretrained teacher checkpoint (any format load_pretrained reads); "
+                                          "default: train one (stage 0)")
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument("--no-kd-baseline", dest="no_kd_baseline", action="store_true", default=None,
+                          help="also train the student without distillation, same budget (default: on)")
+    baseline.add_argument("--skip-no-kd-baseline", dest="no_kd_baseline", action="store_false",
+                          help="do not train the no-KD baseline")
+    add_training_arguments(parser)
+    add_output_arguments(parser, required=False)
+    parser.set_defaults(func=run)
+
+
+def _run(args) -> str:
+    from ..training import distributed
+    from ..training.cli_support import overrides_from_args
+    from ..training.workflow import run_workflow
+
+    context = distributed.setup(args.device)
+    out = args.out or f"runs/{args.preset}"
+    result = run_workflow(args.preset, out, data=args.data, val=args.val, teacher=args.teacher,
+                          no_kd_baseline=args.no_kd_baseline is not False, resume=args.resume,
+                          overwrite=args.overwrite, settings_overrides=overrides_from_args(args),
+                          progress=not args.no_progress, context=context)
+    if context.is_main and result.status == "completed":
+        from .report import print_summary
+
+        print_summary(result.report, out)
+    return result.status
+
+
+def run(args) -> int:
+    from ..training.cli_support import run_safely
+
+    return run_safely(_run, args)

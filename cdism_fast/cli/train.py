@@ -1,0 +1,63 @@
+"""``cdism-fast train``: stage 0, train a teacher from scratch (L1 loss, Adam)."""
+from __future__ import annotations
+
+import argparse
+
+
+def _structure(text: str) -> tuple[int, int, int]:
+    try:
+        n_b, n_l, n_c = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N_B,N_L,N_C (e.g. 4,1,32), got {text!r}") from None
+    return n_b, n_l, n_c
+
+
+def register(subparsers) -> None:
+    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, \
+        preset_argument
+
+    parser = subparsers.add_parser(
+        "train", help="stage 0: train a teacher from scratch (L1, Adam)",
+        description="Train a model from scratch with L1 loss and Adam (betas 0.9, 0.999), so that the workflow "
+                    "runs without downloads. Writes model.pt, checkpoint.pt (resumable), log.jsonl and stage.json "
+                    "to --out. Multi-GPU: torchrun --nproc_per_node N -m cdism_fast train ...")
+    parser.add_argument("--model", default=None,
+                        help="preset of cdism_fast.models (default: the workflow preset's teacher)")
+    parser.add_argument("--structure", type=_structure, metavar="N_B,N_L,N_C",
+                        help="replace the preset's blocks, layers per block and channels")
+    parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the preset's)")
+    preset_argument(parser, "paper-edsr")
+    add_data_arguments(parser)
+    add_training_arguments(parser)
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _train(args) -> str:
+    import torch
+
+    from ..models import build
+    from ..training import distributed
+    from ..training.cli_support import settings_from_args
+    from ..training.presets import PRESETS
+    from ..training.stages import train_teacher
+
+    preset = PRESETS[args.preset]
+    settings = settings_from_args(args, preset.teacher)
+    context = distributed.setup(args.device)
+    torch.manual_seed(settings.seed)
+    model = build(args.model or preset.teacher_model, scale=args.scale or preset.scale)
+    structure = args.structure or (preset.teacher_structure if args.model is None else None)
+    if structure is not None:
+        model = model.with_structure(*structure)
+    result = train_teacher(model, args.out, settings, args.data, args.val, resume=args.resume,
+                           overwrite=args.overwrite, context=context)
+    if context.is_main and result.status == "completed":
+        print(f"teacher: {result.model_path}" + (f"  validation: {result.validation}" if result.validation else ""))
+    return result.status
+
+
+def run(args) -> int:
+    from ..training.cli_support import run_safely
+
+    return run_safely(_train, args)

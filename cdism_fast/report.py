@@ -1,0 +1,209 @@
+"""The report of a workflow run, rebuilt from the files the run left (``cdism-fast report RUN_DIR``).
+
+Reads ``stage.json`` (command line, preset), ``evaluation.json`` (PSNR/SSIM,
+params, FLOPs per model), ``prune/density.json`` and ``compress/student.json``
+and writes:
+
+* ``report.json``: top-level ``teacher``, ``pruned``, ``student``,
+  ``student_no_kd`` (when trained) and ``bicubic``, each with ``params``,
+  ``flops``, ``psnr``, ``ssim`` (means over the evaluation images),
+  ``density``, ``structure`` and per-set scores; plus ``command``, ``preset``,
+  ``density`` (the pruning result) and ``checks`` (the claims of the demo);
+* ``report.md``: the same as tables, with the figures;
+* ``psnr_vs_cost.png``: PSNR against parameters and against FLOPs, in the
+  style of the paper's Fig. 4, with the published reference points
+  (:data:`PAPER_POINTS`) for scale;
+* ``crops.png``: the same crop of one evaluation image for HR, bicubic,
+  teacher and students, in the style of the paper's Fig. 3.
+
+FLOPs are multiply-accumulates for one 1280×720 output image (the paper's
+Table I convention).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["build_report", "PAPER_POINTS", "REPORT_MODELS"]
+
+#: Report entries in display order, with their labels.
+REPORT_MODELS = {"teacher": "teacher", "pruned": "pruned teacher", "student": "student (KD)",
+                 "student_no_kd": "student (no KD)", "bicubic": "bicubic"}
+
+#: Published ×2 results drawn for reference in the PSNR-vs-cost figure: (params, FLOPs in MACs at 1280×720,
+#: mean of Set5 and Set14 PSNR in dB or None when not published where we could check).
+#: PSNR: EDSR baseline Set5 37.99 / Set14 33.57 (Lim et al. 2017); SwinIR lightweight Set5 38.14 / Set14
+#: 33.86 (Liang et al. 2021). Sizes and FLOPs: the paper's Table I. The paper's own compact models are drawn
+#: as lines at their size: their PSNR is in the paper's Table I, which was not at hand when this was written.
+PAPER_POINTS = {
+    "EDSR_baseline": {"params": 1_369_859, "flops": 316.3e9, "psnr": (37.99 + 33.57) / 2},
+    "SwinIR_LW": {"params": 877_752, "flops": 195.6e9, "psnr": (38.14 + 33.86) / 2},
+    "EDSRmini": {"params": 49_603, "flops": 11.7e9, "psnr": None},
+    "SwinIRmini": {"params": 98_868, "flops": 22.0e9, "psnr": None},
+}
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _checks(models: dict) -> dict:
+    """The demo's claims, measured: size ratio, margin over bicubic, KD against no KD."""
+    checks = {}
+    teacher, student, bicubic = models.get("teacher"), models.get("student"), models.get("bicubic")
+    if teacher and student:
+        checks["student_params_fraction"] = student["params"] / teacher["params"]
+        checks["student_under_10_percent"] = checks["student_params_fraction"] < 0.10
+    if student and bicubic:
+        checks["student_minus_bicubic_psnr"] = student["psnr"] - bicubic["psnr"]
+    if student and models.get("student_no_kd"):
+        checks["kd_minus_no_kd_psnr"] = student["psnr"] - models["student_no_kd"]["psnr"]
+        checks["kd_beats_no_kd"] = checks["kd_minus_no_kd_psnr"] > 0
+    return checks
+
+
+def _figure_cost(models: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, key, label in ((axes[0], "params", "parameters"), (axes[1], "flops", "FLOPs (MACs, 1280×720 output)")):
+        for name, entry in models.items():
+            if name == "bicubic":
+                axis.axhline(entry["psnr"], color="grey", linestyle="--", linewidth=1)
+                axis.annotate("bicubic", (0.02, entry["psnr"]), xycoords=("axes fraction", "data"),
+                              va="bottom", color="grey")
+                continue
+            axis.scatter(entry[key], entry["psnr"], s=60, zorder=3,
+                         marker="*" if name.startswith("student") else "o")
+            axis.annotate(REPORT_MODELS.get(name, name), (entry[key], entry["psnr"]), textcoords="offset points",
+                          xytext=(6, 4))
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("PSNR (dB, Y) on this run's evaluation images")
+        axis.grid(True, which="both", alpha=0.3)
+        reference = axis.twinx()
+        for name, point in PAPER_POINTS.items():
+            if point["psnr"] is None:
+                axis.axvline(point[key], color="tab:purple", alpha=0.35, linestyle=":")
+                axis.annotate(name, (point[key], 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                              color="tab:purple", alpha=0.8, fontsize=8)
+            else:
+                reference.scatter(point[key], point["psnr"], marker="s", color="tab:purple", alpha=0.6)
+                reference.annotate(name, (point[key], point["psnr"]), textcoords="offset points", xytext=(6, -10),
+                                   color="tab:purple", fontsize=8)
+        reference.set_ylabel("published ×2 PSNR, mean of Set5 and Set14 (purple)", color="tab:purple")
+    figure.suptitle("PSNR against size and cost (style of the paper's Fig. 4; purple: published ×2 models)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data import read_image
+
+    panels = [("hr", "HR")] + [(n, REPORT_MODELS.get(n, n)) for n in ["bicubic", *names]]
+    panels = [(n, label) for n, label in panels if (run_dir / "crops" / f"{n}.png").is_file()]
+    if len(panels) < 2:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.9))
+    for axis, (name, label) in zip(axes, panels):
+        image = read_image(run_dir / "crops" / f"{name}.png").permute(1, 2, 0).numpy()
+        axis.imshow(image, interpolation="nearest")
+        score = models.get(name)
+        axis.set_title(label + (f"\n{score['psnr']:.2f} dB" if score else "\n"), fontsize=9)
+        axis.axis("off")
+    figure.suptitle(f"{crop['image']}, {crop['size']}×{crop['size']} crop at ({crop['top']}, {crop['left']}) "
+                    "(style of the paper's Fig. 3; dB: mean over the evaluation images)", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.88))  # room for the title above the panel titles
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _markdown(report: dict, figures: dict) -> str:
+    lines = [f"# cdism-fast report: {report['preset']}", "", f"Command: `{' '.join(report['command'])}`", ""]
+    lines += ["| model | N_b | N_l | N_c | params | FLOPs (1280×720) | d | PSNR | SSIM |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, label in REPORT_MODELS.items():
+        entry = report.get(name)
+        if entry is None:
+            continue
+        structure = entry.get("structure") or {}
+        density = f"{entry['density']:.4f}" if entry.get("density") is not None else "–"
+        lines.append(f"| {label} | {structure.get('n_b', '–')} | {structure.get('n_l', '–')} | "
+                     f"{structure.get('n_c', '–')} | {entry['params'] / 1e3:.1f}K | {entry['flops'] / 1e9:.2f}G | "
+                     f"{density} | {entry['psnr']:.3f} | {entry['ssim']:.4f} |")
+    lines += ["", "PSNR/SSIM: Y channel, border of `scale` pixels removed, means over the evaluation images.",
+              "FLOPs: multiply-accumulates for one 1280×720 output image (the paper's Table I convention).", ""]
+    sets = next(iter(report["teacher"]["sets"])) if report.get("teacher") else None
+    if sets:
+        lines += ["## Per set", "", "| model | " + " | ".join(report["teacher"]["sets"]) + " |",
+                  "|---|" + "---|" * len(report["teacher"]["sets"])]
+        for name, label in REPORT_MODELS.items():
+            entry = report.get(name)
+            if entry is not None:
+                lines.append(f"| {label} | " + " | ".join(f"{s['psnr']:.3f} / {s['ssim']:.4f}"
+                                                          for s in entry["sets"].values()) + " |")
+        lines.append("")
+    if report.get("density"):
+        lines += ["## Pruning", "", f"Density d of the deep-feature weights: **{report['density']['density']:.4f}** "
+                  f"(all weights: {report['density']['all_weights']:.4f}).", ""]
+    checks = report.get("checks", {})
+    if checks:
+        lines += ["## Checks", ""]
+        if "student_params_fraction" in checks:
+            lines.append(f"- student parameters: {100 * checks['student_params_fraction']:.2f}% of the teacher's "
+                         f"({'under' if checks['student_under_10_percent'] else 'NOT under'} 10%)")
+        if "student_minus_bicubic_psnr" in checks:
+            lines.append(f"- student PSNR minus bicubic: {checks['student_minus_bicubic_psnr']:+.3f} dB")
+        if "kd_minus_no_kd_psnr" in checks:
+            lines.append(f"- distilled minus no-KD student (same budget): {checks['kd_minus_no_kd_psnr']:+.3f} dB")
+        lines.append("")
+    for title, name in (("PSNR against size and cost", "cost"), ("Crops", "crops")):
+        if figures.get(name):
+            lines += [f"## {title}", "", f"![{title}]({figures[name]})", ""]
+    return "\n".join(lines)
+
+
+def build_report(run_dir) -> dict:
+    """Write report.json, report.md and the two figures of a workflow run folder; returns report.json's content."""
+    from .training.artifacts import write_json
+
+    run_dir = Path(run_dir)
+    evaluation = _read_json(run_dir / "evaluation.json")
+    if evaluation is None:
+        raise FileNotFoundError(f"{run_dir / 'evaluation.json'} does not exist: {run_dir} is not a completed "
+                                "`cdism-fast run` folder (resume the run to finish it)")
+    stage = _read_json(run_dir / "stage.json") or {}
+    models = evaluation["models"]
+    report = {name: models[name] for name in REPORT_MODELS if name in models}
+    report.update(
+        preset=stage.get("settings", {}).get("preset"),
+        command=stage.get("command", []),
+        scale=evaluation["scale"],
+        density=_read_json(run_dir / "prune" / "density.json"),
+        structure={"teacher": (models.get("teacher") or {}).get("structure"),
+                   "student": (models.get("student") or {}).get("structure")},
+        compression=_read_json(run_dir / "compress" / "student.json"),
+        checks=_checks(models),
+        paper_points=PAPER_POINTS,
+    )
+    figures = {"cost": _figure_cost(models, run_dir / "psnr_vs_cost.png").name}
+    crops = _figure_crops(run_dir, [n for n in REPORT_MODELS if n in models and n != "bicubic"],
+                          evaluation["crop"], models, run_dir / "crops.png")
+    figures["crops"] = crops.name if crops is not None else None
+    report["figures"] = figures
+    write_json(run_dir / "report.json", report)
+    (run_dir / "report.md").write_text(_markdown(report, figures), encoding="utf-8")
+    return report

@@ -1,0 +1,415 @@
+"""The training loop shared by every stage (teacher, pruning, distillation).
+
+One :class:`Trainer` runs ``config.iterations`` optimiser steps of
+``loss = step_loss(model, batch)`` and keeps a resumable checkpoint
+(``checkpoint.pt`` in its folder): model, optimiser (OBProx-SG's phase
+counters included), scheduler, EMA, gradient scaler, the RNG states of every
+rank and the data position. Resuming from it gives bit-identical weights to an
+uninterrupted run on CPU, because
+
+* the data stream is a pure function of (seed, samples consumed)
+  (:class:`~cdism_fast.training.sampler.ShardedStreamSampler`; the data set's
+  items must depend on their index only, as
+  :class:`~cdism_fast.data.TrainingPatches` do), and the DataLoader draws its
+  worker seeds from its own generator, never from the global one;
+* the global RNGs (dropout, stochastic depth) are saved as they stand at the
+  start of the next iteration.
+
+Ctrl-C (SIGINT) or SIGTERM finishes the current iteration, saves and returns
+with ``status="interrupted"``; a second Ctrl-C interrupts at once and still
+saves when no optimiser step was under way. A non-finite loss stops before
+the step that would spread it, naming the iteration; the last checkpoint on
+disk (written before that iteration) is left as it is.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed
+from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from .ema import ExponentialMovingAverage
+from .monitor import RunLog
+from .sampler import ShardedStreamSampler
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME", "LOG_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+_FORMAT = "cdism_fast.training/1"
+_AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the message names the iteration and the checkpoint that was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """How long and how a :class:`Trainer` runs; every field is saved in the checkpoint.
+
+    ``batch_size`` is per process (DDP multiplies it by the number of ranks).
+    ``checkpoint_every`` / ``validate_every`` / ``log_every`` are in
+    iterations; 0 turns the periodic action off (a checkpoint is still written
+    at the end and on interruption, and validation still runs at the end when
+    a validation callable is given). ``amp``: ``"none"``, ``"bf16"`` or
+    ``"fp16"`` autocast (fp16 also scales the loss; it needs CUDA).
+    ``channels_last``: ``None`` means on for CUDA, off elsewhere.
+    ``ema_decay``: keep an exponential moving average of the weights.
+    """
+    iterations: int
+    batch_size: int = 16
+    seed: int = 0
+    checkpoint_every: int = 1000
+    validate_every: int = 0
+    log_every: int = 50
+    num_workers: int = 0
+    amp: str = "none"
+    channels_last: Optional[bool] = None
+    compile: bool = False
+    grad_clip: Optional[float] = None
+    ema_decay: Optional[float] = None
+    progress: bool = True
+    description: str = "train"
+
+    def __post_init__(self):
+        for name in ("iterations", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("checkpoint_every", "validate_every", "log_every", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 turns it off), got {value!r}")
+        if self.amp not in _AMP_DTYPES:
+            raise ValueError(f"amp must be one of {tuple(_AMP_DTYPES)}, got {self.amp!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay!r}")
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" or "interrupted"
+    iteration: int
+    checkpoint: Optional[Path]
+    validation: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between iterations (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"{signal.Signals(signum).name}: finishing this iteration, saving a checkpoint, then stopping "
+                   "(press Ctrl-C again to stop at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _to_device(batch, device: torch.device, channels_last: bool):
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(item, device, channels_last) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device, channels_last) for key, value in batch.items()}
+    return batch
+
+
+class Trainer:
+    """Runs ``config.iterations`` steps of ``step_loss(model, batch)`` with ``optimizer``.
+
+    ``step_loss`` receives the model to call (wrapped for DDP / compile when
+    on) and the batch on the training device, and returns a scalar loss.
+    ``validate(model)`` (optional, called on rank 0 under ``no_grad`` with the
+    EMA model when EMA is on, in eval mode) returns a dict of numbers, e.g.
+    ``{"psnr": ..., "ssim": ...}``. ``scheduler`` is stepped once per
+    iteration. ``kind`` names what is trained (a checkpoint of another kind
+    is refused on resume); ``metadata`` is stored in the checkpoint as is.
+    """
+
+    def __init__(self, model: nn.Module, step_loss: Callable, optimizer: torch.optim.Optimizer, dataset,
+                 config: TrainConfig, out_dir, *, scheduler=None, validate: Callable | None = None,
+                 kind: str = "train", metadata: dict | None = None,
+                 context: distributed.DistributedContext | None = None):
+        self.config = config
+        self.context = context or distributed.current()
+        self.device = self.context.device
+        self.out_dir = Path(out_dir)
+        self.kind, self.metadata = kind, dict(metadata or {})
+        self.step_loss, self.optimizer, self.scheduler, self.validate = step_loss, optimizer, scheduler, validate
+        self.dataset = dataset
+        amp_dtype = _AMP_DTYPES[config.amp]
+        if amp_dtype == torch.float16 and self.device.type != "cuda":
+            raise ValueError(f"amp='fp16' needs a CUDA device (training runs on {self.device}); use 'bf16' or 'none'")
+        self.amp_dtype = amp_dtype
+        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
+        step_model = self.model
+        if self.context.enabled:
+            step_model = nn.parallel.DistributedDataParallel(
+                step_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step_model = torch.compile(step_model) if config.compile else step_model
+        self.iteration = 0
+        self.validation: dict = {}
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / LOG_NAME
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to validate and export: the EMA average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ----------------------------------------------------------- checkpoints
+    def _state(self, rng_states: list) -> dict:
+        return {
+            "format": _FORMAT,
+            "kind": self.kind,
+            "iteration": self.iteration,
+            "config": asdict(self.config),
+            "metadata": self.metadata,
+            "world_size": self.context.world_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_states,
+            "data": {"samples_consumed": self.iteration * self.config.batch_size, "length": len(self.dataset),
+                     "seed": self.config.seed},
+            "validation": self.validation,
+        }
+
+    def save_checkpoint(self, rng_state: dict | None = None) -> Path:
+        """Write ``checkpoint.pt`` (rank 0) holding every rank's RNG state; collective under DDP."""
+        rng_states = distributed.gather_objects(rng_state or capture_rng_state())
+        error = None
+        if self.context.is_main:
+            try:
+                atomic_save(self._state(rng_states), self.checkpoint_path)
+            except CheckpointError as caught:
+                error = str(caught)
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise CheckpointError(error)
+        return self.checkpoint_path
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        if state.get("format") != _FORMAT:
+            raise CheckpointError(f"{self.checkpoint_path} is not a cdism_fast training checkpoint "
+                                  f"(format {state.get('format')!r}); remove it or choose another --out")
+        if state["kind"] != self.kind:
+            raise CheckpointError(f"{self.checkpoint_path} is a checkpoint of a {state['kind']!r} run, not of this "
+                                  f"{self.kind!r} run; choose another --out or pass --overwrite")
+        saved = state["config"]
+        for name in ("batch_size", "seed"):
+            if saved[name] != getattr(self.config, name):
+                raise ValueError(f"{name} is {getattr(self.config, name)} but the run being resumed used "
+                                 f"{saved[name]}; resume with the same {name} (or start over with --overwrite)")
+        data = state["data"]
+        if data["length"] != len(self.dataset):
+            raise ValueError(f"the training data has {len(self.dataset)} samples but the run being resumed had "
+                             f"{data['length']}; resume with the same data (or start over with --overwrite)")
+        if state["world_size"] != self.context.world_size:
+            warnings.warn(f"resuming a run of {state['world_size']} processes with {self.context.world_size}: "
+                          "training continues, but not bit-identically to an uninterrupted run", stacklevel=3)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = state["iteration"]
+        self.validation = state.get("validation", {})
+        rng_states = state["rng"]
+        restore_rng_state(rng_states[self.context.rank % len(rng_states)])
+
+    # ----------------------------------------------------------------- loop
+    def _loader(self):
+        from ..data.patches import training_loader
+
+        sampler = ShardedStreamSampler(len(self.dataset), seed=self.config.seed, rank=self.context.rank,
+                                       world_size=self.context.world_size,
+                                       start=self.iteration * self.config.batch_size)
+        return training_loader(self.dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
+                               seed=self.config.seed, sampler=sampler)
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Under DDP, each flag is true on every rank when it is true on any (one small all-reduce)."""
+        if not self.context.enabled:
+            return list(flags)
+        tensor = torch.tensor([float(f) for f in flags], device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return [bool(v) for v in tensor.tolist()]
+
+    def _run_validation(self, log: RunLog | None) -> None:
+        if self.validate is None:
+            return
+        if self.context.is_main:
+            model = self.eval_model
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                results = dict(self.validate(model))
+            model.train(was_training)
+            self.validation = {"iteration": self.iteration, **results}
+            if log is not None:
+                log.write("validation", self.iteration, **results)
+        self.validation = distributed.broadcast_object(self.validation)
+
+    def _step(self, batch) -> torch.Tensor:
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            loss = self.step_loss(self.step_model, batch)
+        return loss
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``config.iterations``; with ``resume``, continue from ``checkpoint.pt`` when it exists."""
+        config = self.config
+        started = time.perf_counter()
+        if resume and self.checkpoint_path.is_file():
+            self._resume()
+        if self.iteration >= config.iterations:
+            return TrainResult("completed", self.iteration, self.checkpoint_path, self.validation, 0.0)
+        if self.context.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(self.log_path) if self.context.is_main else None
+        distributed.barrier()
+        self.model.train()
+        bar = tqdm(total=config.iterations, initial=self.iteration, desc=config.description, unit="it",
+                   dynamic_ncols=True, disable=not (config.progress and self.context.is_main))
+        interval_loss, interval_count, interval_start, data_seconds = 0.0, 0, time.perf_counter(), 0.0
+        status, batches = "completed", None
+        try:
+            with _StopRequest() as stop:
+                batches = iter(self._loader())  # workers fork here and inherit the stop handler
+                if log is not None:
+                    log.write("start", self.iteration, kind=self.kind, iterations=config.iterations,
+                              world_size=self.context.world_size, resumed=self.iteration > 0)
+                while self.iteration < config.iterations:
+                    rng_at_start = capture_rng_state()
+                    stepping = False
+                    try:
+                        fetch_start = time.perf_counter()
+                        batch = _to_device(next(batches), self.device, self.channels_last)
+                        data_seconds += time.perf_counter() - fetch_start
+                        loss = self._step(batch)
+                        loss_value = float(loss.detach().float())
+                        (not_finite,) = self._agree(not math.isfinite(loss_value))
+                        if not_finite:
+                            self._stop_on_non_finite(loss_value, log)
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.scaler.scale(loss).backward()
+                        stepping = True
+                        if config.grad_clip is not None:
+                            self.scaler.unscale_(self.optimizer)
+                            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        if self.scheduler is not None:
+                            self.scheduler.step()
+                        if self.ema is not None:
+                            self.ema.update(self.model)
+                        self.iteration += 1
+                        stepping = False
+                    except KeyboardInterrupt:
+                        self._interrupted_at_once(stepping, rng_at_start)
+                        status = "interrupted"
+                        break
+                    interval_loss += loss_value
+                    interval_count += 1
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss={loss_value:.4g}", refresh=False)
+                    last = self.iteration == config.iterations
+                    if log is not None and config.log_every and (self.iteration % config.log_every == 0 or last):
+                        elapsed = time.perf_counter() - interval_start
+                        log.write("train", self.iteration, loss=interval_loss / interval_count,
+                                  lr=self.optimizer.param_groups[0]["lr"],
+                                  iterations_per_second=interval_count / max(elapsed, 1e-9),
+                                  data_fraction=data_seconds / max(elapsed, 1e-9))
+                        interval_loss, interval_count, interval_start, data_seconds = 0.0, 0, time.perf_counter(), 0.0
+                    if (config.validate_every and self.iteration % config.validate_every == 0) or last:
+                        self._run_validation(log)
+                    (stop_now,) = self._agree(stop.requested)
+                    if (config.checkpoint_every and self.iteration % config.checkpoint_every == 0) or last or stop_now:
+                        self.save_checkpoint()
+                    if stop_now and not last:
+                        status = "interrupted"
+                        break
+            if log is not None:
+                log.write("end", self.iteration, status=status, seconds=time.perf_counter() - started)
+        finally:
+            batches = None  # shuts the DataLoader workers down now, not at garbage collection
+            bar.close()
+            if log is not None:
+                log.close()
+        return TrainResult(status, self.iteration, self.checkpoint_path, self.validation,
+                           time.perf_counter() - started)
+
+    def _interrupted_at_once(self, stepping: bool, rng_at_start: dict) -> None:
+        """A second Ctrl-C: save when the weights are still those of the iteration's start."""
+        where = self.checkpoint_path if self.checkpoint_path.is_file() else "none"
+        if stepping or self.context.enabled:
+            tqdm.write(f"interrupted during iteration {self.iteration + 1}; not saved (the weights were being "
+                       f"updated{' or other ranks are mid-step' if self.context.enabled else ''}); "
+                       f"last checkpoint kept: {where}")
+            return
+        self.save_checkpoint(rng_at_start)
+        tqdm.write(f"interrupted; saved {self.checkpoint_path} at iteration {self.iteration}")
+
+    def _stop_on_non_finite(self, loss_value: float, log: RunLog | None) -> None:
+        iteration = self.iteration + 1
+        if self.checkpoint_path.is_file():
+            kept = f"the last good checkpoint {self.checkpoint_path} is kept"
+        else:
+            kept = "no checkpoint had been written yet"
+        if log is not None:
+            log.write("non_finite_loss", iteration, loss=loss_value)
+        raise NonFiniteLossError(
+            f"the loss is {loss_value} at iteration {iteration} (at least on one rank); training stopped before "
+            f"that step and {kept}. Lower the learning rate, check the data, or use amp='none', then resume.")

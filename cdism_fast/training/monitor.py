@@ -1,0 +1,81 @@
+"""What a run records: JSON Lines (always), TensorBoard (when installed), a progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+__all__ = ["RunLog", "read_log"]
+
+
+def _json_value(value):
+    """Tensors and numpy scalars as plain numbers; NaN/Inf as strings (JSON has no such numbers)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunLog:
+    """Appends one JSON object per line to ``path``, and mirrors scalars to TensorBoard.
+
+    Each record has ``event`` (``"train"``, ``"validation"``, ...), the
+    ``iteration`` and the wall-clock ``time``. TensorBoard event files go to
+    ``<folder>/tensorboard`` when ``torch.utils.tensorboard`` can be imported
+    (it needs the ``tensorboard`` package); otherwise only the JSON lines are
+    written. Lines are flushed at once, so a killed run keeps its log.
+    """
+
+    def __init__(self, path, tensorboard: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = open(self.path, "a", encoding="utf-8")
+        self._board = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._board = SummaryWriter(str(self.path.parent / "tensorboard"))
+
+    def write(self, event: str, iteration: int, **values) -> dict:
+        record = {"event": event, "iteration": iteration, "time": round(time.time(), 3)}
+        record.update({key: _json_value(value) for key, value in values.items()})
+        self._stream.write(json.dumps(record) + "\n")
+        self._stream.flush()
+        if self._board is not None:
+            for key, value in record.items():
+                if key not in ("event", "iteration", "time") and isinstance(value, (int, float)):
+                    self._board.add_scalar(f"{event}/{key}", value, iteration)
+        return record
+
+    def close(self) -> None:
+        self._stream.close()
+        if self._board is not None:
+            self._board.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_log(path, event: str | None = None) -> list[dict]:
+    """The records of a JSON Lines log, optionally only those of one ``event``.
+
+    A last line cut short by a killed process is ignored.
+    """
+    records = []
+    with open(path, encoding="utf-8") as stream:
+        for line in stream:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event is None or record.get("event") == event:
+                records.append(record)
+    return records

@@ -1,0 +1,234 @@
+"""The stages and the whole workflow end to end, on a few tiny images (seconds, not minutes)."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cdism_fast.cli import main
+from cdism_fast.compress import compress_config
+from cdism_fast.models import build, count_params
+from cdism_fast.training import read_log
+from cdism_fast.training.artifacts import load_model, model_spec, save_model
+from cdism_fast.training.presets import PRESETS, WorkflowPreset
+from cdism_fast.training.stages import StageSettings, compress, distill, prune
+from cdism_fast.training.workflow import run_workflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_images(folder, count, seed, size=(40, 48)):
+    """Smooth random colour images (bicubic can be beaten, and the models can learn them)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        coarse = rng.integers(0, 256, size=(size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((size[1], size[0]), Image.BICUBIC)
+        image.save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return write_images(root / "train", 3, seed=1), write_images(root / "val", 2, seed=2)
+
+
+def tiny(iterations=3, **changes):
+    values = dict(iterations=iterations, batch_size=2, patch_size=12, lr=1e-3, checkpoint_every=0, log_every=1,
+                  progress=False)
+    return StageSettings(**{**values, **changes})
+
+
+def tiny_teacher():
+    torch.manual_seed(0)
+    return build("edsr_baseline", scale=2).with_structure(2, 1, 16)
+
+
+TINY = WorkflowPreset(
+    name="tiny", description="test", teacher_model="edsr_baseline", teacher_structure=(2, 1, 16), scale=2,
+    teacher=tiny(4), prune=tiny(3, lr=1e-2), distill=tiny(3),
+    prune_options={"lam": 0.5, "n_p": 2, "n_o": None, "steps_per_epoch": 1, "eps": 0.0, "penalty": "all"})
+
+
+def test_workflow_interrupted_resumed_end_to_end_writes_the_report(tmp_path, images, monkeypatch):
+    train, val = images
+    import cdism_fast.ops
+
+    charbonnier, calls = cdism_fast.ops.charbonnier, {"n": 0}
+
+    def charbonnier_then_ctrl_c(*args, **kwargs):  # Ctrl-C during the second pruning iteration
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return charbonnier(*args, **kwargs)
+
+    monkeypatch.setattr(cdism_fast.ops, "charbonnier", charbonnier_then_ctrl_c)
+    first = run_workflow(TINY, tmp_path / "run", data=train, val=[val], progress=False)
+    assert first.status == "interrupted"
+    stage = json.loads((tmp_path / "run" / "stage.json").read_text())
+    assert stage["status"] == "interrupted" and stage["stopped_in"] == "prune"
+    with pytest.raises(FileExistsError, match="pass --resume to continue it"):
+        run_workflow(TINY, tmp_path / "run", data=train, val=[val], progress=False)
+    result = run_workflow(TINY, tmp_path / "run", data=train, val=[val], progress=False, resume=True)
+    assert result.status == "completed"
+    assert [r["iteration"] for r in read_log(tmp_path / "run" / "teacher" / "log.jsonl", "start")] == [0]
+    assert [r["iteration"] for r in read_log(tmp_path / "run" / "prune" / "log.jsonl", "start")] == [0, 2]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    for name in ("teacher", "pruned", "student", "student_no_kd", "bicubic"):
+        entry = report[name]
+        assert {"params", "flops", "psnr", "ssim", "density", "structure"} <= set(entry)
+        assert np.isfinite(entry["psnr"]) and 0 < entry["ssim"] <= 1
+    assert report["bicubic"]["params"] == 0
+    density = json.loads((tmp_path / "run" / "prune" / "density.json").read_text())
+    assert 0 < density["density"] < 1  # lam = 0.5 zeroes weights within 3 steps
+    expected = compress_config(tiny_teacher(), density["density"])
+    assert report["student"]["structure"] == expected._asdict()
+    assert report["student"]["params"] == count_params(tiny_teacher().with_structure(*expected))
+    assert report["density"]["density"] == density["density"]
+    assert report["command"] and report["preset"] == "tiny"
+    assert {"student_params_fraction", "student_minus_bicubic_psnr", "kd_minus_no_kd_psnr"} <= set(report["checks"])
+    for name in ("report.md", "psnr_vs_cost.png", "crops.png", "crops/hr.png", "crops/student.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert "| student (KD) |" in (tmp_path / "run" / "report.md").read_text()
+    # the figures and tables can be rebuilt from the files alone
+    (tmp_path / "run" / "report.json").unlink()
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["student"] == report["student"]
+
+
+def test_output_folder_guard_resume_and_overwrite(tmp_path, images, capsys):
+    train, val = images
+    out = tmp_path / "teacher"
+
+    def train_command(iterations="2", folder=out):
+        return ["train", "--preset", "demo", "--structure", "1,1,8", "--data", str(train), "--val", str(val),
+                "--batch-size", "2", "--patch-size", "12", "--no-progress", "--iterations", iterations,
+                "--out", str(folder)]
+
+    arguments = train_command()
+    assert main(arguments) == 0
+    assert main(arguments) == 2
+    assert "holds a 'train' run (completed); pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert main(train_command("4") + ["--resume"]) == 0  # extend 2 → 4 iterations
+    assert [r["iteration"] for r in read_log(out / "log.jsonl", "start")] == [0, 2]
+    assert main(arguments + ["--overwrite"]) == 0
+    assert [r["iteration"] for r in read_log(out / "log.jsonl", "start")] == [0]
+    assert main(["prune", "--teacher", str(out / "model.pt"), "--out", str(out), "--resume", "--iterations", "1",
+                 "--data", str(train), "--no-progress"]) == 2
+    assert "holds a 'train' run, not a 'prune' run" in capsys.readouterr().err
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(train_command(folder=foreign) + ["--overwrite"]) == 2
+    assert "holds files that are not a cdism-fast run" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_stage_commands_chain(tmp_path, images, capsys):
+    train, val = images
+    common = ["--preset", "demo", "--data", str(train), "--val", str(val), "--iterations", "2", "--batch-size", "2",
+              "--patch-size", "12", "--no-progress", "--threads", "1"]
+    assert main(["train", "--structure", "2,1,16", "--out", str(tmp_path / "t"), *common]) == 0
+    teacher = str(tmp_path / "t" / "model.pt")
+    assert main(["prune", "--teacher", teacher, "--lam", "0.5", "--lr", "0.01", "--out", str(tmp_path / "p"),
+                 *common]) == 0
+    assert "density d (deep-feature weights) =" in capsys.readouterr().out
+    assert main(["compress", "--teacher", str(tmp_path / "p" / "model.pt"), "--density",
+                 str(tmp_path / "p" / "density.json"), "--n-b", "1", "--out", str(tmp_path / "c")]) == 0
+    table = capsys.readouterr().out
+    assert "teacher" in table and "student" in table and "FLOPs@720p" in table
+    student = json.loads((tmp_path / "c" / "student.json").read_text())
+    assert student["structure"]["n_b"] == 1
+    for extra, folder in ((["--kd-reduction", "sum"], "s"), (["--no-kd"], "n")):
+        assert main(["distill", "--teacher", teacher, "--student", str(tmp_path / "c" / "student.json"), *extra,
+                     "--out", str(tmp_path / folder), *common]) == 0
+    assert json.loads((tmp_path / "s" / "stage.json").read_text())["settings"]["reduction"] == "sum"
+    kd, no_kd = load_model(tmp_path / "s" / "model.pt"), load_model(tmp_path / "n" / "model.pt")
+    assert kd.structure() == no_kd.structure() == (1, student["structure"]["n_l"], student["structure"]["n_c"])
+    assert not all(torch.equal(a, b) for a, b in zip(kd.parameters(), no_kd.parameters()))
+
+
+def test_prune_penalty_is_the_optimizers_and_can_spare_the_shallow_modules(tmp_path, images):
+    train, _ = images
+    teacher = tiny_teacher()
+    result = prune(teacher, tmp_path / "deep", tiny(3, lr=1e-2), data=train, lam=2.0, n_p=5, penalty="deep")
+    report = result.extra["density"]
+    assert report["density"] < 0.5
+    assert report["layers"]["conv_first.weight"] == 1.0 and report["layers"]["conv_last.weight"] == 1.0
+    assert set(report["layers"]) == {n for n, p in teacher.named_parameters() if p.dim() >= 2}
+    # the loss that was back-propagated is the Charbonnier term alone: its logged values are those of the outputs
+    losses = [r["loss"] for r in read_log(tmp_path / "deep" / "log.jsonl", "train")]
+    assert all(0 < loss < 1 for loss in losses)
+    assert all(torch.equal(a, b) for a, b in zip(tiny_teacher().parameters(), teacher.parameters()))  # untouched
+
+
+def test_distill_teacher_is_frozen_in_eval_mode_without_grad(tmp_path, images):
+    train, _ = images
+    teacher = tiny_teacher()
+    student = compress(teacher, 0.3, tmp_path / "c").model
+    seen = []
+    teacher.register_forward_hook(lambda module, inputs, output: seen.append(
+        (module.training, torch.is_grad_enabled(), output.requires_grad)))
+    before = [p.clone() for p in teacher.parameters()]
+    result = distill(teacher, student, tmp_path / "s", tiny(2), data=train)
+    assert result.status == "completed"
+    assert seen == [(False, False, False)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, images, capsys):
+    train, val = images
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--data", str(empty), "--out", str(tmp_path / "o1"), "--iterations", "1"]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    unknown = tmp_path / "unknown.pth"
+    torch.save({"params": {"encoder.weight": torch.zeros(3, 3)}}, unknown)
+    assert main(["prune", "--teacher", str(unknown), "--out", str(tmp_path / "o3")]) == 2
+    assert "is neither EDSR-PyTorch" in capsys.readouterr().err
+    # a density file measured on another model
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "density.json").write_text(json.dumps({"density": 0.1, "model": {"family": "edsr", "config": {}}}))
+    with pytest.raises(ValueError, match="was measured on another model"):
+        compress(tiny_teacher(), other / "density.json", tmp_path / "o4")
+    (other / "density.json").write_text(json.dumps({"density": 0.0, "model": model_spec(tiny_teacher())}))
+    with pytest.raises(ValueError, match=r"zeroed every deep-feature weight \(d = 0\)"):
+        compress(tiny_teacher(), other / "density.json", tmp_path / "o4b")
+    with pytest.raises(ValueError, match="preset 'paper-edsr' needs training data"):
+        run_workflow("paper-edsr", tmp_path / "o5")
+    with pytest.raises(ValueError, match="teacher is required for distillation"):
+        distill(None, tiny_teacher(), tmp_path / "o6", tiny(1), data=train)
+    with pytest.raises(ValueError, match="ema_decay must be None for pruning"):
+        prune(tiny_teacher(), tmp_path / "o7", tiny(1, ema_decay=0.9), data=train)
+
+
+def test_model_files_round_trip_exactly(tmp_path):
+    model = build("edsr_baseline", scale=3, res_scale=0.5).with_structure(2, 2, 8)
+    save_model(tmp_path / "m.pt", model, note="x")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config() == model.config()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_presets_are_consistent():
+    for preset in PRESETS.values():
+        assert preset.prune.ema_decay is None
+        assert preset.distill_options["alpha"] == 0.1 and preset.distill_options["student_loss"] == "l1"
+    for name in ("paper-edsr", "paper-swinir"):  # the authors' forms
+        assert PRESETS[name].distill_options["reduction"] == "mean"
+        assert PRESETS[name].prune_options["penalty"] == "all"
+    assert PRESETS["paper-edsr"].prune_options["lam"] == PRESETS["paper-swinir"].prune_options["lam"] == 1e-4
