@@ -102,32 +102,33 @@ def _sdpa_attention(q, k, v, table, window_size, shift_size, hw):
 
 def attention_cases(device: torch.device, images: int, grid: int) -> list[Case]:
     """SwinIR_LW (head dim 10) and SwinIRmini (head dim 4): 6 heads, 8x8 windows, shifted."""
-    window, shift, heads = 8, 4, 6
+    window, heads = 8, 6
     windows = images * (grid // window) ** 2
-    cases = []
-    for label, dim in (("SwinIR_LW", 10), ("SwinIRmini", 4)):
-        q, k, v = (torch.randn(windows, heads, window * window, dim, device=device, requires_grad=True)
-                   for _ in range(3))
-        table = torch.randn((2 * window - 1) ** 2, heads, device=device, requires_grad=True)
-        grad_out = torch.randn(windows, heads, window * window, dim, device=device)
-        leaves = (q, k, v, table)
+    return [_attention_case(device, label, windows, heads, window, dim, grid, images)
+            for label, dim in (("SwinIR_LW", 10), ("SwinIRmini", 4))]
 
-        def step(fn):
-            def run():
-                for t in leaves:
-                    t.grad = None
-                fn(q, k, v, table, window, shift, (grid, grid)).backward(grad_out)
-            return run
 
-        def op(b):
-            return lambda *a: ops.window_attention(*a[:5], hw=a[6], shift_size=a[5], backend=b)
+def _attention_case(device, label, windows, heads, window, dim, grid, images) -> Case:
+    shift = window // 2
+    q, k, v = (torch.randn(windows, heads, window * window, dim, device=device, requires_grad=True)
+               for _ in range(3))
+    table = torch.randn((2 * window - 1) ** 2, heads, device=device, requires_grad=True)
+    grad_out = torch.randn(windows, heads, window * window, dim, device=device)
 
-        runners = _with_compile("window_attention", device, lambda b: step(op(b)), step(torch.compile(op("reference"))))
-        runners["sdpa"] = step(_sdpa_attention)
-        moved = 8 * q.numel() * q.element_size()
-        cases.append(Case("window_attention", f"{label} {windows}x{heads}x64x{dim}", "fwd+bwd", runners,
-                          moved, images))
-    return cases
+    def step(fn):
+        def run():
+            for t in (q, k, v, table):
+                t.grad = None
+            fn(q, k, v, table, window, shift, (grid, grid)).backward(grad_out)
+        return run
+
+    def op(b):
+        return lambda *a: ops.window_attention(*a[:5], hw=a[6], shift_size=a[5], backend=b)
+
+    runners = _with_compile("window_attention", device, lambda b: step(op(b)), step(torch.compile(op("reference"))))
+    runners["sdpa"] = step(_sdpa_attention)
+    moved = 8 * q.numel() * q.element_size()
+    return Case("window_attention", f"{label} {windows}x{heads}x64x{dim}", "fwd+bwd", runners, moved, images)
 
 
 def _foreach_obproxsg(params, grads, lr, lam, orthant):
@@ -163,21 +164,22 @@ def parameter_shapes(name: str) -> list[tuple[int, ...]]:
 
 
 def optimizer_cases(device: torch.device, models=("edsr_baseline", "swinir_lightweight", "10M")) -> list[Case]:
-    cases = []
-    for model in models:
-        shapes = parameter_shapes(model)
-        params = [torch.randn(s, device=device) for s in shapes]
-        grads = [torch.randn(s, device=device) for s in shapes]
-        count = sum(p.numel() for p in params)
-        for orthant in (False, True):
-            def make(backend, orthant=orthant):
-                return lambda: ops.obproxsg_step(params, grads, 1e-4, 1e-4, orthant, backend=backend)
+    return [_optimizer_case(device, model, orthant) for model in models for orthant in (False, True)]
 
-            runners = {name: make(name) for name in _backends("obproxsg_step", device)}
-            runners["foreach"] = lambda orthant=orthant: _foreach_obproxsg(params, grads, 1e-4, 1e-4, orthant)
-            phase = "orthant" if orthant else "prox-sg"
-            cases.append(Case("obproxsg_step", f"{model} ({count / 1e6:.2f}M)", phase, runners, 12 * count, None))
-    return cases
+
+def _optimizer_case(device, model, orthant) -> Case:
+    shapes = parameter_shapes(model)
+    params = [torch.randn(s, device=device) for s in shapes]
+    grads = [torch.randn(s, device=device) for s in shapes]
+    count = sum(p.numel() for p in params)
+
+    def make(backend):
+        return lambda: ops.obproxsg_step(params, grads, 1e-4, 1e-4, orthant, backend=backend)
+
+    runners = {name: make(name) for name in _backends("obproxsg_step", device)}
+    runners["foreach"] = lambda: _foreach_obproxsg(params, grads, 1e-4, 1e-4, orthant)
+    phase = "orthant" if orthant else "prox-sg"
+    return Case("obproxsg_step", f"{model} ({count / 1e6:.2f}M)", phase, runners, 12 * count, None)
 
 
 def model_cases(device: torch.device, lr_hw: int, batch: dict) -> list[Case]:

@@ -113,7 +113,7 @@ def save(rows: list[Measurement], device: torch.device, bandwidth: float, table:
     stamp = datetime.date.today().isoformat()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{device_label(device)}").strip("-").lower()
     torch_version = torch.__version__.replace("+", "-")
-    stem = RESULTS_DIR / f"{stamp}_{slug}_torch-{torch_version}"
+    stem = f"{stamp}_{slug}_torch-{torch_version}"
     payload = {
         "date": stamp,
         "device": device_label(device),
@@ -122,8 +122,8 @@ def save(rows: list[Measurement], device: torch.device, bandwidth: float, table:
         "copy_bandwidth_gbps": bandwidth / 1e9,
         "measurements": [asdict(r) | {"gbps": r.gbps()} for r in rows],
     }
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = (f"Device: {device_label(device)}; torch {torch.__version__}; copy bandwidth "
               f"{bandwidth / 1e9:.1f} GB/s (read + write); {stamp}\n\n")
-    stem.with_suffix(".md").write_text(header + table + "\n")
-    return stem.with_suffix(".json")
+    (RESULTS_DIR / f"{stem}.md").write_text(header + table + "\n")
+    return RESULTS_DIR / f"{stem}.json"

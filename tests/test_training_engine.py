@@ -12,13 +12,8 @@ from cdism_fast.training import (CHECKPOINT_NAME, LOG_NAME, CheckpointError, Non
                                  TrainConfig, Trainer, load_checkpoint, read_log)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class IndexedPairs(Dataset):

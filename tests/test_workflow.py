@@ -18,13 +18,8 @@ from cdism_fast.training.stages import StageSettings, compress, distill, prune
 from cdism_fast.training.workflow import run_workflow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_images(folder, count, seed, size=(40, 48)):
