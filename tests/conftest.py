@@ -27,10 +27,12 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """Run a test on one intra-op thread: on a shared 2-core machine, OpenMP threads
-    waiting for busy cores make long per-image loops several times slower."""
+    """Run a module's tests on one intra-op thread: on a shared 2-core machine, OpenMP
+    threads waiting for busy cores make small ops many times slower. Module scope, so
+    that module-scoped results (a reference training run) see the same thread count
+    as the tests comparing against them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
