@@ -1,6 +1,6 @@
 """Training patch pairs per second through the DataLoader (target: at least 2,000 on 2 CPU cores).
 
-    python -m pytest benchmarks/bench_data.py -s
+    python -m pytest benchmarks/test_data_loading.py -s
 
 The images are the built-in training photographs (scikit-image's wheel; six
 images from 512x512 to 1411x1411), or synthetic images of the same sizes when
