@@ -7,6 +7,8 @@ update, ``sdpa`` for attention with a materialised bias + mask).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -222,25 +224,18 @@ def model_cases(device: torch.device, lr_hw: int, batch: dict) -> list[Case]:
     return cases
 
 
-class _forced_backend:
-    """Set CDISM_BACKEND for the duration of a block ("auto" leaves it unset)."""
-
-    def __init__(self, backend: str):
-        self.backend = backend
-
-    def __enter__(self):
-        import os
-
-        self.saved = os.environ.pop("CDISM_BACKEND", None)
-        if self.backend != "auto":
-            os.environ["CDISM_BACKEND"] = self.backend
-
-    def __exit__(self, *exc):
-        import os
-
+@contextlib.contextmanager
+def _forced_backend(backend: str):
+    """CDISM_BACKEND set to ``backend`` for the block ("auto" leaves it unset)."""
+    saved = os.environ.pop("CDISM_BACKEND", None)
+    if backend != "auto":
+        os.environ["CDISM_BACKEND"] = backend
+    try:
+        yield
+    finally:
         os.environ.pop("CDISM_BACKEND", None)
-        if self.saved is not None:
-            os.environ["CDISM_BACKEND"] = self.saved
+        if saved is not None:
+            os.environ["CDISM_BACKEND"] = saved
 
 
 def all_cases(device: torch.device, quick: bool = False) -> list[tuple[str, Callable[[], list[Case]]]]:

@@ -87,8 +87,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 def settings_from_args(args: argparse.Namespace, base: StageSettings) -> StageSettings:
     """``base`` with every option the user gave on the command line."""
-    changes = {field: getattr(args, option) for option, field in _SETTING_OPTIONS.items()
-               if getattr(args, option, None) is not None}
+    changes = overrides_from_args(args)
     changes["progress"] = not getattr(args, "no_progress", False)
     known = {f.name for f in fields(StageSettings)}
     return base.replace(**{k: v for k, v in changes.items() if k in known})
