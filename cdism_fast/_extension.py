@@ -186,8 +186,17 @@ def load(kind: str) -> ExtensionStatus:
         return _status[kind]
 
 
+def _constant_when_compiled(fn):
+    """Mark ``fn`` the way ``torch.compiler.assume_constant_result`` does, without its
+    import of torch._dynamo (over a second of every ``import cdism_fast``); a
+    compiled caller has imported dynamo anyway. tests/test_dispatch.py checks that
+    the public decorator still sets exactly this."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # torch.compile runs this once while tracing (the lock and the build cannot be traced).
-@torch.compiler.assume_constant_result
+@_constant_when_compiled
 def missing_reason(kind: str) -> Optional[str]:
     """``None`` if extension ``kind`` is loaded, else why it is not."""
     status = load(kind)

@@ -1,4 +1,7 @@
 """The op layer: backend selection, reasons, overrides and the missing-extension fallback."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -73,3 +76,18 @@ def test_every_registered_op_has_a_reference():
     for name, op in ops.registered_ops().items():
         assert "reference" in op.backends, name
         assert op.backends["reference"].devices >= {"cpu", "cuda"}, name
+
+
+def test_extension_check_is_marked_constant_as_the_public_decorator_does():
+    def probe():
+        return None
+
+    public = torch.compiler.assume_constant_result(probe).__dict__.copy()
+    assert public and _extension.missing_reason.__dict__.items() >= public.items()
+
+
+def test_import_does_not_load_dynamo():
+    # Dynamo costs over a second of start-up to every CLI call; only torch.compile needs it.
+    code = "import sys, cdism_fast.cli, cdism_fast.training; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
