@@ -171,9 +171,8 @@ def test_nan_propagates(family):
 
 @pytest.mark.parametrize("family", ["edsr", "swinir"])
 def test_compile_fullgraph_and_gradients(family):
-    model = randomize(models.from_structure(family, 12, 2, 1, 2, **({"num_heads": 3, "window_size": 4,
-                                                                     "attention_backend": "reference"}
-                                                                    if family == "swinir" else {})))
+    swinir_options = {"num_heads": 3, "window_size": 4, "attention_backend": "reference", "drop_path_rate": 0.0}
+    model = randomize(models.from_structure(family, 12, 2, 1, 2, **(swinir_options if family == "swinir" else {})))
     x = torch.rand(2, 3, 6, 5)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     loss = compiled(x).square().mean()
@@ -199,6 +198,27 @@ def test_edsr_protocol():
     deep = {id(p) for p in model.deep_feature_parameters()}
     names = {n for n, p in model.named_parameters() if id(p) in deep}
     assert names == {n for n, _ in model.named_parameters() if n.startswith(("body.", "conv_after_body."))}
+
+
+def test_swinir_stochastic_depth():
+    assert tiny_swinir().drop_path_rate == 0.1  # the official default
+    model = randomize(tiny_swinir(depths=(3, 2), num_heads=(3, 3), drop_path_rate=0.4))
+    layers = [block for rstb in model.layers for block in rstb.residual_group.blocks]
+    assert [layer.drop_path.rate for layer in layers] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert models.build("swinir_lightweight", attention_backend="reference").drop_path_rate == 0.1
+    assert model.with_structure(2, 2, 12).drop_path_rate == 0.4
+    x = torch.rand(64, 3, 8, 8)
+    plain = tiny_swinir(depths=(3, 2), num_heads=(3, 3), drop_path_rate=0.0)
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))  # eval: the identity
+        drop = layers[-1].drop_path.train()
+        branch = torch.randn(64, 5, 4)
+        kept = drop(branch)
+    zero = (kept == 0).flatten(1)
+    assert torch.all(zero.all(1) | (~zero).all(1))  # whole samples are dropped
+    assert_close(kept[~zero.all(1)], branch[~zero.all(1)] / 0.6)
+    assert 10 <= zero.all(1).sum().item() <= 42  # Binomial(64, 0.4): mean 25.6, sd 3.9
 
 
 def test_swinir_protocol():
@@ -253,6 +273,8 @@ def test_swinir_direct_upsampler_takes_any_scale():
     (dict(mlp_ratio=-1), "mlp_ratio"),
     (dict(upsampler="nearest+conv"), "upsampler must be one of"),
     (dict(img_range=0), "value_range"),
+    (dict(drop_path_rate=1.0), "drop_path_rate must be a number in \\[0, 1\\), got 1.0"),
+    (dict(drop_path_rate=-0.1), "drop_path_rate"),
 ])
 def test_swinir_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):

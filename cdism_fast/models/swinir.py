@@ -85,11 +85,32 @@ def _merge(windows: torch.Tensor, ws: int, b: int, h: int, w: int) -> torch.Tens
     return windows.view(b, h // ws, w // ws, ws, ws, -1).transpose(2, 3).reshape(b, h, w, -1)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016) on a residual branch: in training, each sample's
+    branch is dropped with probability ``rate`` and kept ones are scaled by 1 / (1 − rate), so
+    the expectation is the branch itself; in eval it is the identity."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return branch
+        keep = 1.0 - self.rate
+        per_sample = (branch.shape[0],) + (1,) * (branch.ndim - 1)
+        return branch * torch.empty(per_sample, dtype=branch.dtype, device=branch.device).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}"
+
+
 class SwinLayer(nn.Module):
-    """Pre-norm (shifted-)window attention and pre-norm MLP, each with a residual connection."""
+    """Pre-norm (shifted-)window attention and pre-norm MLP, each with a residual connection
+    (its branch under stochastic depth at ``drop_path``)."""
 
     def __init__(self, dim: int, heads: int, window_size: int, shift_size: int, mlp_ratio: float,
-                 qkv_bias: bool, backend: str):
+                 qkv_bias: bool, backend: str, drop_path: float = 0.0):
         super().__init__()
         self.window_size = window_size
         self.shift_size = shift_size
@@ -97,6 +118,7 @@ class SwinLayer(nn.Module):
         self.attn = WindowAttention(dim, heads, window_size, qkv_bias, backend)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, length, c = tokens.shape
@@ -108,19 +130,20 @@ class SwinLayer(nn.Module):
         x = _merge(self.attn(_partition(x, ws), shift, hw), ws, b, h, w)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        tokens = tokens + x.reshape(b, length, c)
-        return tokens + self.mlp(self.norm2(tokens))
+        tokens = tokens + self.drop_path(x.reshape(b, length, c))
+        return tokens + self.drop_path(self.mlp(self.norm2(tokens)))
 
 
 class SwinLayers(nn.Module):
-    """The official ``residual_group``: the Swin layers of one RSTB, shifted every other one."""
+    """The official ``residual_group``: the Swin layers of one RSTB, shifted every other one;
+    layer i's stochastic-depth rate is ``drop_paths[i]``."""
 
-    def __init__(self, dim: int, depth: int, heads: int, window_size: int, mlp_ratio: float, qkv_bias: bool,
-                 backend: str):
+    def __init__(self, dim: int, heads: int, window_size: int, mlp_ratio: float, qkv_bias: bool,
+                 backend: str, drop_paths: Sequence[float]):
         super().__init__()
         self.blocks = nn.ModuleList(
-            SwinLayer(dim, heads, window_size, window_size // 2 if i % 2 else 0, mlp_ratio, qkv_bias, backend)
-            for i in range(depth))
+            SwinLayer(dim, heads, window_size, window_size // 2 if i % 2 else 0, mlp_ratio, qkv_bias, backend, rate)
+            for i, rate in enumerate(drop_paths))
 
     def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         for block in self.blocks:
@@ -139,10 +162,10 @@ def _to_tokens(image: torch.Tensor) -> torch.Tensor:
 class RSTB(nn.Module):
     """Residual Swin transformer block: tokens + conv3x3(Swin layers(tokens))."""
 
-    def __init__(self, dim: int, depth: int, heads: int, window_size: int, mlp_ratio: float, qkv_bias: bool,
-                 backend: str):
+    def __init__(self, dim: int, heads: int, window_size: int, mlp_ratio: float, qkv_bias: bool,
+                 backend: str, drop_paths: Sequence[float]):
         super().__init__()
-        self.residual_group = SwinLayers(dim, depth, heads, window_size, mlp_ratio, qkv_bias, backend)
+        self.residual_group = SwinLayers(dim, heads, window_size, mlp_ratio, qkv_bias, backend, drop_paths)
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
 
     def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -167,7 +190,9 @@ class SwinIR(nn.Module):
     ``embed_dim`` = N_c, ``depths`` = Swin layers per RSTB (N_b = len(depths), N_l =
     depths[i]), ``num_heads`` per RSTB (each must divide ``embed_dim``). Attention runs
     through :func:`cdism_fast.ops.window_attention` with ``attention_backend``
-    ("auto" or a backend name; settable on the built model).
+    ("auto" or a backend name; settable on the built model). ``drop_path_rate``: stochastic
+    depth in training, rising linearly from 0 at the first Swin layer to this rate at the
+    last (the official schedule and default).
     """
 
     family = "swinir"
@@ -175,7 +200,8 @@ class SwinIR(nn.Module):
     def __init__(self, scale: int = 2, embed_dim: int = 60, depths: Sequence[int] = (6, 6, 6, 6),
                  num_heads: Sequence[int] = (6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,
                  upsampler: str = "pixelshuffledirect", img_range: float = 1.0, qkv_bias: bool = True,
-                 patch_norm: bool = True, rgb_mean=DIV2K_RGB_MEAN, attention_backend: str = "auto"):
+                 patch_norm: bool = True, rgb_mean=DIV2K_RGB_MEAN, attention_backend: str = "auto",
+                 drop_path_rate: float = 0.1):
         super().__init__()
         if upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
@@ -208,13 +234,20 @@ class SwinIR(nn.Module):
         if len(self.rgb_mean) != 3:
             raise ValueError(f"rgb_mean must be 3 numbers (R, G, B), got {rgb_mean!r}")
         backend = _check_backend(attention_backend)
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
+                or not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}")
+        self.drop_path_rate = float(drop_path_rate)
+        total = sum(self.depths)
+        rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        starts = [sum(self.depths[:i]) for i in range(len(self.depths))]
 
         self.mean_shift = MeanShift(img_range, self.rgb_mean)
         self.conv_first = nn.Conv2d(3, embed_dim, 3, padding=1)
         self.patch_embed = PatchEmbed(embed_dim, self.patch_norm)
         self.layers = nn.ModuleList(
-            RSTB(embed_dim, depth, heads, window_size, self.mlp_ratio, self.qkv_bias, backend)
-            for depth, heads in zip(self.depths, self.num_heads))
+            RSTB(embed_dim, heads, window_size, self.mlp_ratio, self.qkv_bias, backend, rates[start:start + depth])
+            for start, depth, heads in zip(starts, self.depths, self.num_heads))
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
         if upsampler == "pixelshuffle":
@@ -260,7 +293,8 @@ class SwinIR(nn.Module):
         return dict(scale=self.scale, embed_dim=self.embed_dim, depths=self.depths, num_heads=self.num_heads,
                     window_size=self.window_size, mlp_ratio=self.mlp_ratio, upsampler=self.upsampler,
                     img_range=self.img_range, qkv_bias=self.qkv_bias, patch_norm=self.patch_norm,
-                    rgb_mean=self.rgb_mean, attention_backend=self.attention_backend)
+                    rgb_mean=self.rgb_mean, attention_backend=self.attention_backend,
+                    drop_path_rate=self.drop_path_rate)
 
     def forward_features(self, features: torch.Tensor) -> torch.Tensor:
         """The deep-feature module without its closing conv: RSTBs on the tokens, then ``norm``."""
@@ -307,7 +341,7 @@ class SwinIR(nn.Module):
     def extra_repr(self) -> str:
         return (f"scale={self.scale}, embed_dim={self.embed_dim}, depths={list(self.depths)}, "
                 f"num_heads={list(self.num_heads)}, window_size={self.window_size}, mlp_ratio={self.mlp_ratio:g}, "
-                f"upsampler={self.upsampler!r}, img_range={self.img_range:g}")
+                f"upsampler={self.upsampler!r}, img_range={self.img_range:g}, drop_path_rate={self.drop_path_rate:g}")
 
 
 def _init_weights(module: nn.Module) -> None:
