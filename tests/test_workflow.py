@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cdism_fast.cli import main
+from cdism_fast.cli import exit_code, main
 from cdism_fast.compress import compress_config
 from cdism_fast.models import build, count_params
 from cdism_fast.training import read_log
@@ -194,6 +194,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, images, capsys):
     torch.save({"params": {"encoder.weight": torch.zeros(3, 3)}}, unknown)
     assert main(["prune", "--teacher", str(unknown), "--out", str(tmp_path / "o3")]) == 2
     assert "is neither EDSR-PyTorch" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "o4"), "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "cdism-fast train: error: --threads must be >= 1, got 0"
     # a density file measured on another model
     other = tmp_path / "other"
     other.mkdir()
@@ -227,3 +229,12 @@ def test_presets_are_consistent():
         assert PRESETS[name].distill_options["reduction"] == "mean"
         assert PRESETS[name].prune_options["penalty"] == "all"
     assert PRESETS["paper-edsr"].prune_options["lam"] == PRESETS["paper-swinir"].prune_options["lam"] == 1e-4
+
+
+def test_exit_codes_of_stopped_runs():
+    from cdism_fast.training.checkpoint import CheckpointError
+    from cdism_fast.training.engine import NonFiniteLossError
+
+    assert exit_code(CheckpointError("disk full")) == 2 and exit_code(FileExistsError("out")) == 2
+    assert exit_code(NonFiniteLossError("loss is nan at iteration 7")) == 1
+    assert exit_code(RuntimeError("a bug")) is None  # a traceback, not one line

@@ -38,9 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, BackendUnavailable) as exc:
-        # A user's mistake: one line that names it (CDISM_DEBUG=1 shows the traceback).
-        if os.environ.get("CDISM_DEBUG") == "1":
+    except Exception as exc:
+        # Bad input, or a run stopped for a reason its message explains: one line that names
+        # it (CDISM_DEBUG=1 shows the traceback). Anything else is a bug: the traceback.
+        code = exit_code(exc)
+        if code is None or os.environ.get("CDISM_DEBUG") == "1":
             raise
         print(f"cdism-fast {args.command}: error: {exc}", file=sys.stderr)
+        return code
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """2 for bad input, an error's own ``exit_code`` (checkpoint and non-finite-loss errors), else None."""
+    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, BackendUnavailable)):
         return 2
+    return getattr(type(exc), "exit_code", None)

@@ -26,6 +26,8 @@ __all__ = ["CheckpointError", "atomic_save", "load_checkpoint", "capture_rng_sta
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says what is kept and what to do."""
 
+    exit_code = 2  # the command line prints the message alone (cdism_fast.cli.main)
+
 
 def _fsync_folder(folder: Path) -> None:
     try:

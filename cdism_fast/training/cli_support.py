@@ -100,28 +100,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run_safely(function, args: argparse.Namespace) -> int:
-    """Run a command: clear one-line errors for bad input, the exit codes above, a clean process group."""
+    """Run a training command with ``--threads`` applied and a clean process group; errors
+    propagate to ``cdism_fast.cli.main``, which prints them in one line with the exit codes above."""
+    import torch
     import torch.distributed as dist
-
-    from .checkpoint import CheckpointError
-    from .engine import NonFiniteLossError
 
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:
-            print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
-            return 2
-        import torch
-
+            raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     try:
         status = function(args)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         if dist.is_available() and dist.is_initialized():
             # Free every DDP reducer first: one destroyed after its process group hangs in gloo's destructor.

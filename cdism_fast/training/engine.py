@@ -54,6 +54,8 @@ _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the iteration and the checkpoint that was kept."""
 
+    exit_code = 1  # the command line prints the message alone (cdism_fast.cli.main)
+
 
 @dataclass
 class TrainConfig:
