@@ -1,10 +1,12 @@
-"""The CUDA extension compiles and links against a CUDA build of torch, without a GPU.
+"""The CUDA extension compiles and links against CUDA builds of torch, without a GPU.
 
-Runs ``make cuda-build-check``: it creates the CUDA-torch virtual environment
+``make cuda-build-check``: it creates the CUDA-torch virtual environment
 outside the clone if missing (``~/.cache/cdism-fast/venv-cuda``, about 5 GB),
 builds cdism_fast._C and _C_cuda with ``setup.py build_ext`` for
 ``TORCH_CUDA_ARCH_LIST="8.6;9.0"`` out of the tree, loads both with that torch and
-checks the CUDA kernels are registered and hold sm_86 and sm_90 machine code.
+checks the CUDA kernels are registered and hold sm_86 and sm_90 machine code,
+then runs the Triton interpreter suite and compiles on the Triton it pins (3.8).
+``make gpu-stack-check``: the same on the GPU machines' own stack (below).
 """
 import os
 import shutil
@@ -23,17 +25,29 @@ def _nvcc():
     return next((c for c in candidates if c.is_file()), None)
 
 
-def test_cuda_extension_builds_for_sm86_and_sm90():
+def _make(target: str) -> str:
+    """``make -s target`` in the checkout; its output, or the test fails with the output's end."""
     if _nvcc() is None:
         pytest.skip("no CUDA toolkit (nvcc) on this machine: set CUDA_HOME or install the toolkit")
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    result = subprocess.run(["make", "-s", "cuda-build-check"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=3600)
+    result = subprocess.run(["make", "-s", target], cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
     output = (result.stdout + result.stderr)[-12000:]
-    assert result.returncode == 0, f"make cuda-build-check failed:\n{output}"
-    assert "cuda build check:" in result.stdout, output
-    print(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, f"make {target} failed:\n{output}"
+    return result.stdout
+
+
+def test_cuda_extension_builds_for_sm86_and_sm90():
+    output = _make("cuda-build-check")
+    assert "cuda build check: torch 2.14.1" in output, output[-12000:]
+
+
+def test_gpu_machine_stack_builds_and_passes():
+    """``make gpu-stack-check``: the lent GPU machines' Python 3.12, torch 2.11.0+cu130 and
+    Triton 3.6.0 (a venv outside the clone, about 3 GB from PyPI): gpu_check.sh's build of
+    both extensions for sm_86/sm_90, then the op, optimizer, model and Triton tests on it."""
+    output = _make("gpu-stack-check")
+    assert "cuda build check: torch 2.11.0" in output and "gpu stack check:" in output, output[-12000:]
 
 
 def test_gpu_backends_are_registered_and_say_why_they_cannot_run():
