@@ -1,8 +1,8 @@
 """Runs every benchmark case on every device here and prints one table per device.
 
-    python -m benchmarks [--quick] [--device cpu|cuda] [--only GROUP ...] [--no-save]
+    python -m benchmarks [--quick] [--hot] [--device cpu|cuda] [--only GROUP ...] [--no-save]
 
-Results go to benchmarks/results/<date>_<device>_torch-<version>.{json,md}.
+Results go to benchmarks/results/<date>_<device>_torch-<version>[_hot].{json,md}.
 """
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import traceback
 
 import torch
 
-from .cases import all_cases
+from .cases import ROTATION_BYTES, all_cases
 from .harness import Measurement, copy_bandwidth, device_label, format_table, median_time, peak_memory, save
 
 
-def run_device(device: torch.device, quick: bool, only: list[str] | None, save_results: bool) -> None:
+def run_device(device: torch.device, quick: bool, only: list[str] | None, save_results: bool,
+               hot: bool = False) -> None:
     bandwidth = copy_bandwidth(device)
-    print(f"\n## {device_label(device)} (torch {torch.__version__}; copy {bandwidth / 1e9:.1f} GB/s)\n",
+    inputs = inputs_note(hot)
+    print(f"\n## {device_label(device)} (torch {torch.__version__}; copy {bandwidth / 1e9:.1f} GB/s; {inputs})\n",
           flush=True)
     rows: list[Measurement] = []
-    for group, build in all_cases(device, quick):
+    for group, build in all_cases(device, quick, hot):
         if only and group not in only:
             continue
         try:
@@ -45,7 +47,13 @@ def run_device(device: torch.device, quick: bool, only: list[str] | None, save_r
     table = format_table(rows, bandwidth)
     print("\n" + table)
     if save_results and rows:
-        print(f"\nsaved {save(rows, device, bandwidth, table)}")
+        print(f"\nsaved {save(rows, device, bandwidth, table, inputs, hot)}")
+
+
+def inputs_note(hot: bool) -> str:
+    if hot:
+        return "hot: memory-bound cases reuse one input set"
+    return f"memory-bound cases rotate over {ROTATION_BYTES / 2**30:g} GiB of input copies"
 
 
 def main(argv=None) -> int:
@@ -54,11 +62,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
                         help="devices to run (default: cpu, and cuda when visible)")
     parser.add_argument("--only", nargs="+", choices=("losses", "attention", "optimizer", "models"))
+    parser.add_argument("--hot", action="store_true",
+                        help="memory-bound cases reuse one input set (cache-resident) instead of rotating copies")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     for name in devices:
-        run_device(torch.device(name), args.quick, args.only, not args.no_save)
+        run_device(torch.device(name), args.quick, args.only, not args.no_save, args.hot)
     return 0
 
 

@@ -4,10 +4,17 @@ A case builds its inputs once and returns one zero-argument callable per
 backend: the op's own backends that can run here, ``compile`` (the reference
 under ``torch.compile``), and named baselines (``foreach`` for the optimizer
 update, ``sdpa`` for attention with a materialised bias + mask).
+
+Memory-bound cases (losses, optimizer) rotate among copies of their inputs that
+add up to :data:`ROTATION_BYTES`: run after run on one set would time a cache
+(this project's CPU machine has a 260 MiB L3; an H200 a 60 MB L2), not memory,
+and GB/s are compared with a copy through memory. ``hot=True`` keeps one set,
+as in training when an op reads what the layer before it just wrote.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -27,6 +34,17 @@ class Case:
     items: Optional[int] = None
 
 
+#: Bytes of input copies a memory-bound case rotates among (over 4x the largest cache above).
+ROTATION_BYTES = 1 << 30
+
+
+def rotation(make_set: Callable[[], tuple], set_bytes: int, hot: bool) -> Callable[[], tuple]:
+    """A callable returning, call after call, the next of the input sets that ``make_set``
+    builds, ceil(ROTATION_BYTES / set_bytes) of them (one when ``hot``), in turn."""
+    count = 1 if hot else max(1, -(-ROTATION_BYTES // set_bytes))
+    return itertools.cycle([make_set() for _ in range(count)]).__next__
+
+
 def _backends(op_name: str, device: torch.device) -> list[str]:
     return ops.available_backends(op_name, device)
 
@@ -38,30 +56,32 @@ def _with_compile(op_name: str, device: torch.device, make: Callable[[str], Call
     return runners
 
 
-def _train_step(fn: Callable[..., torch.Tensor], leaf: torch.Tensor, *rest) -> Callable[[], None]:
-    """Forward + backward of a scalar loss with respect to ``leaf``."""
+def _train_step(fn: Callable[..., torch.Tensor], inputs: Callable[[], tuple]) -> Callable[[], None]:
+    """Forward + backward of a scalar loss with respect to the first of the ``inputs()``."""
     def step():
+        leaf, *rest = inputs()
         leaf.grad = None
         fn(leaf, *rest).backward()
     return step
 
 
-def _map_step(fn: Callable[..., torch.Tensor], leaf: torch.Tensor, grad_out: torch.Tensor) -> Callable[[], None]:
-    """Forward + backward of an image-to-image op given the output's gradient."""
+def _map_step(fn: Callable[..., torch.Tensor], inputs: Callable[[], tuple]) -> Callable[[], None]:
+    """Forward + backward of an image-to-image op; ``inputs()`` gives (input, output's gradient)."""
     def step():
+        leaf, grad_out = inputs()
         leaf.grad = None
         fn(leaf).backward(grad_out)
     return step
 
 
-def loss_cases(device: torch.device, shapes) -> list[Case]:
+def loss_cases(device: torch.device, shapes, hot: bool = False) -> list[Case]:
     cases = []
     for shape in shapes:
         label = "x".join(map(str, shape))
         n, elem = torch.Size(shape).numel(), 4
-        x = torch.randn(shape, device=device, requires_grad=True)
-        y, gt = torch.randn(shape, device=device), torch.randn(shape, device=device)
-        grad_out = torch.randn(shape, device=device)
+        # x (the leaf), y, gt, and the gradient of a map's output
+        tensors = rotation(lambda: (torch.randn(shape, device=device, requires_grad=True),
+                                    *(torch.randn(shape, device=device) for _ in range(3))), 4 * n * elem, hot)
 
         def highpass(b):
             return lambda t: ops.gaussian_highpass(t, backend=b)
@@ -75,14 +95,18 @@ def loss_cases(device: torch.device, shapes) -> list[Case]:
         def charbonnier(b):
             return lambda s, t: ops.charbonnier(s, t, backend=b)
 
-        for op_name, factory, make_run, extra, moved in (
-            ("gaussian_highpass", highpass, _map_step, (grad_out,), 4 * n * elem),
-            ("laplacian_loss", laplacian, _train_step, (y,), 3 * n * elem),
-            ("distillation_loss", distill, _train_step, (y, gt), 4 * n * elem),
-            ("charbonnier", charbonnier, _train_step, (y,), 3 * n * elem),
+        for op_name, factory, make_run, picked, moved in (
+            ("gaussian_highpass", highpass, _map_step, (0, 3), 4 * n * elem),
+            ("laplacian_loss", laplacian, _train_step, (0, 1), 3 * n * elem),
+            ("distillation_loss", distill, _train_step, (0, 1, 2), 4 * n * elem),
+            ("charbonnier", charbonnier, _train_step, (0, 1), 3 * n * elem),
         ):
-            runners = _with_compile(op_name, device, lambda b: make_run(factory(b), x, *extra),
-                                    make_run(torch.compile(factory("reference")), x, *extra))
+            def inputs(picked=picked):
+                chosen = tensors()
+                return tuple(chosen[i] for i in picked)
+
+            runners = _with_compile(op_name, device, lambda b: make_run(factory(b), inputs),
+                                    make_run(torch.compile(factory("reference")), inputs))
             cases.append(Case(op_name, label, "fwd+bwd", runners, moved, shape[0]))
     return cases
 
@@ -165,23 +189,28 @@ def parameter_shapes(name: str) -> list[tuple[int, ...]]:
     return [tuple(p.shape) for p in model.parameters()]
 
 
-def optimizer_cases(device: torch.device, models=("edsr_baseline", "swinir_lightweight", "10M")) -> list[Case]:
-    return [_optimizer_case(device, model, orthant) for model in models for orthant in (False, True)]
+def optimizer_cases(device: torch.device, models=("edsr_baseline", "swinir_lightweight", "10M"),
+                    hot: bool = False) -> list[Case]:
+    cases = []
+    for model in models:
+        shapes = parameter_shapes(model)
+        count = sum(torch.Size(s).numel() for s in shapes)
+        # (params, grads) sets, shared by both phases; the update writes the params in place
+        sets = rotation(lambda: tuple([torch.randn(s, device=device) for s in shapes] for _ in range(2)),
+                        8 * count, hot)
+        cases += [_optimizer_case(device, f"{model} ({count / 1e6:.2f}M)", sets, count, orthant)
+                  for orthant in (False, True)]
+    return cases
 
 
-def _optimizer_case(device, model, orthant) -> Case:
-    shapes = parameter_shapes(model)
-    params = [torch.randn(s, device=device) for s in shapes]
-    grads = [torch.randn(s, device=device) for s in shapes]
-    count = sum(p.numel() for p in params)
-
+def _optimizer_case(device, label, sets, count, orthant) -> Case:
     def make(backend):
-        return lambda: ops.obproxsg_step(params, grads, 1e-4, 1e-4, orthant, backend=backend)
+        return lambda: ops.obproxsg_step(*sets(), 1e-4, 1e-4, orthant, backend=backend)
 
     runners = {name: make(name) for name in _backends("obproxsg_step", device)}
-    runners["foreach"] = lambda: _foreach_obproxsg(params, grads, 1e-4, 1e-4, orthant)
+    runners["foreach"] = lambda: _foreach_obproxsg(*sets(), 1e-4, 1e-4, orthant)
     phase = "orthant" if orthant else "prox-sg"
-    return Case("obproxsg_step", f"{model} ({count / 1e6:.2f}M)", phase, runners, 12 * count, None)
+    return Case("obproxsg_step", label, phase, runners, 12 * count, None)
 
 
 def model_cases(device: torch.device, lr_hw: int, batch: dict) -> list[Case]:
@@ -238,16 +267,18 @@ def _forced_backend(backend: str):
             os.environ["CDISM_BACKEND"] = saved
 
 
-def all_cases(device: torch.device, quick: bool = False) -> list[tuple[str, Callable[[], list[Case]]]]:
-    """Named case groups for ``device``; each is built lazily so one missing piece skips only its group."""
+def all_cases(device: torch.device, quick: bool = False, hot: bool = False
+              ) -> list[tuple[str, Callable[[], list[Case]]]]:
+    """Named case groups for ``device``; each is built lazily so one missing piece skips only its group.
+    ``hot``: memory-bound cases reuse one input set (see the module's docstring)."""
     cpu = device.type == "cpu"
     loss_shapes = [(16, 3, 96, 96)] if quick else ([(16, 3, 96, 96), (16, 3, 128, 128)] if cpu else
                                                    [(16, 3, 256, 256)])
     return [
-        ("losses", lambda: loss_cases(device, loss_shapes)),
+        ("losses", lambda: loss_cases(device, loss_shapes, hot)),
         ("attention", lambda: attention_cases(device, images=4 if quick else 16, grid=64)),
         ("optimizer", lambda: optimizer_cases(device, ("edsr_baseline",) if quick else
-                                              ("edsr_baseline", "swinir_lightweight", "10M"))),
+                                              ("edsr_baseline", "swinir_lightweight", "10M"), hot)),
         ("models", lambda: model_cases(device, lr_hw=48 if cpu else 64,
                                        batch={"edsr": 16, "swinir": 2 if cpu else 16})),
     ]

@@ -100,7 +100,8 @@ for path in sorted(glob.glob(f"{work}/bench_*.json")):
     summary["benchmarks"][group] = payload
     rows = [Measurement(**{k: v for k, v in m.items() if k != "gbps"}) for m in payload["measurements"]]
     bandwidth = payload["copy_bandwidth_gbps"] * 1e9
-    lines += ["", f"## {group} ({payload['device']}, torch {payload['torch']}, copy {payload['copy_bandwidth_gbps']:.0f} GB/s)",
+    lines += ["", f"## {group} ({payload['device']}, torch {payload['torch']}, copy {payload['copy_bandwidth_gbps']:.0f} GB/s; "
+              f"{payload['inputs']})",
               "", format_table(rows, bandwidth)]
 json.dump(summary, open(f"{stem}.json", "w"), indent=2)
 open(f"{stem}.md", "w").write("\n".join(lines) + "\n")

@@ -107,23 +107,26 @@ def format_table(rows: list[Measurement], bandwidth: float) -> str:
     return "\n".join(lines)
 
 
-def save(rows: list[Measurement], device: torch.device, bandwidth: float, table: str) -> Path:
-    """Write JSON and markdown named with date, device and torch version."""
+def save(rows: list[Measurement], device: torch.device, bandwidth: float, table: str, inputs: str,
+         hot: bool = False) -> Path:
+    """Write JSON and markdown named with date, device, torch version (and ``_hot``);
+    ``inputs`` says how the cases' inputs were used."""
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.date.today().isoformat()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{device_label(device)}").strip("-").lower()
     torch_version = torch.__version__.replace("+", "-")
-    stem = f"{stamp}_{slug}_torch-{torch_version}"
+    stem = f"{stamp}_{slug}_torch-{torch_version}" + ("_hot" if hot else "")
     payload = {
         "date": stamp,
         "device": device_label(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "copy_bandwidth_gbps": bandwidth / 1e9,
+        "inputs": inputs,
         "measurements": [asdict(r) | {"gbps": r.gbps()} for r in rows],
     }
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = (f"Device: {device_label(device)}; torch {torch.__version__}; copy bandwidth "
-              f"{bandwidth / 1e9:.1f} GB/s (read + write); {stamp}\n\n")
+              f"{bandwidth / 1e9:.1f} GB/s (read + write); {inputs}; {stamp}\n\n")
     (RESULTS_DIR / f"{stem}.md").write_text(header + table + "\n")
     return RESULTS_DIR / f"{stem}.json"

@@ -1,8 +1,8 @@
 """pytest-benchmark view of the same cases: ``pytest benchmarks/`` times every backend of
 every case, grouped by case so backends sit side by side (``--benchmark-group-by=group``).
 
-Set ``CDISM_BENCH_DEVICE=cuda`` to benchmark on the GPU and ``CDISM_BENCH_QUICK=1``
-for the small shapes. A case group that cannot be built here (a piece missing)
+Set ``CDISM_BENCH_DEVICE=cuda`` to benchmark on the GPU, ``CDISM_BENCH_QUICK=1``
+for the small shapes and ``CDISM_BENCH_HOT=1`` to keep one input set (see cases.py). A case group that cannot be built here (a piece missing)
 shows up as one skipped test naming the reason.
 """
 import os
@@ -18,7 +18,8 @@ DEVICE = torch.device(os.environ.get("CDISM_BENCH_DEVICE", "cpu"))
 
 def _collect():
     params = []
-    for group, build in all_cases(DEVICE, quick=os.environ.get("CDISM_BENCH_QUICK") == "1"):
+    for group, build in all_cases(DEVICE, quick=os.environ.get("CDISM_BENCH_QUICK") == "1",
+                                  hot=os.environ.get("CDISM_BENCH_HOT") == "1"):
         try:
             cases = build()
         except Exception as exc:
