@@ -112,9 +112,12 @@ def test_onnx_of_the_presets(tmp_path):
     # SwinIR with one shifted and one plain layer, through the package's window attention. Exported from
     # training mode: the graph is the eval-mode model (no stochastic depth), and the mode is restored.
     swinir = build("swinir_mini", scale=2, depths=(2,), num_heads=(6,))
-    path = export(swinir, tmp_path / "swinir.onnx", input_size=(40, 56), dynamic=False)
+    path = export(swinir, tmp_path / "swinir.onnx", input_size=(40, 56))
     assert swinir.training
-    _assert_onnx_matches(swinir.eval(), path, [(1, 3, 40, 56), (3, 3, 40, 56)])
+    # Any size: padded (37x53), a multiple of the window already (64x72), smaller than a window (5x19).
+    _assert_onnx_matches(swinir.eval(), path, [(1, 3, 40, 56), (2, 3, 37, 53), (1, 3, 64, 72), (1, 3, 5, 19)])
+    fixed = export(swinir, tmp_path / "swinir_fixed.onnx", input_size=(40, 56), dynamic=False)
+    _assert_onnx_matches(swinir, fixed, [(3, 3, 40, 56)])
 
 
 @needs_models

@@ -5,6 +5,7 @@ import inspect
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..ops._checks import check_image
 
@@ -96,9 +97,11 @@ def reflect_pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     when the pad exceeds the image (a 1-pixel side is repeated)."""
     height, width = x.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h:
+    # A symbolic size (torch.export with a free size) pads always: testing the pad would
+    # fix which sizes the exported graph accepts.
+    if not statically_known_true(pad_h == 0):
         x = x.index_select(-2, _reflect_index(height, height + pad_h, x.device))
-    if pad_w:
+    if not statically_known_true(pad_w == 0):
         x = x.index_select(-1, _reflect_index(width, width + pad_w, x.device))
     return x
 
@@ -107,6 +110,7 @@ def _reflect_index(size: int, length: int, device) -> torch.Tensor:
     position = torch.arange(length, device=device)
     if size == 1:
         return torch.zeros_like(position)
-    period = 2 * (size - 1)
+    # The period as a tensor: a symbolic size as a scalar operand does not export to ONNX.
+    period = torch.full((), 2 * (size - 1), dtype=position.dtype, device=device)
     phase = position % period
     return torch.where(phase < size, phase, period - phase)

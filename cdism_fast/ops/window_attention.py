@@ -45,8 +45,9 @@ def _check_shift_size(shift_size, window_size: int) -> int:
 
 
 def _check_hw(hw, window_size: int) -> tuple[int, int]:
+    # SymInt: a size left free by torch.export (ONNX export of any input size).
     if (not isinstance(hw, (tuple, list, torch.Size)) or len(hw) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in hw)):
+            or not all(isinstance(s, (int, torch.SymInt)) and not isinstance(s, bool) for s in hw)):
         raise ValueError(f"hw must be the (H, W) of the padded token grid as two ints, got {hw!r}")
     height, width = hw
     if height < window_size or width < window_size or height % window_size or width % window_size:
