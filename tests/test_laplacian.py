@@ -5,7 +5,7 @@ import torch
 
 import float64_references as ref
 from cdism_fast.ops import available_backends, laplacian_loss, laplacian_pyramid
-from tolerances import assert_close
+from tolerances import assert_close, assert_compiles_like_eager
 
 BACKENDS = available_backends("laplacian_loss")
 # Divisible by 16, odd, non-square, the smallest for 5 levels, and fewer levels.
@@ -115,18 +115,7 @@ def test_no_grad_call(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend):
     x, y = _pair((2, 3, 34, 33))
-    x.requires_grad_()
-    # Inductor for the kernels; the reference's many small ops take minutes to
-    # generate code for on two cores, so it is traced (fullgraph) with aot_eager.
-    compiler = "aot_eager" if backend == "reference" else "inductor"
-    compiled = torch.compile(lambda a, b: laplacian_loss(a, b, backend=backend), fullgraph=True, backend=compiler)
-    loss = compiled(x, y)
-    (grad,) = torch.autograd.grad(loss, x)
-    x_eager = x.detach().requires_grad_()
-    eager = laplacian_loss(x_eager, y, backend=backend)
-    eager.backward()
-    assert_close(loss, eager)
-    assert_close(grad, x_eager.grad)
+    assert_compiles_like_eager(lambda a, b: laplacian_loss(a, b, backend=backend), x, y, backend=backend)
 
 
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")

@@ -14,6 +14,21 @@ TOLERANCES = {
 }
 
 
+def assert_compiles_like_eager(loss_fn, leaf: torch.Tensor, *rest, backend: str):
+    """``torch.compile(fullgraph=True)`` of the scalar ``loss_fn(leaf, *rest)`` gives eager's value
+    and gradient with respect to ``leaf``. Inductor for the kernels; the reference's many small
+    ops take minutes to generate code for on two cores, so it is traced with aot_eager."""
+    compiler = "aot_eager" if backend == "reference" else "inductor"
+    leaf = leaf.detach().requires_grad_()
+    loss = torch.compile(loss_fn, fullgraph=True, backend=compiler)(leaf, *rest)
+    (grad,) = torch.autograd.grad(loss, leaf)
+    eager_leaf = leaf.detach().requires_grad_()
+    eager = loss_fn(eager_leaf, *rest)
+    eager.backward()
+    assert_close(loss, eager)
+    assert_close(grad, eager_leaf.grad)
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = None, msg: str = ""):
     """``actual`` equals ``expected`` within the tolerance of ``dtype`` (default: actual's dtype)."""
     tol = TOLERANCES[dtype or actual.dtype]
