@@ -5,7 +5,6 @@ import inspect
 
 import torch
 from torch import nn
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..ops._checks import check_image
 
@@ -97,11 +96,11 @@ def reflect_pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     when the pad exceeds the image (a 1-pixel side is repeated)."""
     height, width = x.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
-    # A symbolic size (torch.export with a free size) pads always: testing the pad would
-    # fix which sizes the exported graph accepts.
-    if not statically_known_true(pad_h == 0):
+    # A symbolic size (torch.export with a free size; not an int) pads always: testing the
+    # pad would fix which sizes the exported graph accepts.
+    if not (isinstance(pad_h, int) and pad_h == 0):
         x = x.index_select(-2, _reflect_index(height, height + pad_h, x.device))
-    if not statically_known_true(pad_w == 0):
+    if not (isinstance(pad_w, int) and pad_w == 0):
         x = x.index_select(-1, _reflect_index(width, width + pad_w, x.device))
     return x
 
