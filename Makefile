@@ -17,6 +17,7 @@ DEPS_STAMP  := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-
 PYTEST_ARGS ?=
 # CUDA extension build check: architectures, out-of-tree build folder, toolkit.
 CUDA_ARCHS  ?= 8.6;9.0
+CUDA_SMS     = $(subst .,,$(subst ;, ,$(CUDA_ARCHS)))
 CUDA_BUILD  ?= $(CACHE)/cuda-build-check
 # Where nvcc is a wrapper script outside its toolkit, torch would guess CUDA_HOME wrong.
 CUDA_HOME   ?= $(firstword $(wildcard /usr/local/cuda) $(patsubst %/bin/nvcc,%,$(shell command -v nvcc)))
@@ -80,7 +81,7 @@ cuda-build-check: $(CUDA_DEPS)
 	  CUDA_HOME="$(CUDA_HOME)" CDISM_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" MAX_JOBS=$${MAX_JOBS:-2} \
 	  $(VENV_CUDA)/bin/python setup.py -q build_ext --build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/tmp && \
 	  touch $(CUDA_STAMP); }
-	CUDA_HOME="$(CUDA_HOME)" $(VENV_CUDA)/bin/python csrc/cuda/check_build.py $(CUDA_BUILD)/lib $(subst .,,$(subst ;, ,$(CUDA_ARCHS)))
+	CUDA_HOME="$(CUDA_HOME)" $(VENV_CUDA)/bin/python csrc/cuda/check_build.py $(CUDA_BUILD)/lib $(CUDA_SMS)
 	CDISM_JIT=0 $(VENV_CUDA)/bin/python -m pytest -q -p no:cacheprovider tests/test_triton_interpret.py tests/test_triton_compile.py
 
 # numpy<2.4: Triton 3.6's interpreter calls int() on 1-element arrays, which NumPy 2.4 refuses.
@@ -105,7 +106,7 @@ gpu-stack-check: $(GPU_STAMP)
 	  | tar -xf - -C $(GPU_TREE)
 	cd $(GPU_TREE) && CUDA_HOME="$(CUDA_HOME)" CDISM_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" MAX_JOBS=$${MAX_JOBS:-2} \
 	  $(VENV_GPU)/bin/python setup.py -q build_ext --inplace
-	cd $(GPU_TREE) && CUDA_HOME="$(CUDA_HOME)" $(VENV_GPU)/bin/python csrc/cuda/check_build.py . $(subst .,,$(subst ;, ,$(CUDA_ARCHS)))
+	cd $(GPU_TREE) && CUDA_HOME="$(CUDA_HOME)" $(VENV_GPU)/bin/python csrc/cuda/check_build.py . $(CUDA_SMS)
 	cd $(GPU_TREE) && CDISM_JIT=0 $(VENV_GPU)/bin/python -m pytest -q -p no:cacheprovider $(GPU_STACK_TESTS)
 	@$(VENV_GPU)/bin/python -c "import sys, torch, triton; print('gpu stack check: Python', sys.version.split()[0], \
 	  'torch', torch.__version__, 'triton', triton.__version__)"
