@@ -72,6 +72,29 @@ def test_missing_extension_falls_back_and_keeps_the_error(monkeypatch, capsys):
     assert "cdism_fast._C" in out and "MISSING" in out and "ImportError: boom" in out
 
 
+def test_registering_a_backend_twice_is_an_error():
+    op = _dispatch.Op("probe")
+    op.implementation("reference", devices=("cpu",))(lambda x: x)
+    with pytest.raises(ValueError, match="op 'probe' already has a 'reference' backend"):
+        op.implementation("reference", devices=("cpu",))
+    with pytest.raises(ValueError, match="unknown backend name 'fast'"):
+        op.implementation("fast", devices=("cpu",))
+    with pytest.raises(ValueError, match="op 'charbonnier' is registered twice"):
+        _dispatch.new_op("charbonnier")
+
+
+def test_every_backend_is_registered_with_its_own_requirement():
+    # One function may serve two backends (CPU and CUDA kernels of one compiled op),
+    # but each registration says why it cannot run for its own reason.
+    blur = ops.registered_ops()["gaussian_blur"].backends
+    assert blur["cuda"].fn is blur["cpp"].fn and blur["cuda"].requirement is not blur["cpp"].requirement
+    assert blur["cuda"].devices == {"cuda"} and blur["cpp"].devices == {"cpu"}
+    for name, backend in (("window_attention", "triton"), ("laplacian_loss", "triton"),
+                          ("distillation_loss", "triton"), ("obproxsg_step", "cuda")):
+        assert backend in ops.registered_ops()[name].backends, name
+    assert ops.registered_ops()["window_attention"].backends["triton"].check is not None
+
+
 def test_every_registered_op_has_a_reference():
     for name, op in ops.registered_ops().items():
         assert "reference" in op.backends, name

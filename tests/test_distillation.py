@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import float64_references as ref
-from cdism_fast.ops import BackendUnavailable, available_backends, distillation_loss
+from cdism_fast.ops import CHARBONNIER_EPS, BackendUnavailable, available_backends, distillation_loss
 from tolerances import assert_close, assert_compiles_like_eager
 
 BACKENDS = available_backends("distillation_loss")
@@ -108,12 +108,24 @@ def test_torch_compile_fullgraph(backend):
 def test_opcheck():
     op = torch.ops.cdism_fast.distillation_loss
     student, teacher, gt = _triple((2, 3, 19, 17))
-    torch.library.opcheck(op, (student.requires_grad_(), teacher, gt, 0.1, False, 3, True, True))
-    torch.library.opcheck(op, (student.detach(), teacher, gt, 0.5, True, 2, False, False))
+    eps = CHARBONNIER_EPS
+    torch.library.opcheck(op, (student.requires_grad_(), teacher, gt, 0.1, False, eps, 3, True, True))
+    torch.library.opcheck(op, (student.detach(), teacher, gt, 0.5, True, eps, 2, False, False))
     s64, t64, g64 = (t.double().contiguous(memory_format=torch.channels_last) for t in _triple((1, 2, 9, 8)))
-    torch.library.opcheck(op, (s64.requires_grad_(), t64, g64, 0.2, True, 2, True, True))
-    torch.library.opcheck(op, (student.detach().bfloat16(), teacher.bfloat16(), gt.bfloat16(), 0.1, False, 4, True,
-                               False))
+    torch.library.opcheck(op, (s64.requires_grad_(), t64, g64, 0.2, True, eps, 2, True, True))
+    torch.library.opcheck(op, (student.detach().bfloat16(), teacher.bfloat16(), gt.bfloat16(), 0.1, False, eps, 4,
+                               True, False))
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")
+def test_kernel_takes_the_charbonnier_eps_from_its_arguments():
+    student, teacher, gt = _triple((1, 2, 9, 8), torch.float64)
+    s64, t64, g64 = (ref.as_float64(t) for t in (student, teacher, gt))
+    pyramid_terms = ref.distillation_loss(s64, t64, g64, 0.0, "l1", 2, "mean")
+    for eps in (CHARBONNIER_EPS, 0.5):
+        loss, _ = torch.ops.cdism_fast.distillation_loss(student, teacher, gt, 0.3, True, eps, 2, True, False)
+        expected = pyramid_terms + 0.3 * ref.charbonnier(s64, g64, eps, "mean")
+        assert_close(loss, torch.tensor(expected, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
