@@ -9,6 +9,8 @@ from cdism_fast import _extension, ops
 from cdism_fast.ops import _dispatch
 from cdism_fast.ops.charbonnier import OP as CHARBONNIER
 
+from op_targets import CUDA, DEVICE, require
+
 
 def _select(backend="auto", reduction="mean"):
     x = torch.randn(2, 3, 4, 4)
@@ -114,3 +116,24 @@ def test_import_does_not_load_dynamo():
     code = "import sys, cdism_fast.cli, cdism_fast.training; print('torch._dynamo' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+def test_auto_picks_the_gpu_backends():
+    for name, backend in (("gaussian_highpass", "cuda"), ("laplacian_loss", "triton"),
+                          ("window_attention", "triton"), ("obproxsg_step", "cuda")):
+        require(name, backend)
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    q = torch.randn(4, 2, 64, 10, device=DEVICE)
+    table = torch.randn(225, 2, device=DEVICE)
+    chosen = {
+        "gaussian_highpass": ops.registered_ops()["gaussian_highpass"].select("auto", x, x).name,
+        "laplacian_loss": ops.registered_ops()["laplacian_loss"].select("auto", x, x, x, 5, "mean").name,
+        "window_attention": ops.registered_ops()["window_attention"].select(
+            "auto", q, q, q, q, table, 8, 0, None, 0.3).name,
+        "obproxsg_step": ops.registered_ops()["obproxsg_step"].select("auto", x, [x], [x], 0.1, 0.1, False,
+                                                                       0.0).name,
+    }
+    assert chosen == {"gaussian_highpass": "cuda", "laplacian_loss": "triton", "window_attention": "triton",
+                      "obproxsg_step": "cuda"}

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import float64_references as ref
 from cdism_fast import nn as cnn
 from cdism_fast import ops
 from cdism_fast.integrations import basicsr as cdism_basicsr
+
+import float64_references as ref
 from tolerances import assert_close
 
 

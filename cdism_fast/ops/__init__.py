@@ -5,12 +5,12 @@ Every public op takes ``backend="auto"`` (or a backend name); see
 """
 from ._dispatch import AUTO_ORDER, BackendUnavailable, available_backends, registered_ops, unavailable_backends
 from .charbonnier import CHARBONNIER_EPS, charbonnier
-from .obproxsg import obproxsg_step
 from .distillation import STUDENT_LOSSES, distillation_loss
 from .gaussian import gaussian_blur, gaussian_highpass
 from .laplacian import laplacian_loss, laplacian_pyramid
-from .window_attention import relative_position_index, shift_window_mask, window_attention
+from .obproxsg import obproxsg_step
 from .triton import import_kernels as _import_triton_kernels
+from .window_attention import relative_position_index, shift_window_mask, window_attention
 
 _import_triton_kernels()  # last: the Triton kernels' host code builds on the op modules above
 

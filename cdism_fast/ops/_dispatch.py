@@ -12,8 +12,9 @@ name (ops without one keep choosing automatically).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import torch
 
@@ -22,7 +23,7 @@ AUTO_ORDER = ("cuda", "triton", "cpp", "reference")
 BACKEND_NAMES = AUTO_ORDER
 FLOATING = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
-_OPS: dict[str, "Op"] = {}
+_OPS: dict[str, Op] = {}
 
 
 class BackendUnavailable(RuntimeError):

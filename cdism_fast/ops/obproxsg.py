@@ -21,7 +21,7 @@ the reference runs :func:`check_pairs`, the C++ kernel the same checks in C++
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

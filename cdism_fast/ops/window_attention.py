@@ -19,7 +19,8 @@ tensors, ops/triton/window_attention.py).
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 

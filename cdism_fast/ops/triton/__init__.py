@@ -1,7 +1,14 @@
-"""Triton backends: window attention and the Laplacian-pyramid loss, forward and backward.
+"""Triton kernels: window attention and the Laplacian-pyramid loss, forward and backward.
 
-Kernels are written for Triton 3.6 through 3.9 (the GPU machines have 3.6, the
-CUDA build of torch pins 3.8, PyPI serves 3.9): plain pointer arithmetic with
+This package holds what the op modules need to register their ``triton``
+backend without importing Triton's kernels (devices, dtypes, the reason Triton
+cannot run here); the kernel modules themselves (``laplacian``,
+``window_attention``) import triton and are imported once by
+:func:`import_kernels`, after every op module (see docs/DEVELOPING.md, "Writing
+an op").
+
+Kernels are written for Triton 3.6 through 3.9 (3.6 being the oldest supported,
+the CUDA build of torch pinning 3.8, PyPI serving 3.9): plain pointer arithmetic with
 masks (block pointers are gone in 3.9), no libdevice calls, fp16/bf16 converted
 to fp32 right after every load (the interpreter computes bf16 wrongly
 otherwise), and one fixed launch configuration per kernel (the interpreter
