@@ -10,7 +10,7 @@ launch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -70,6 +70,7 @@ WINDOW_ATTENTION = {
     "transposed-strides": AttentionSample(6, 2, 4, 6, 2, (8, 12), layout="transposed"),
     "window12-several-blocks": AttentionSample(2, 1, 12, 7, 5, (12, 24)),
     "head-dim-64": AttentionSample(2, 1, 8, 64, 3, (8, 16)),
+    "head-dim-24-half-blocks": AttentionSample(2, 1, 8, 24, 3, (8, 16)),
 }
 
 #: Training shapes for the GPU backends: a batch of 16 64x64 LR patches of SwinIR_LW (head dim 10)
@@ -104,7 +105,3 @@ LAPLACIAN_LOSS_GPU = {
 #: The distillation loss's training batch on the GPU backends (16 128x128 RGB patches, 5 levels).
 DISTILLATION_LOSS_GPU = PyramidSample((16, 3, 128, 128), 5)
 
-
-def in_dtype(sample, dtype: torch.dtype):
-    """``sample`` with another dtype."""
-    return replace(sample, dtype=dtype)
