@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -80,8 +81,9 @@ def loss_cases(device: torch.device, shapes, hot: bool = False) -> list[Case]:
         label = "x".join(map(str, shape))
         n, elem = torch.Size(shape).numel(), 4
         # x (the leaf), y, gt, and the gradient of a map's output
-        tensors = rotation(lambda: (torch.randn(shape, device=device, requires_grad=True),
-                                    *(torch.randn(shape, device=device) for _ in range(3))), 4 * n * elem, hot)
+        tensors = rotation(lambda shape=shape: (torch.randn(shape, device=device, requires_grad=True),
+                                                *(torch.randn(shape, device=device) for _ in range(3))),
+                           4 * n * elem, hot)
 
         def highpass(b):
             return lambda t: ops.gaussian_highpass(t, backend=b)
@@ -101,11 +103,13 @@ def loss_cases(device: torch.device, shapes, hot: bool = False) -> list[Case]:
             ("distillation_loss", distill, _train_step, (0, 1, 2), 4 * n * elem),
             ("charbonnier", charbonnier, _train_step, (0, 1), 3 * n * elem),
         ):
-            def inputs(picked=picked):
+            # Defaults bind this shape's input sets: the runners are called after the loop.
+            def inputs(picked=picked, tensors=tensors):
                 chosen = tensors()
                 return tuple(chosen[i] for i in picked)
 
-            runners = _with_compile(op_name, device, lambda b: make_run(factory(b), inputs),
+            runners = _with_compile(op_name, device,
+                                    lambda b, make_run=make_run, factory=factory: make_run(factory(b), inputs),
                                     make_run(torch.compile(factory("reference")), inputs))
             cases.append(Case(op_name, label, "fwd+bwd", runners, moved, shape[0]))
     return cases
@@ -196,7 +200,7 @@ def optimizer_cases(device: torch.device, models=("edsr_baseline", "swinir_light
         shapes = parameter_shapes(model)
         count = sum(torch.Size(s).numel() for s in shapes)
         # (params, grads) sets, shared by both phases; the update writes the params in place
-        sets = rotation(lambda: tuple([torch.randn(s, device=device) for s in shapes] for _ in range(2)),
+        sets = rotation(lambda shapes=shapes: tuple([torch.randn(s, device=device) for s in shapes] for _ in range(2)),
                         8 * count, hot)
         cases += [_optimizer_case(device, f"{model} ({count / 1e6:.2f}M)", sets, count, orthant)
                   for orthant in (False, True)]

@@ -11,8 +11,14 @@ HR patch, with random flips and transpose, collated into batches of 16.
 import pytest
 import torch
 
-from cdism_fast.data import (BUILTIN_SPLITS, HRFolderDataset, TrainingPatches, builtin_dataset, training_loader,
-                             write_image)
+from cdism_fast.data import (
+    BUILTIN_SPLITS,
+    HRFolderDataset,
+    TrainingPatches,
+    builtin_dataset,
+    training_loader,
+    write_image,
+)
 
 TARGET_PAIRS_PER_SECOND = 2000
 BATCH_SIZE = 16

@@ -2,8 +2,9 @@
 every case, grouped by case so backends sit side by side (``--benchmark-group-by=group``).
 
 Set ``CDISM_BENCH_DEVICE=cuda`` to benchmark on the GPU, ``CDISM_BENCH_QUICK=1``
-for the small shapes and ``CDISM_BENCH_HOT=1`` to keep one input set (see cases.py). A case group that cannot be built here (a piece missing)
-shows up as one skipped test naming the reason.
+for the small shapes and ``CDISM_BENCH_HOT=1`` to keep one input set (see cases.py).
+A case group that cannot be built here (a piece missing) shows up as one skipped
+test naming the reason.
 """
 import os
 

@@ -36,8 +36,9 @@ TORCH_LIBRARY(cdism_fast, m) {
   // Laplacian-pyramid loss of x against y: (loss, d loss / d x when with_grad else an empty tensor),
   // accumulated in fp32 (fp64 for double); d loss / d y = -d loss / d x.
   m.def("laplacian_loss(Tensor x, Tensor y, int levels, bool mean, bool with_grad) -> (Tensor, Tensor)");
-  // The paper's distillation loss: (loss, d loss / d student when with_grad else an empty tensor).
-  m.def("distillation_loss(Tensor student, Tensor teacher, Tensor gt, float alpha, bool charbonnier, "
+  // The paper's distillation loss: (loss, d loss / d student when with_grad else an empty tensor);
+  // the student loss is L1, or Charbonnier of epsilon eps when charbonnier is true.
+  m.def("distillation_loss(Tensor student, Tensor teacher, Tensor gt, float alpha, bool charbonnier, float eps, "
         "int levels, bool mean, bool with_grad) -> (Tensor, Tensor)");
 }
 

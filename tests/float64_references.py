@@ -7,6 +7,8 @@ of convolutions, so that they share no code path with the package.
 import numpy as np
 import torch
 
+from cdism_fast.ops import CHARBONNIER_EPS  # the paper's value, a constant of the definition
+
 BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0])
 
 
@@ -79,7 +81,7 @@ def distillation_loss(student, teacher, gt, alpha, student_loss, levels, reducti
     if student_loss == "l1":
         stu = reduce(np.abs(student - gt), reduction)
     else:
-        stu = charbonnier(student, gt, 1e-3, reduction)
+        stu = charbonnier(student, gt, CHARBONNIER_EPS, reduction)
     return (alpha * stu + laplacian_loss(student, teacher, levels, reduction)
             + laplacian_loss(highpass(student), highpass(teacher), levels, reduction))
 

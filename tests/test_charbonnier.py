@@ -3,11 +3,14 @@ import numpy as np
 import pytest
 import torch
 
+from cdism_fast.ops import CHARBONNIER_EPS, BackendUnavailable, available_backends, charbonnier
+
 import float64_references as ref
-from cdism_fast.ops import BackendUnavailable, available_backends, charbonnier
+from op_targets import cpu_backends, skip_without_cpp
 from tolerances import assert_close, assert_compiles_like_eager
 
-BACKENDS = available_backends("charbonnier")
+OP = "charbonnier"
+BACKENDS = cpu_backends(OP)
 # Images, odd sizes, a flat vector, and one large enough to be summed in several parallel chunks.
 SHAPES = [(2, 3, 17, 23), (1, 1, 1, 1), (3, 5), (7,), (4, 3, 101, 97)]
 
@@ -23,7 +26,7 @@ def _expected(x, y, eps, reduction):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("eps", [1e-3, 0.0, 0.5])
+@pytest.mark.parametrize("eps", [CHARBONNIER_EPS, 0.0, 0.5])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_float64_numpy(backend, reduction, eps, shape):
     x, y = _pair(shape)
@@ -38,8 +41,8 @@ def test_reduction_none():
     x, y = _pair((2, 3, 5, 4))
     out = charbonnier(x, y, reduction="none")
     assert out.shape == x.shape
-    assert_close(out, _expected(x, y, 1e-3, "none"))
-    if "cpp" in BACKENDS:
+    assert_close(out, _expected(x, y, CHARBONNIER_EPS, "none"))
+    if "cpp" in available_backends(OP):
         with pytest.raises(BackendUnavailable, match="reduction='none' is not fused"):
             charbonnier(x, y, reduction="none", backend="cpp")
 
@@ -51,7 +54,7 @@ def test_half_inputs_accumulate_in_float32(backend, dtype):
     x.requires_grad_()
     loss = charbonnier(x, y, backend=backend)
     assert loss.dtype == dtype
-    assert_close(loss, _expected(x, y, 1e-3, "mean"))
+    assert_close(loss, _expected(x, y, CHARBONNIER_EPS, "mean"))
     loss.backward()
     assert x.grad.dtype == dtype
 
@@ -86,7 +89,7 @@ def test_torch_compile_fullgraph(backend):
     assert_compiles_like_eager(lambda a, b: charbonnier(a, b, backend=backend), x, y, backend=backend)
 
 
-@pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")
+@skip_without_cpp(OP)
 def test_opcheck():
     x, y = _pair((2, 3, 7, 6))
     x64, y64 = (t.double().contiguous(memory_format=torch.channels_last) for t in _pair((1, 2, 5, 9)))

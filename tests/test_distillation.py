@@ -1,12 +1,29 @@
-"""Distillation loss (eq. 8-9): every backend against a float64 NumPy formulation."""
+"""Distillation loss (eq. 8-9): every backend against a float64 NumPy formulation.
+
+Small cases run on CPU tensors (reference, cpp, Triton in its interpreter), a
+training batch on a CUDA device (see tests/op_targets.py).
+"""
 import pytest
 import torch
 
+import cdism_fast.ops as ops
+from cdism_fast.ops import CHARBONNIER_EPS, BackendUnavailable, distillation_loss, samples
+
 import float64_references as ref
-from cdism_fast.ops import BackendUnavailable, available_backends, distillation_loss
+from op_targets import (
+    DEVICE,
+    cpu_backends,
+    float64_reference,
+    gpu_backends,
+    loss_scale,
+    relative,
+    require,
+    skip_without_cpp,
+)
 from tolerances import assert_close, assert_compiles_like_eager
 
-BACKENDS = available_backends("distillation_loss")
+OP = "distillation_loss"
+BACKENDS = cpu_backends(OP)
 CASES = [((2, 3, 32, 48), 5), ((2, 3, 37, 41), 5), ((1, 2, 20, 9), 3), ((2, 1, 5, 3), 2), ((1, 1, 4, 6), 1)]
 
 
@@ -43,7 +60,7 @@ def test_matches_float64_numpy(backend, student_loss, reduction, shape, levels):
 
 def test_equal_student_and_teacher_leave_the_student_term():
     student, _, gt = _triple((2, 3, 24, 20))
-    for backend in BACKENDS:
+    for backend in ops.available_backends(OP):
         loss = distillation_loss(student, student, gt, alpha=0.5, backend=backend)
         assert_close(loss, 0.5 * (student.double() - gt.double()).abs().mean(), dtype=torch.float32)
 
@@ -104,16 +121,28 @@ def test_torch_compile_fullgraph(backend):
                                student, teacher, gt, backend=backend)
 
 
-@pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")
+@skip_without_cpp(OP)
 def test_opcheck():
     op = torch.ops.cdism_fast.distillation_loss
     student, teacher, gt = _triple((2, 3, 19, 17))
-    torch.library.opcheck(op, (student.requires_grad_(), teacher, gt, 0.1, False, 3, True, True))
-    torch.library.opcheck(op, (student.detach(), teacher, gt, 0.5, True, 2, False, False))
+    eps = CHARBONNIER_EPS
+    torch.library.opcheck(op, (student.requires_grad_(), teacher, gt, 0.1, False, eps, 3, True, True))
+    torch.library.opcheck(op, (student.detach(), teacher, gt, 0.5, True, eps, 2, False, False))
     s64, t64, g64 = (t.double().contiguous(memory_format=torch.channels_last) for t in _triple((1, 2, 9, 8)))
-    torch.library.opcheck(op, (s64.requires_grad_(), t64, g64, 0.2, True, 2, True, True))
-    torch.library.opcheck(op, (student.detach().bfloat16(), teacher.bfloat16(), gt.bfloat16(), 0.1, False, 4, True,
-                               False))
+    torch.library.opcheck(op, (s64.requires_grad_(), t64, g64, 0.2, True, eps, 2, True, True))
+    torch.library.opcheck(op, (student.detach().bfloat16(), teacher.bfloat16(), gt.bfloat16(), 0.1, False, eps, 4,
+                               True, False))
+
+
+@skip_without_cpp(OP)
+def test_kernel_takes_the_charbonnier_eps_from_its_arguments():
+    student, teacher, gt = _triple((1, 2, 9, 8), torch.float64)
+    s64, t64, g64 = (ref.as_float64(t) for t in (student, teacher, gt))
+    pyramid_terms = ref.distillation_loss(s64, t64, g64, 0.0, "l1", 2, "mean")
+    for eps in (CHARBONNIER_EPS, 0.5):
+        loss, _ = torch.ops.cdism_fast.distillation_loss(student, teacher, gt, 0.3, True, eps, 2, True, False)
+        expected = pyramid_terms + 0.3 * ref.charbonnier(s64, g64, eps, "mean")
+        assert_close(loss, torch.tensor(expected, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -146,3 +175,36 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         distillation_loss(**args)
+
+
+@pytest.mark.parametrize("backend", cpu_backends(OP, triton=True))
+def test_charbonnier_student_loss_and_gradient(backend, monkeypatch):
+    # The high-pass filter inside runs on "auto": the reference here, not a C++ build.
+    monkeypatch.setenv("CDISM_BACKEND", "reference")
+    student_loss = "charbonnier"
+    student = torch.randn(2, 3, 16, 20, requires_grad=True)
+    teacher, gt = torch.randn(2, 3, 16, 20), torch.randn(2, 3, 16, 20)
+    loss = distillation_loss(student, teacher, gt, 0.1, student_loss, 3, backend=backend)
+    (grad,) = torch.autograd.grad(loss, student)
+    expected = ref.distillation_loss(ref.as_float64(student), ref.as_float64(teacher), ref.as_float64(gt), 0.1,
+                                     student_loss, 3, "mean")
+    assert_close(loss, torch.tensor(expected))
+    reference = distillation_loss(student, teacher, gt, 0.1, student_loss, 3, backend="reference")
+    (expected_grad,) = torch.autograd.grad(reference, student)
+    assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("backend", gpu_backends(OP))
+@pytest.mark.parametrize("dtype", samples.GPU_DTYPES)
+def test_training_batch_on_gpu(backend, dtype):
+    require(OP, backend)
+    require("gaussian_highpass", "cuda")  # the high-pass filter inside runs on "auto"
+    shape = samples.DISTILLATION_LOSS_GPU.shape
+    student = torch.randn(shape, device=DEVICE).to(dtype).requires_grad_()
+    teacher, gt = (torch.randn(shape, device=DEVICE).to(dtype) for _ in range(2))
+    loss = distillation_loss(student, teacher, gt, backend=backend)
+    (grad,) = torch.autograd.grad(loss, student, loss_scale(dtype))
+    expected, (s64, _, _) = float64_reference(ops.distillation_loss, student, teacher, gt)
+    (expected_grad,) = torch.autograd.grad(expected, s64, loss_scale(torch.float64))
+    assert_close(loss, expected, dtype)
+    assert_close(relative(grad, expected_grad), relative(expected_grad, expected_grad), dtype)

@@ -1,12 +1,20 @@
-"""Gaussian blur and high-pass: every backend against a float64 NumPy formulation."""
+"""Gaussian blur and high-pass: every backend against a float64 NumPy formulation.
+
+CPU tensors for the reference and the C++ kernel; training batches on a CUDA
+device for the CUDA kernel (see tests/op_targets.py).
+"""
 import pytest
 import torch
 
+import cdism_fast.ops as ops
+from cdism_fast.ops import gaussian_blur, gaussian_highpass, samples
+
 import float64_references as ref
-from cdism_fast.ops import available_backends, gaussian_blur, gaussian_highpass
+from op_targets import DEVICE, cpu_backends, float64_reference, gpu_backends, require, skip_without_cpp
 from tolerances import assert_close, assert_compiles_like_eager
 
-BACKENDS = available_backends("gaussian_blur")
+OP = "gaussian_blur"
+BACKENDS = cpu_backends(OP)
 FILTERS = {"blur": (gaussian_blur, ref.blur), "highpass": (gaussian_highpass, ref.highpass)}
 SHAPES = [(2, 3, 17, 23), (1, 1, 3, 3), (3, 4, 8, 5), (2, 2, 3, 40), (1, 3, 70, 9)]
 
@@ -29,7 +37,7 @@ def test_kernel_is_the_outer_product_over_256():
     x = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     x[0, 0, 4, 4] = 1
     b = torch.tensor([1.0, 4, 6, 4, 1], dtype=torch.float64)
-    for backend in BACKENDS:
+    for backend in ops.available_backends(OP):
         assert_close(gaussian_blur(x, backend=backend)[0, 0, 2:7, 2:7], torch.outer(b, b) / 256)
 
 
@@ -80,7 +88,7 @@ def test_torch_compile_fullgraph(backend, name):
     assert_compiles_like_eager(lambda t: fn(t, backend=backend).square().sum(), x, backend=backend)
 
 
-@pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")
+@skip_without_cpp(OP)
 def test_opcheck():
     for highpass in (False, True):
         for x in (torch.randn(2, 3, 7, 6, requires_grad=True),
@@ -112,3 +120,45 @@ def test_bad_input(bad, match):
         with pytest.raises(ValueError, match=match):
             fn(bad)
 
+
+
+# --- the CUDA kernel on a CUDA device ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", gpu_backends(OP))
+@pytest.mark.parametrize("dtype", samples.GPU_DTYPES)
+@pytest.mark.parametrize("name", ["gaussian_blur", "gaussian_highpass"])
+def test_training_batch_on_gpu(backend, name, dtype):
+    require(name, backend)
+    op = getattr(ops, name)
+    x = torch.randn(16, 3, 256, 256, device=DEVICE).to(dtype).requires_grad_()
+    grad_out = torch.randn(x.shape, device=DEVICE).to(dtype)
+    out = op(x, backend=backend)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    expected, (x64,) = float64_reference(op, x)
+    (expected_grad,) = torch.autograd.grad(expected, x64, grad_out.double())
+    assert_close(out, expected, dtype)
+    assert_close(grad, expected_grad, dtype)
+
+
+@pytest.mark.parametrize("backend", gpu_backends(OP))
+@pytest.mark.parametrize("layout", ["channels_last", "odd-size-strided"])
+def test_layouts_on_gpu(backend, layout):
+    require("gaussian_highpass", backend)
+    base = torch.randn(3, 5, 37, 70, device=DEVICE)
+    x = base.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else base[:, :, :, ::2]
+    x.requires_grad_()
+    out = gaussian_highpass(x, backend=backend)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    expected, (x64,) = float64_reference(ops.gaussian_highpass, x)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x64)
+    assert_close(out, expected, torch.float32)
+    assert_close(grad, expected_grad, torch.float32)
+
+
+@pytest.mark.parametrize("backend", gpu_backends(OP))
+def test_opcheck_on_gpu(backend):
+    require(OP, backend)
+    x = torch.randn(2, 3, 9, 11, device=DEVICE)
+    for highpass in (False, True):
+        torch.library.opcheck(torch.ops.cdism_fast.gaussian_filter.default, (x, highpass))
+        torch.library.opcheck(torch.ops.cdism_fast.gaussian_filter_backward.default, (x, highpass))

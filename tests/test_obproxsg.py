@@ -1,25 +1,26 @@
 """obproxsg_step: every backend against a per-element float64 loop written here,
-both phases, all dtypes and layouts, NaN, bad input, opcheck and torch.compile."""
+both phases, all dtypes and layouts, NaN, bad input, opcheck and torch.compile;
+the CUDA kernel against the float64 reference on a CUDA device (see tests/op_targets.py)."""
 import math
 
 import pytest
 import torch
 
 from cdism_fast import _extension
-from cdism_fast.ops import available_backends, obproxsg_step
+from cdism_fast.ops import available_backends, obproxsg_step, samples
+
+from op_targets import DEVICE, cpu_backends, gpu_backends, require
 from tolerances import assert_close
 
-BACKENDS = ["reference", "cpp"]
+OP = "obproxsg_step"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Odd shapes, a scalar, an empty tensor, and tensors longer than the C++ kernel's
 # work item (32768 elements) so that threads split inside and across tensors.
 SHAPES = [(5, 3, 3, 3), (7,), (), (0, 4), (40000,), (3, 11, 13), (70001,), (1, 1)]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=cpu_backends(OP))
 def backend(request):
-    if request.param not in available_backends("obproxsg_step"):
-        pytest.skip(f"backend {request.param} unavailable: {_extension.missing_reason('cpp')}")
     return request.param
 
 
@@ -234,3 +235,47 @@ def test_torch_compile_fullgraph(backend, orthant):
     compiled(params, grads)
     for c, e in zip(params, eager):
         assert_close(c, e)
+
+
+# --- the CUDA kernel on a CUDA device ----------------------------------------------------------------------------
+
+def _gpu_parameter_list(dtype):
+    # EDSR-like convolutions and biases, odd sizes, a strided view, and a 2M-element tensor.
+    shapes = [(64, 3, 3, 3), (64,), *[(64, 64, 3, 3), (64,)] * 8, (12, 64, 3, 3), (12,), (1000, 2049), (7,), (1,)]
+    params = [torch.randn(s, device=DEVICE).to(dtype) for s in shapes]
+    params.append(torch.randn(40, 64, device=DEVICE).to(dtype).t())  # non-contiguous
+    for p in params:
+        p[torch.rand(p.shape, device=DEVICE) < 0.3] = 0  # zeros for the orthant phase
+    grads = [torch.randn(p.shape, device=DEVICE).to(dtype) for p in params]
+    return params, grads
+
+
+@pytest.mark.parametrize("gpu_backend", gpu_backends(OP))
+@pytest.mark.parametrize("dtype", samples.GPU_DTYPES)
+@pytest.mark.parametrize("orthant", [False, True])
+def test_model_sized_step_on_gpu(gpu_backend, dtype, orthant):
+    require(OP, gpu_backend)
+    params, grads = _gpu_parameter_list(dtype)
+    expected = [p.double() for p in params]
+    obproxsg_step(expected, [g.double() for g in grads], 0.05, 0.3, orthant, eps=1e-4, backend="reference")
+    obproxsg_step(params, grads, 0.05, 0.3, orthant, eps=1e-4, backend=gpu_backend)
+    for i, (actual, wanted) in enumerate(zip(params, expected)):
+        assert actual.dtype == dtype
+        assert_close(actual, wanted, dtype, msg=f"params[{i}]")
+
+
+@pytest.mark.parametrize("gpu_backend", gpu_backends(OP))
+def test_nan_and_mixed_dtypes_on_gpu(gpu_backend):
+    require(OP, gpu_backend)
+    params = [torch.randn(5000, device=DEVICE), torch.randn(300, device=DEVICE).half()]
+    grads = [torch.randn(5000, device=DEVICE), torch.randn(300, device=DEVICE).half()]
+    params[0][7] = float("nan")
+    grads[1][3] = float("nan")
+    params[1][3] = 0
+    for orthant in (False, True):
+        expected = [p.clone() for p in params]
+        obproxsg_step(expected, grads, 0.1, 0.01, orthant, backend="reference")
+        obproxsg_step(params, grads, 0.1, 0.01, orthant, backend=gpu_backend)
+        for actual, wanted in zip(params, expected):
+            assert_close(actual, wanted)
+        assert torch.isnan(params[0][7]) and (torch.isnan(params[1][3]) or not orthant)

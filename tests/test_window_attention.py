@@ -1,17 +1,35 @@
-"""Window attention: every backend against SwinIR's formulation and an independent float64 one."""
+"""Window attention: every backend against SwinIR's formulation and independent float64 ones.
+
+The samples of cdism_fast/ops/samples.py run on every backend: the small ones on
+CPU tensors (reference, cpp, Triton in its interpreter), the training shapes on
+a CUDA device (see tests/op_targets.py).
+"""
 import math
 
 import pytest
 import torch
 
-from cdism_fast.ops import available_backends, relative_position_index, shift_window_mask, window_attention
-from model_references import window_partition as swinir_partition
-from model_references import window_reverse as swinir_reverse
+import cdism_fast.ops as ops
+from cdism_fast.ops import relative_position_index, samples, shift_window_mask, window_attention
+
 from model_references import official_mask as swinir_mask
 from model_references import official_relative_index as swinir_relative_index
+from model_references import window_partition as swinir_partition
+from model_references import window_reverse as swinir_reverse
+from op_targets import (
+    DEVICE,
+    cpu_backends,
+    float64_reference,
+    gpu_backends,
+    interpreter_backends,
+    relative,
+    require,
+    skip_without_cpp,
+)
 from tolerances import assert_close
 
-BACKENDS = available_backends("window_attention")
+OP = "window_attention"
+BACKENDS = cpu_backends(OP)
 
 
 # --- SwinIR's window attention, re-implemented from the paper and the released code's facts -------------------
@@ -98,8 +116,10 @@ def grid_attention_float64(q, k, v, table, ws, shift, hw, scale):
         for a, (ra, ca) in enumerate(pos):
             for b, (rb, cb) in enumerate(pos):
                 bias = table[(ra - rb + ws - 1) * (2 * ws - 1) + (ca - cb + ws - 1)]
-                masked = shift > 0 and (region(ra, height), region(ca, width)) != (region(rb, height), region(cb, width))
-                logits[:, a, b] = scale * (q[window, :, a] * k[window, :, b]).sum(-1) + bias - (100.0 if masked else 0.0)
+                masked = shift > 0 and ((region(ra, height), region(ca, width))
+                                        != (region(rb, height), region(cb, width)))
+                logits[:, a, b] = (scale * (q[window, :, a] * k[window, :, b]).sum(-1) + bias
+                                   - (100.0 if masked else 0.0))
         weights = torch.exp(logits - logits.amax(-1, keepdim=True))
         out[window] = (weights / weights.sum(-1, keepdim=True)) @ v[window]
     return out
@@ -131,7 +151,8 @@ def test_matches_float64_formulation(backend, bn, heads, ws, dim, shift, hw):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bn,heads,ws,dim,shift,hw", [(2, 2, 2, 3, 0, None), (8, 1, 2, 2, 1, (4, 8)), (4, 1, 3, 2, 1, (6, 6))])
+@pytest.mark.parametrize("bn,heads,ws,dim,shift,hw",
+                         [(2, 2, 2, 3, 0, None), (8, 1, 2, 2, 1, (4, 8)), (4, 1, 3, 2, 1, (6, 6))])
 def test_gradcheck(backend, bn, heads, ws, dim, shift, hw):
     inputs = random_inputs(bn, heads, ws, dim, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda q, k, v, t: window_attention(q, k, v, t, ws, shift, hw, backend=backend),
@@ -233,7 +254,7 @@ def test_bad_helper_input_raises():
 
 # --- the compiled kernel against the reference ------------------------------------------------------------------
 
-FAST_BACKENDS = [b for b in BACKENDS if b != "reference"]
+FAST_BACKENDS = [p for p in BACKENDS if p.values != ("reference",)]
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -288,7 +309,7 @@ def test_float32_bias_table_with_half_tokens(backend):
     assert_close(grad, expected_grad, torch.float16)
 
 
-@pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")
+@skip_without_cpp(OP)
 @pytest.mark.parametrize("shift,hw", [(0, None), (1, (4, 8))])
 def test_opcheck_cpp(shift, hw):
     q, k, v, table = random_inputs(8, 2, 2, 3, requires_grad=True)
@@ -301,7 +322,155 @@ def test_opcheck_cpp(shift, hw):
                            2, shift, height, width, 3 ** -0.5))
 
 
-@pytest.mark.skipif("cpp" not in BACKENDS, reason="the C++ extension is not available")
+@skip_without_cpp(OP)
 def test_auto_prefers_cpp_on_cpu():
     q, k, v, table = random_inputs(2, 1, 2, 2)
     assert torch.equal(window_attention(q, k, v, table, 2), window_attention(q, k, v, table, 2, backend="cpp"))
+
+
+# --- the samples on every backend: Swin's formula in float64, with explicit loops --------------------------------
+
+def swin_attention_float64(q, k, v, table, window, shift, grid):
+    """Swin/SwinIR window attention from the definition, in float64, with explicit loops
+    for the relative-position bias and the shifted-window regions."""
+    q, k, v, table = q.double(), k.double(), v.double(), table.double()
+    windows, heads, tokens, dim = q.shape
+    bias = torch.empty(heads, tokens, tokens, dtype=torch.float64)
+    for n in range(tokens):
+        for m in range(tokens):
+            (i, j), (i2, j2) = divmod(n, window), divmod(m, window)
+            bias[:, n, m] = table[(i - i2 + window - 1) * (2 * window - 1) + (j - j2 + window - 1)]
+    scores = (q @ k.transpose(-1, -2)) * dim ** -0.5 + bias
+    if shift:
+        height, width = grid
+        per_row = width // window
+        per_image = (height // window) * per_row
+
+        def region(coord, extent):
+            return (coord >= extent - window) + (coord >= extent - shift)
+
+        mask = torch.zeros(windows, 1, tokens, tokens, dtype=torch.float64)
+        for w in range(windows):
+            local = w % per_image
+            rows = [(local // per_row) * window + n // window for n in range(tokens)]
+            cols = [(local % per_row) * window + n % window for n in range(tokens)]
+            ids = [3 * region(r, height) + region(c, width) for r, c in zip(rows, cols)]
+            for n in range(tokens):
+                for m in range(tokens):
+                    if ids[n] != ids[m]:
+                        mask[w, 0, n, m] = -100.0
+        scores = scores + mask
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("backend", cpu_backends(OP, triton=True))
+@pytest.mark.parametrize("case", samples.WINDOW_ATTENTION)
+def test_sample_forward_backward(backend, case):
+    sample = samples.WINDOW_ATTENTION[case]
+    dtype, window, shift, grid = sample.dtype, sample.window, sample.shift, sample.grid
+    q, k, v, table = sample.inputs()
+    grad_out = torch.randn(q.shape).to(dtype)
+    out = window_attention(q, k, v, table, window, shift, grid, backend=backend)
+    grads = torch.autograd.grad(out, (q, k, v, table), grad_out)
+    expected = swin_attention_float64(q, k, v, table, window, shift, grid)
+    expected_grads = torch.autograd.grad(expected, (q, k, v, table), grad_out.double())
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close(out, expected, dtype)
+    for name, actual, wanted in zip(("q", "k", "v", "bias_table"), grads, expected_grads):
+        assert actual.dtype == dtype
+        # The bias gradient sums over every window: its scale grows with their number.
+        scale = 1.0 if name != "bias_table" else math.sqrt(sample.windows * window ** 2)
+        assert_close(actual / scale, wanted / scale, dtype, msg=f"gradient of {name}")
+
+
+def _small_inputs(windows, heads, window, dim):
+    return samples.AttentionSample(windows, heads, window, dim, 0, None).inputs()
+
+
+@pytest.mark.parametrize("backend", cpu_backends(OP, triton=True))
+def test_nan_in_nan_out(backend):
+    q, k, v, table = (t.detach() for t in _small_inputs(2, 1, 4, 4))
+    q[1, 0, 3, 2] = float("nan")
+    out = window_attention(q, k, v, table, 4, backend=backend)
+    assert torch.isnan(out[1, 0, 3]).all()
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[1, 0, :3]).all()
+
+
+@pytest.mark.parametrize("backend", interpreter_backends(OP))
+def test_opcheck_triton(backend):
+    from cdism_fast.ops.triton import window_attention as triton_attention
+
+    q, k, v, table = (t.detach() for t in _small_inputs(2, 1, 4, 5))
+    args = (q, k, v, table, 4, 2, 4, 8, 0.4)
+    torch.library.opcheck(triton_attention.window_attention_forward, args)
+    out, lse = triton_attention.window_attention_forward(*args)
+    torch.library.opcheck(triton_attention.window_attention_backward,
+                          (torch.randn_like(out), q, k, v, out, lse, table, 4, 2, 4, 8, 0.4))
+
+
+@pytest.mark.parametrize("backend", interpreter_backends(OP))
+def test_compiles_fullgraph_with_inductor(backend):
+    q, k, v, table = _small_inputs(2, 2, 4, 5)
+
+    def step(q, k, v, table):
+        return window_attention(q, k, v, table, 4, 2, (4, 8), backend=backend).square().sum()
+
+    eager_grads = torch.autograd.grad(step(q, k, v, table), (q, k, v, table))
+    compiled_grads = torch.autograd.grad(torch.compile(step, fullgraph=True)(q, k, v, table), (q, k, v, table))
+    for eager, compiled in zip(eager_grads, compiled_grads):
+        assert_close(compiled, eager)
+
+
+# --- training shapes on a CUDA device ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", gpu_backends(OP))
+@pytest.mark.parametrize("dtype", samples.GPU_DTYPES)
+@pytest.mark.parametrize("case", samples.WINDOW_ATTENTION_GPU)
+def test_training_shapes_on_gpu(backend, case, dtype):
+    require(OP, backend)
+    sample = samples.WINDOW_ATTENTION_GPU[case]
+    q, k, v, table = sample.inputs(DEVICE, dtype)
+    grad_out = torch.randn(q.shape, device=DEVICE).to(dtype)
+    out = window_attention(q, k, v, table, sample.window, sample.shift, sample.grid, backend=backend)
+    grads = torch.autograd.grad(out, (q, k, v, table), grad_out)
+    expected, leaves = float64_reference(ops.window_attention, q, k, v, table, window_size=sample.window,
+                                         shift_size=sample.shift, hw=sample.grid)
+    expected_grads = torch.autograd.grad(expected, leaves, grad_out.double())
+    assert_close(out, expected, dtype, msg=f"{case} output")
+    for name, actual, wanted in zip(("q", "k", "v", "bias_table"), grads, expected_grads):
+        # Sums with cancellation (over 64 tokens, or 16k windows for the table): relative to their size.
+        assert_close(relative(actual, wanted), relative(wanted, wanted), dtype, msg=f"{case} gradient of {name}")
+
+
+@pytest.mark.parametrize("backend", gpu_backends(OP))
+def test_stores_no_score_matrix_on_gpu(backend):
+    """Forward + backward allocate far less than one (B·nW, heads, N, N) fp32 tensor."""
+    require(OP, backend)
+    sample = samples.WINDOW_ATTENTION_GPU["SwinIR_LW-shift4"]
+    q, k, v, table = sample.inputs(DEVICE)
+    grad_out = torch.randn(q.shape, device=DEVICE)
+    scores_bytes = q.shape[0] * q.shape[1] * q.shape[2] ** 2 * 4
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = window_attention(q, k, v, table, sample.window, sample.shift, sample.grid, backend=backend)
+    torch.autograd.grad(out, (q, k, v, table), grad_out)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra < scores_bytes / 4, f"peak {extra} bytes above the inputs; a score matrix is {scores_bytes}"
+
+
+@pytest.mark.parametrize("backend", gpu_backends(OP))
+@pytest.mark.parametrize("case", samples.WINDOW_ATTENTION_HEAD_DIMS_GPU)
+def test_head_dims_on_gpu(backend, case):
+    require(OP, backend)
+    sample = samples.WINDOW_ATTENTION_HEAD_DIMS_GPU[case]
+    q, k, v, table = sample.inputs(DEVICE)
+    out = window_attention(q, k, v, table, sample.window, sample.shift, sample.grid, backend=backend)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, table))
+    expected, leaves = float64_reference(ops.window_attention, q, k, v, table, window_size=sample.window,
+                                         shift_size=sample.shift, hw=sample.grid)
+    expected_grads = torch.autograd.grad(expected.square().sum(), leaves)
+    assert_close(out, expected, msg=case)
+    for actual, wanted in zip(grads, expected_grads):
+        assert_close(relative(actual, wanted), relative(wanted, wanted), torch.float32, msg=f"{case} gradients")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from ..ops import STUDENT_LOSSES
     from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, \
         preset_argument
 
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--student", required=True, help="student.json written by `compress`")
     parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only, no teacher")
     parser.add_argument("--alpha", type=float, default=None, help="weight of the student loss (default 0.1)")
-    parser.add_argument("--student-loss", choices=("l1", "charbonnier"), default=None,
+    parser.add_argument("--student-loss", choices=STUDENT_LOSSES, default=None,
                         help="the teacher family's original loss (default l1: EDSR and SwinIR)")
     parser.add_argument("--kd-reduction", choices=("mean", "sum"), default=None,
                         help="per pyramid level: mean (the authors' code; paper presets) or sum (Niklaus and Liu; "

@@ -14,9 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops import charbonnier, distillation_loss, gaussian_highpass, laplacian_loss
+from ..ops import CHARBONNIER_EPS, STUDENT_LOSSES, charbonnier, distillation_loss, gaussian_highpass, laplacian_loss
 from ..ops._checks import check_nonnegative, check_reduction
-from ..ops.distillation import STUDENT_LOSSES
 from ..ops.laplacian import check_levels
 
 
@@ -51,7 +50,7 @@ class CharbonnierLoss(nn.Module):
     (BasicSR's weighted mean).
     """
 
-    def __init__(self, eps: float = 1e-3, reduction: str = "mean", loss_weight: float = 1.0,
+    def __init__(self, eps: float = CHARBONNIER_EPS, reduction: str = "mean", loss_weight: float = 1.0,
                  backend: str = "auto"):
         super().__init__()
         check_nonnegative("eps", eps)

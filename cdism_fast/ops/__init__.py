@@ -4,14 +4,15 @@ Every public op takes ``backend="auto"`` (or a backend name); see
 :mod:`cdism_fast.ops._dispatch` for how one is chosen.
 """
 from ._dispatch import AUTO_ORDER, BackendUnavailable, available_backends, registered_ops, unavailable_backends
-from .charbonnier import charbonnier
-from .obproxsg import obproxsg_step
-from .distillation import distillation_loss
+from .charbonnier import CHARBONNIER_EPS, charbonnier
+from .distillation import STUDENT_LOSSES, distillation_loss
 from .gaussian import gaussian_blur, gaussian_highpass
 from .laplacian import laplacian_loss, laplacian_pyramid
+from .obproxsg import obproxsg_step
+from .triton import import_kernels as _import_triton_kernels
 from .window_attention import relative_position_index, shift_window_mask, window_attention
-from . import cuda as _cuda_backends  # noqa: E402,F401  registers the "cuda" backends
-from . import triton as _triton_backends  # noqa: E402,F401  registers the "triton" backends
+
+_import_triton_kernels()  # last: the Triton kernels' host code builds on the op modules above
 
 __all__ = [
     "AUTO_ORDER",
@@ -19,12 +20,14 @@ __all__ = [
     "available_backends",
     "registered_ops",
     "unavailable_backends",
+    "CHARBONNIER_EPS",
     "charbonnier",
     "obproxsg_step",
     "gaussian_blur",
     "gaussian_highpass",
     "laplacian_pyramid",
     "laplacian_loss",
+    "STUDENT_LOSSES",
     "distillation_loss",
     "window_attention",
     "relative_position_index",

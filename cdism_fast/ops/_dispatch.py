@@ -12,8 +12,9 @@ name (ops without one keep choosing automatically).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import torch
 
@@ -22,7 +23,7 @@ AUTO_ORDER = ("cuda", "triton", "cpp", "reference")
 BACKEND_NAMES = AUTO_ORDER
 FLOATING = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
-_OPS: dict[str, "Op"] = {}
+_OPS: dict[str, Op] = {}
 
 
 class BackendUnavailable(RuntimeError):
@@ -56,17 +57,22 @@ class Op:
     name: str
     backends: dict = field(default_factory=dict)
 
-    def register(self, backend: Backend) -> Backend:
-        if backend.name not in BACKEND_NAMES:
-            raise ValueError(f"unknown backend name {backend.name!r}; expected one of {BACKEND_NAMES}")
-        self.backends[backend.name] = backend
-        return backend
-
     def implementation(self, name: str, *, devices: Iterable[str], dtypes=FLOATING,
                        requirement=_no_requirement, check=None):
-        """Decorator form of :meth:`register`."""
+        """Register the decorated function as backend ``name`` of this op.
+
+        Every backend (reference, cpp, cuda, triton) is registered this way, each
+        with its own ``requirement`` and ``check``; decorators stack when one
+        function serves two backends (a compiled op with CPU and CUDA kernels).
+        """
+        if name not in BACKEND_NAMES:
+            raise ValueError(f"unknown backend name {name!r}; expected one of {BACKEND_NAMES}")
+        if name in self.backends:
+            raise ValueError(f"op {self.name!r} already has a {name!r} backend "
+                             f"({self.backends[name].fn.__qualname__})")
+
         def wrap(fn):
-            self.register(Backend(name, fn, frozenset(devices), frozenset(dtypes), requirement, check))
+            self.backends[name] = Backend(name, fn, frozenset(devices), frozenset(dtypes), requirement, check)
             return fn
         return wrap
 

@@ -13,6 +13,9 @@ from ._dispatch import new_op
 
 OP = new_op("charbonnier")
 
+#: The paper's eps, the default of every Charbonnier loss of the package (ops, nn, training).
+CHARBONNIER_EPS = 1e-3
+
 
 @OP.implementation("reference", devices=("cpu", "cuda"))
 def charbonnier_reference(x, y, eps, reduction):
@@ -56,7 +59,7 @@ def _register_cpp_op():
     torch.library.register_autograd("cdism_fast::charbonnier_loss", backward, setup_context=setup_context)
 
 
-def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3, reduction: str = "mean",
+def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = CHARBONNIER_EPS, reduction: str = "mean",
                 backend: str = "auto") -> torch.Tensor:
     """Charbonnier loss of ``x`` against ``y``: reduction of sqrt((x - y)^2 + eps^2).
 

@@ -5,11 +5,13 @@
 
 with HF the Gaussian high-pass filter. The teacher output is a constant (no
 gradient flows into it). ``student_loss`` is "l1" (mean absolute error, what
-EDSR and SwinIR were trained with) or "charbonnier" (eps = 1e-3); ``reduction``
+EDSR and SwinIR were trained with) or "charbonnier" (eps = CHARBONNIER_EPS, the
+paper's 1e-3); ``reduction``
 ("mean" or "sum") applies to the student loss and to each pyramid level alike.
 
-Backends: ``reference`` (the ops' references composed) and ``cpp`` (one fused
-sweep per image plane on CPU, computing the loss and the student's gradient).
+Backends: ``reference`` (the ops' references composed), ``cpp`` (one fused
+sweep per image plane on CPU, computing the loss and the student's gradient) and
+``triton`` (the composition with the pyramids in Triton, on CUDA tensors).
 """
 from __future__ import annotations
 
@@ -17,18 +19,18 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from . import triton as _triton
 from ._checks import accumulation_dtype, check_nonnegative, check_pair, check_reduction
 from ._dispatch import new_op
-from .charbonnier import charbonnier_reference
+from .charbonnier import CHARBONNIER_EPS, charbonnier_reference
 from .gaussian import MIN_SIZE as HIGHPASS_MIN_SIZE
 from .gaussian import gaussian_highpass_reference
 from .laplacian import check_levels, laplacian_loss_reference, min_size, needs_grad, register_loss_autograd
 
 OP = new_op("distillation_loss")
 
+#: The student losses L_stu of eq. (8); "charbonnier" uses CHARBONNIER_EPS.
 STUDENT_LOSSES = ("l1", "charbonnier")
-#: eps of the Charbonnier student loss (the paper's value).
-CHARBONNIER_EPS = 1e-3
 
 
 @OP.implementation("reference", devices=("cpu", "cuda"))
@@ -54,21 +56,26 @@ def _cpp_check(student, teacher, gt, alpha, student_loss, levels, reduction):
 @OP.implementation("cpp", devices=("cpu",), requirement=lambda: _extension.missing_reason("cpp"), check=_cpp_check)
 def distillation_loss_cpp(student, teacher, gt, alpha, student_loss, levels, reduction):
     loss, _ = torch.ops.cdism_fast.distillation_loss(student, teacher, gt, float(alpha), student_loss == "charbonnier",
-                                                     levels, reduction == "mean", needs_grad(student))
+                                                     CHARBONNIER_EPS, levels, reduction == "mean", needs_grad(student))
     return loss.to(student.dtype)
+
+
+@OP.implementation("triton", devices=_triton.DEVICES, dtypes=_triton.DTYPES, requirement=_triton.missing_reason)
+def distillation_loss_triton(student, teacher, gt, alpha, student_loss, levels, reduction):
+    return _triton.laplacian.distillation_loss_triton(student, teacher, gt, alpha, student_loss, levels, reduction)
 
 
 @_extension.on_load("cpp")
 def _register_cpp_op():
     @torch.library.register_fake("cdism_fast::distillation_loss")
-    def _(student, teacher, gt, alpha, charbonnier, levels, mean, with_grad):
+    def _(student, teacher, gt, alpha, charbonnier, eps, levels, mean, with_grad):
         acc = accumulation_dtype(student.dtype)
         grad = torch.empty_like(student, dtype=acc) if with_grad else student.new_empty((0,), dtype=acc)
         return student.new_empty((), dtype=acc), grad
 
     # Only the student receives a gradient: the teacher is a constant, and gt is
     # one too on this backend (see _cpp_check).
-    register_loss_autograd("cdism_fast::distillation_loss", (1, None, None, None, None, None, None, None))
+    register_loss_autograd("cdism_fast::distillation_loss", (1, None, None, None, None, None, None, None, None))
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, gt: torch.Tensor, alpha: float = 0.1,

@@ -4,7 +4,8 @@ The blur is depthwise with k = outer(b, b) / 256, b = [1, 4, 6, 4, 1], and
 reflect padding of 2 on each side (no edge repeat), so the output has the input's
 size; reflect padding needs images at least 3x3. Computed in fp32 (fp64 for
 fp64 inputs), returned in the input's dtype.
-Backends: ``reference`` (PyTorch conv2d) and ``cpp`` (separable, one pass, CPU).
+Backends: ``reference`` (PyTorch conv2d), ``cpp`` (separable, one pass, CPU) and
+``cuda`` (the same op's CUDA kernel, csrc/cuda/gaussian.cu).
 """
 from __future__ import annotations
 
@@ -52,13 +53,20 @@ def _cpp_requirement():
     return _extension.missing_reason("cpp")
 
 
+def _cuda_requirement():
+    return _extension.missing_reason("cuda")
+
+
+# One compiled op, two kernels: CPU (cdism_fast._C) and CUDA (cdism_fast._C_cuda).
+@BLUR_OP.implementation("cuda", devices=("cuda",), requirement=_cuda_requirement)
 @BLUR_OP.implementation("cpp", devices=("cpu",), requirement=_cpp_requirement)
-def gaussian_blur_cpp(x):
+def gaussian_blur_compiled(x):
     return torch.ops.cdism_fast.gaussian_filter(x, False)
 
 
+@HIGHPASS_OP.implementation("cuda", devices=("cuda",), requirement=_cuda_requirement)
 @HIGHPASS_OP.implementation("cpp", devices=("cpu",), requirement=_cpp_requirement)
-def gaussian_highpass_cpp(x):
+def gaussian_highpass_compiled(x):
     return torch.ops.cdism_fast.gaussian_filter(x, True)
 
 

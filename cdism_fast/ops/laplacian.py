@@ -15,9 +15,11 @@ that is blurred must be at least 3 pixels (reflect padding of 2) and every
 expanded one at least 2, so images must be larger than 2^(levels-1) pixels in
 each direction (any size for levels = 1).
 
-Backends: ``reference`` (PyTorch, the definition step by step) and ``cpp`` (one
-fused sweep per image plane on CPU: the pyramid of x - y, its loss and, when a
-gradient is needed, the gradient in the same call).
+Backends of the loss: ``reference`` (PyTorch, the definition step by step),
+``cpp`` (one fused sweep per image plane on CPU: the pyramid of x - y, its loss
+and, when a gradient is needed, the gradient in the same call) and ``triton``
+(one pyramid of x - y on CUDA tensors, ops/triton/laplacian.py). The pyramid
+itself has the reference only.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from . import triton as _triton
 from ._checks import accumulation_dtype, check_image, check_pair, check_reduction
 from ._dispatch import new_op
 from .gaussian import blur_reference
@@ -90,6 +93,11 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
 def laplacian_loss_cpp(x, y, levels, reduction):
     loss, _ = torch.ops.cdism_fast.laplacian_loss(x, y, levels, reduction == "mean", needs_grad(x, y))
     return loss.to(x.dtype)
+
+
+@LOSS_OP.implementation("triton", devices=_triton.DEVICES, dtypes=_triton.DTYPES, requirement=_triton.missing_reason)
+def laplacian_loss_triton(x, y, levels, reduction):
+    return _triton.laplacian.laplacian_loss_triton(x, y, levels, reduction)
 
 
 def register_loss_autograd(qualname: str, input_signs: tuple) -> None:

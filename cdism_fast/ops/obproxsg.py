@@ -9,8 +9,8 @@ fp16/bf16 parameters are updated in fp32 and rounded once (fp64 ones in fp64).
 NaN in, NaN out: a NaN in p or g makes that entry NaN in both phases; in the
 orthant phase that includes an entry held at zero whose gradient is NaN or
 infinite (a broken gradient is reported, not masked by the projection).
-Backends: ``reference`` (per-tensor PyTorch) and ``cpp`` (one fused pass over
-the whole list, CPU).
+Backends: ``reference`` (per-tensor PyTorch), ``cpp`` (one fused pass over
+the whole list, CPU) and ``cuda`` (the same op's CUDA kernel, csrc/cuda/obproxsg.cu).
 
 The public function checks its scalar arguments and the lists; the checks of
 each (param, grad) pair are the backend's job, because a Python loop over the
@@ -21,7 +21,7 @@ the reference runs :func:`check_pairs`, the C++ kernel the same checks in C++
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -62,8 +62,10 @@ def obproxsg_step_reference(params, grads, lr, lam, orthant, eps):
             p.copy_(torch.sign(z) * torch.clamp(z.abs() - lr * lam, min=0))
 
 
+# One compiled op, two kernels: CPU (cdism_fast._C) and CUDA (cdism_fast._C_cuda).
+@OP.implementation("cuda", devices=("cuda",), requirement=lambda: _extension.missing_reason("cuda"))
 @OP.implementation("cpp", devices=("cpu",), requirement=lambda: _extension.missing_reason("cpp"))
-def obproxsg_step_cpp(params, grads, lr, lam, orthant, eps):
+def obproxsg_step_compiled(params, grads, lr, lam, orthant, eps):
     try:
         torch.ops.cdism_fast.obproxsg_step_(params, grads, float(lr), float(lam), bool(orthant), float(eps))
     except (RuntimeError, NotImplementedError):

@@ -10,19 +10,22 @@ standard Swin index) and, when ``shift_size > 0``, ``mask`` is SwinIR's
 shifted-window mask of the padded (H, W) token grid: −100 between tokens of
 different regions, regions cut at H − ws and H − shift (same for W), 0 elsewhere.
 
-Backends: ``reference`` (PyTorch: materialised bias and mask, matmul, softmax)
-and ``cpp`` (per window and head in C++; bias gathered from the table, the mask
+Backends: ``reference`` (PyTorch: materialised bias and mask, matmul, softmax),
+``cpp`` (per window and head in C++; bias gathered from the table, the mask
 computed from the window's coordinates, only the per-row logsumexp kept for the
-backward, which recomputes the scores).
+backward, which recomputes the scores) and ``triton`` (the same scheme on CUDA
+tensors, ops/triton/window_attention.py).
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
 from .. import _extension
+from . import triton as _triton
 from ._checks import accumulation_dtype, check_float
 from ._dispatch import new_op
 
@@ -135,6 +138,18 @@ def window_attention_cpp(q, k, v, bias_table, window_size, shift_size, hw, scale
     height, width = hw if hw is not None else (0, 0)  # the grid only matters for the shift mask
     out, _ = torch.ops.cdism_fast.window_attention(q, k, v, bias_table, window_size, shift_size, height, width, scale)
     return out
+
+
+def _triton_check(q, k, v, bias_table, window_size, shift_size, hw, scale) -> Optional[str]:
+    if q.shape[-1] > _triton.MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} > {_triton.MAX_HEAD_DIM}"
+    return None
+
+
+@OP.implementation("triton", devices=_triton.DEVICES, dtypes=_triton.DTYPES, requirement=_triton.missing_reason,
+                   check=_triton_check)
+def window_attention_triton(q, k, v, bias_table, window_size, shift_size, hw, scale):
+    return _triton.window_attention.window_attention_triton(q, k, v, bias_table, window_size, shift_size, hw, scale)
 
 
 @_extension.on_load("cpp")

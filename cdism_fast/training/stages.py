@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..ops import CHARBONNIER_EPS, STUDENT_LOSSES
 from . import distributed
 from .artifacts import build_from_spec, mark_stage, model_spec, prepare_run_folder, save_model, write_json
 from .checkpoint import load_checkpoint
@@ -41,11 +42,8 @@ DENSITY_FILE = "density.json"
 STUDENT_FILE = "student.json"
 #: Output size (H, W) at which FLOPs (multiply-accumulates) are reported, as in the paper's Table I.
 FLOPS_SIZE = (720, 1280)
-#: Charbonnier eps of the pruning loss (the paper's).
-PRUNE_CHARBONNIER_EPS = 1e-3
 #: Distinct random patches per epoch of the sample stream (see ``_patches``).
 SAMPLES_PER_EPOCH = 2 ** 20
-STUDENT_LOSSES = ("l1", "charbonnier")
 
 
 @dataclass
@@ -287,7 +285,7 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, data=None, val=N
 
     def step_loss(net, batch):
         lr, hr = _unit(batch)
-        return charbonnier(net(lr).float(), hr, eps=PRUNE_CHARBONNIER_EPS)
+        return charbonnier(net(lr).float(), hr, eps=CHARBONNIER_EPS)
 
     trainer = Trainer(model, step_loss, optimizer, patches, settings.train_config("stage 1: prune", ema=False),
                       out_dir, scheduler=_scheduler(optimizer, settings), context=context, kind="prune",

@@ -234,14 +234,13 @@ std::tuple<at::Tensor, at::Tensor> laplacian_loss(const at::Tensor& x, const at:
   return {loss, grad};
 }
 
-constexpr double kCharbonnierEps = 1e-3;
-
 // alpha * L_stu(student, gt) + laplacian(student - teacher) + laplacian(HF(student - teacher)),
-// HF = I - blur being linear too; with_grad: d loss / d student into grad.
+// HF = I - blur being linear too; L_stu is L1 or, with charbonnier, Charbonnier of epsilon eps;
+// with_grad: d loss / d student into grad.
 template <typename scalar_t>
 double distillation_planes(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& gt,
-                           double alpha, bool charbonnier, int64_t levels, bool mean, bool with_grad,
-                           at::Tensor& grad) {
+                           double alpha, bool charbonnier, double eps, int64_t levels, bool mean,
+                           bool with_grad, at::Tensor& grad) {
   using T = acc_t<scalar_t>;
   const int64_t planes = student.size(0) * student.size(1), height = student.size(2), width = student.size(3);
   const int64_t rows = padded(height, levels), cols = padded(width, levels);
@@ -250,7 +249,7 @@ double distillation_planes(const at::Tensor& student, const at::Tensor& teacher,
   const auto blur_down = binomial::axis_op<T>(Kind::kBlur, false, height);
   const auto blur_across_t = binomial::axis_op<T>(Kind::kBlur, true, width);
   const auto blur_down_t = binomial::axis_op<T>(Kind::kBlur, true, height);
-  const T eps2 = static_cast<T>(kCharbonnierEps * kCharbonnierEps);
+  const T eps2 = static_cast<T>(eps * eps);
   const double numel = static_cast<double>(planes) * height * width;
   const T student_weight = static_cast<T>(alpha / (mean ? numel : 1.0));
   std::vector<double> sums(planes * levels, 0.0), student_sums(planes, 0.0);
@@ -333,7 +332,7 @@ double distillation_planes(const at::Tensor& student, const at::Tensor& teacher,
 
 std::tuple<at::Tensor, at::Tensor> distillation_loss(const at::Tensor& student, const at::Tensor& teacher,
                                                      const at::Tensor& gt, double alpha, bool charbonnier,
-                                                     int64_t levels, bool mean, bool with_grad) {
+                                                     double eps, int64_t levels, bool mean, bool with_grad) {
   check_inputs("distillation_loss", student, teacher, levels);
   check_inputs("distillation_loss", student, gt, levels);
   TORCH_CHECK(student.size(2) >= 3 && student.size(3) >= 3,
@@ -341,7 +340,8 @@ std::tuple<at::Tensor, at::Tensor> distillation_loss(const at::Tensor& student, 
   at::Tensor loss, grad;
   std::tie(loss, grad) = make_outputs(student, with_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "distillation_loss", [&] {
-    loss.fill_(distillation_planes<scalar_t>(student, teacher, gt, alpha, charbonnier, levels, mean, with_grad, grad));
+    loss.fill_(distillation_planes<scalar_t>(student, teacher, gt, alpha, charbonnier, eps, levels, mean, with_grad,
+                                             grad));
   });
   return {loss, grad};
 }

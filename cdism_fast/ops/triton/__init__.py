@@ -1,7 +1,14 @@
-"""Triton backends: window attention and the Laplacian-pyramid loss, forward and backward.
+"""Triton kernels: window attention and the Laplacian-pyramid loss, forward and backward.
 
-Kernels are written for Triton 3.6 through 3.9 (the GPU machines have 3.6, the
-CUDA build of torch pins 3.8, PyPI serves 3.9): plain pointer arithmetic with
+This package holds what the op modules need to register their ``triton``
+backend without importing Triton's kernels (devices, dtypes, the reason Triton
+cannot run here); the kernel modules themselves (``laplacian``,
+``window_attention``) import triton and are imported once by
+:func:`import_kernels`, after every op module (see docs/DEVELOPING.md, "Writing
+an op").
+
+Kernels are written for Triton 3.6 through 3.9 (3.6 being the oldest supported,
+the CUDA build of torch pinning 3.8, PyPI serving 3.9): plain pointer arithmetic with
 masks (block pointers are gone in 3.9), no libdevice calls, fp16/bf16 converted
 to fp32 right after every load (the interpreter computes bf16 wrongly
 otherwise), and one fixed launch configuration per kernel (the interpreter
@@ -52,40 +59,15 @@ def missing_reason() -> Optional[str]:
     return _MISSING
 
 
+#: Dtypes the Triton backends accept (the kernels compute in fp32).
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-def _unavailable(*args, **kwargs):
-    from .._dispatch import BackendUnavailable
-
-    raise BackendUnavailable(f"the Triton backends cannot run here: {_MISSING}")
-
-
-#: Largest head dim of window attention (one tile of D columns per program).
+#: Largest head dim of the window-attention kernel (one tile of D columns per program).
 MAX_HEAD_DIM = 64
 
 
-def _window_attention_check(q, k, v, bias_table, window_size, shift_size, hw, scale) -> Optional[str]:
-    if q.shape[-1] > MAX_HEAD_DIM:
-        return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
-    return None
-
-
-def _register() -> None:
-    from .._dispatch import Backend
-    from ..distillation import OP as DISTILLATION_OP
-    from ..laplacian import LOSS_OP
-    from ..window_attention import OP as WINDOW_ATTENTION_OP
-
+def import_kernels() -> None:
+    """Define the kernels and their custom ops, where Triton is usable (``cdism_fast.ops`` calls
+    this once, after every op module: the kernels' host code builds on those modules)."""
     if _MISSING is None:
-        # Importing these imports triton and defines the kernels and their custom ops.
-        from .laplacian import distillation_loss_triton, laplacian_loss_triton
-        from .window_attention import window_attention_triton
-    else:
-        distillation_loss_triton = laplacian_loss_triton = window_attention_triton = _unavailable
-    dtypes = frozenset({torch.float32, torch.float16, torch.bfloat16})
-    for op, fn, check in ((WINDOW_ATTENTION_OP, window_attention_triton, _window_attention_check),
-                          (LOSS_OP, laplacian_loss_triton, None),
-                          (DISTILLATION_OP, distillation_loss_triton, None)):
-        op.register(Backend("triton", fn, frozenset(DEVICES), dtypes, missing_reason, check))
-
-
-_register()
+        from . import laplacian, window_attention  # noqa: F401

@@ -7,8 +7,10 @@ recorders, so the compiled argument lists are exactly those of real launches;
 each distinct specialisation is then compiled with ``triton.compile`` for a
 CUDA ``GPUTarget`` (no driver needed) and its cubin's registers, spills and
 Triton's shared memory are read back (``cuobjdump --dump-resource-usage``).
-The default set covers every kernel variant in fp32 plus the 16-bit inputs of
-SwinIR_LW's attention; ``--full`` compiles every dtype of every variant.
+The calls are those of the ops' samples (:mod:`cdism_fast.ops.samples`, the
+inputs the tests run every backend on): each in its own dtype, plus the 16-bit
+inputs of SwinIR_LW's shifted attention; ``--full`` compiles every dtype of every
+sample.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 
@@ -34,10 +37,13 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from .. import samples  # noqa: E402
 from . import laplacian, window_attention  # noqa: E402
 
 #: The CUDA architectures the package promises (RTX 3090 class and Hopper).
 ARCHS = (86, 90)
+#: Samples compiled in every dtype even without --full: SwinIR_LW's shifted attention blocks.
+EVERY_DTYPE = ("SwinIR_LW-shift4",)
 _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas")
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int8: "*i8",
                   torch.float64: "*fp64", torch.int32: "*i32", torch.int64: "*i64"}
@@ -107,43 +113,44 @@ def _recording(sink: list, case: Callable[[], str]) -> Iterator[None]:
             setattr(module, name, value)
 
 
-def _window_attention_calls(dtypes, full: bool) -> Iterator[tuple[str, Callable[[], None]]]:
-    # (label, call): SwinIR_LW (head dim 10) and SwinIRmini (4) windows, shifted and not; a 12x12
-    # window (several blocks, atomic backward) and the largest head dim. Every dtype for SwinIR_LW,
-    # the first for the others unless `full`.
-    shapes = [("SwinIR_LW", 8, 10, 4), ("SwinIRmini", 8, 4, 4), ("SwinIR_LW unshifted", 8, 10, 0),
-              ("12x12 windows", 12, 16, 6), ("head dim 64", 8, 64, 4)]
-    for label, window, dim, shift in shapes:
-        for dtype in dtypes if full or label == "SwinIR_LW" else dtypes[:1]:
-            def call(window=window, dim=dim, shift=shift, dtype=dtype):
-                tokens, heads, grid = window * window, 2, 2 * window
-                q, k, v = (torch.zeros(4, heads, tokens, dim, dtype=dtype) for _ in range(3))
-                table = torch.zeros((2 * window - 1) ** 2, heads, dtype=dtype)
-                out, lse = window_attention.window_attention_forward(q, k, v, table, window, shift, grid, grid, 0.3)
-                window_attention.window_attention_backward(out, q, k, v, out, lse, table, window, shift, grid, grid,
-                                                           0.3)
-            yield f"window_attention {label} {str(dtype).replace('torch.', '')}", call
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
-def _laplacian_calls(dtypes) -> Iterator[tuple[str, Callable[[], None]]]:
-    for dtype in dtypes:
-        for levels in (1, 5):
-            def call(levels=levels, dtype=dtype):
-                x = torch.zeros(1, 1, 32, 32, dtype=dtype)
+def _window_attention_calls(full: bool) -> Iterator[tuple[str, Callable[[], None]]]:
+    # (label, call): every window-attention sample, forward and backward, in its own dtype
+    # (every dtype with `full`, and always for SwinIR_LW's shifted blocks).
+    cases = {**samples.WINDOW_ATTENTION, **samples.WINDOW_ATTENTION_GPU, **samples.WINDOW_ATTENTION_HEAD_DIMS_GPU}
+    for label, sample in cases.items():
+        for dtype in samples.GPU_DTYPES if full or label in EVERY_DTYPE else (sample.dtype,):
+            def call(sample=sample, dtype=dtype):
+                q, k, v, table = (t.detach() for t in sample.inputs(dtype=dtype))
+                grid_h, grid_w = sample.grid or (0, 0)
+                args = (sample.window, sample.shift, grid_h, grid_w, 0.3)
+                out, lse = window_attention.window_attention_forward(q, k, v, table, *args)
+                window_attention.window_attention_backward(out, q, k, v, out, lse, table, *args)
+            yield f"window_attention {label} {_dtype_name(dtype)}", call
+
+
+def _laplacian_calls(full: bool) -> Iterator[tuple[str, Callable[[], None]]]:
+    # Every Laplacian-loss sample, with and without the signs the backward reads, and the backward.
+    for label, sample in {**samples.LAPLACIAN_LOSS, **samples.LAPLACIAN_LOSS_GPU}.items():
+        for dtype in samples.GPU_DTYPES if full else (sample.dtype,):
+            def call(sample=sample, dtype=dtype):
+                x = torch.zeros(sample.shape, dtype=dtype)
+                mean = sample.reduction == "mean"
                 for save_codes in (False, True):
-                    loss, pyramid, codes = laplacian.laplacian_loss_forward(x, x, levels, True, save_codes)
-                laplacian.laplacian_loss_backward(loss, x, x, pyramid, codes, levels, True)
-            yield f"laplacian_loss levels={levels} {str(dtype).replace('torch.', '')}", call
+                    loss, pyramid, codes = laplacian.laplacian_loss_forward(x, x, sample.levels, mean, save_codes)
+                laplacian.laplacian_loss_backward(loss, x, x, pyramid, codes, sample.levels, mean)
+            yield f"laplacian_loss {label} {_dtype_name(dtype)}", call
 
 
 def launches(full: bool = False) -> list[Launch]:
-    """Every distinct kernel specialisation of the selected calls, in first-launch order."""
-    all_dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    """Every distinct kernel specialisation of the samples' calls, in first-launch order."""
     recorded: list[Launch] = []
     current = [""]
     with _recording(recorded, lambda: current[0]):
-        for label, call in [*_window_attention_calls(all_dtypes, full),
-                            *_laplacian_calls(all_dtypes if full else all_dtypes[:1])]:
+        for label, call in [*_window_attention_calls(full), *_laplacian_calls(full)]:
             current[0] = label
             call()
     unique: dict[tuple, Launch] = {}

@@ -31,11 +31,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..charbonnier import charbonnier_reference
-from ..distillation import CHARBONNIER_EPS
+from ..charbonnier import CHARBONNIER_EPS, charbonnier_reference
 from ..gaussian import gaussian_highpass
 from ..laplacian import needs_grad, pad_to_pyramid
-
 from . import INTERPRET
 
 # The interpreter's cost is per operation, not per element: large tiles keep it fast.

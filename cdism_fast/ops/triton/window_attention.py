@@ -34,8 +34,9 @@ from ..window_attention import MASK_VALUE, relative_position_index
 MAX_BLOCK_TOKENS = 64
 #: Smallest block edge tl.dot accepts.
 MIN_BLOCK = 16
-#: Head dims above this take half the token block.
-WIDE_HEAD_DIM = 32
+#: Head dims above this take half the token block: with 64-token blocks, the backward of a head
+#: 32 wide needs 123 KB of shared memory, over an sm_86 multiprocessor's 99 KB.
+WIDE_HEAD_DIM = 16
 FORWARD_WARPS = 4
 BACKWARD_WARPS = 8
 #: Backward programs per multiprocessor to aim for (chunks of windows are sized from it).
