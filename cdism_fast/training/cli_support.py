@@ -105,6 +105,10 @@ def run_safely(function, args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
+    from ..optional import require
+
+    if hasattr(args, "data") and args.data is None:
+        require("training on the built-in sample images (no --data given)", "skimage")
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:

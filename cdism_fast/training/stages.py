@@ -361,9 +361,13 @@ def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
                                 "prune` wrote, or a number")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        value = float(record["density"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a density file written by `cdism-fast prune` ({error})") from error
+        value = record["density"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"'density' is {value!r}, not a number")
+        value = float(value)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise ValueError(f"{path} is not a density file written by `cdism-fast prune` ({error!r}); pass that "
+                         "file, unedited, or a number") from None
     if record.get("model") is not None and record["model"] != model_spec(teacher):
         raise ValueError(f"density file {path} was measured on another model ({record['model']['family']} "
                          f"{record['model']['config']}), not on this teacher ({model_spec(teacher)['config']}); "
@@ -412,16 +416,23 @@ def student_from(spec_or_file) -> nn.Module:
     """An untrained student from a student.json (stage 2's output), its dict, or a model."""
     if isinstance(spec_or_file, nn.Module):
         return spec_or_file
+    source = "the student spec"
     if isinstance(spec_or_file, (str, Path)):
-        import json
+        from .artifacts import read_json
 
         path = Path(spec_or_file)
         if not path.is_file():
             raise FileNotFoundError(f"student file {path} does not exist; pass the student.json that "
                                     "`cdism-fast compress` wrote")
-        spec_or_file = json.loads(path.read_text(encoding="utf-8"))
-    spec = spec_or_file.get("student", spec_or_file)
-    return build_from_spec(spec)
+        spec_or_file, source = read_json(path, "student file"), f"student file {path}"
+    spec = spec_or_file.get("student", spec_or_file) if isinstance(spec_or_file, dict) else None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source} does not describe a model (no family and config); pass the student.json "
+                         "that `cdism-fast compress` wrote")
+    try:
+        return build_from_spec(spec)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 @records_failure
