@@ -35,7 +35,8 @@ def _unpickler_detail(error: BaseException) -> str:
     boilerplate = ("weights only load failed", "please file an issue", "check the documentation")
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     lines = [line for line in lines if not line.lower().startswith(boilerplate)] or lines or [type(error).__name__]
-    return lines[-1].removeprefix("WeightsUnpickler error:").strip().rstrip(".")
+    detail = lines[-1].removeprefix("WeightsUnpickler error:").strip()
+    return detail.split(". ")[0].rstrip(".")  # the first sentence; the next ones suggest allowlisting it
 
 
 def read_torch_file(path, what: str = "file", map_location="cpu"):
