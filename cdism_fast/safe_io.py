@@ -114,6 +114,8 @@ def atomic_write(path, data) -> Path:
             break
         except FileExistsError:  # taken (or planted): draw another name
             continue
+        except OSError as error:  # a read-only or full folder: name the file that was to be written
+            raise type(error)(error.errno, error.strerror, str(path)) from error
     try:
         with open(descriptor, "wb") as stream:
             stream.write(data)

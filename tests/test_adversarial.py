@@ -547,3 +547,22 @@ def test_fuzz_window_attention_against_the_reference():
             assert_close(actual, expected, msg=f"window_attention {backend} case {case}")
             for a, e in zip(torch.autograd.grad(actual.square().sum(), other), expected_grads):
                 assert_close(a, e, msg=f"window_attention {backend} gradient case {case}")
+
+
+# ------------------------------------------------------------------------------- 7. the smaller points
+@pytest.mark.parametrize("backend", available_backends("gaussian_blur"))
+def test_image_ops_refuse_zero_channels_and_empty_means_and_stay_finite_near_the_float_limit(backend):
+    from cdism_fast import ops
+
+    with pytest.raises(ValueError, match="has 0 channels"):
+        ops.gaussian_blur(torch.rand(1, 0, 8, 8), backend=backend)
+    empty = torch.rand(0, 3, 8, 8)
+    with pytest.raises(ValueError, match="the mean of an empty input"):
+        ops.charbonnier(empty, empty)
+    with pytest.raises(ValueError, match="the mean of an empty input"):
+        ops.laplacian_loss(empty, empty, levels=2)
+    assert ops.charbonnier(empty, empty, reduction="sum") == 0
+    huge = torch.full((1, 1, 8, 8), 3e38)
+    blurred = ops.gaussian_blur(huge, backend=backend)
+    assert torch.isfinite(blurred).all()
+    assert_close(blurred, ops.gaussian_blur(huge, backend="reference"))

@@ -57,16 +57,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code = exit_code(exc)
         if code is None:
-            print(f"cdism-fast {args.command}: internal error (a bug): {one_line(exc)}; rerun with --debug for "
-                  "the traceback and report it", file=sys.stderr)
+            from ..training.artifacts import one_line
+
+            print(f"cdism-fast {args.command}: internal error (a bug): {type(exc).__name__}: {one_line(exc)}; "
+                  "rerun with --debug for the traceback and report it", file=sys.stderr)
             return EXIT_BUG
         print(f"cdism-fast {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return code
-
-
-def one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {' '.join(lines)}" if lines else type(exc).__name__
 
 
 def user_message(exc: BaseException) -> str:
@@ -78,8 +75,9 @@ def user_message(exc: BaseException) -> str:
                   errno.EACCES: "check its permissions or choose another --out",
                   errno.EPERM: "check its permissions or choose another --out"}.get(exc.errno, "check the path")
         return f"{what}: {exc.strerror}; {advice}"
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(exc).__name__
+    from ..training.artifacts import one_line
+
+    return one_line(exc)
 
 
 def exit_code(exc: BaseException) -> int | None:

@@ -65,6 +65,6 @@ def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3, reduction: 
     ``x`` and ``y``.
     """
     check_pair("x", x, "y", y, images=False)
-    check_reduction(reduction, ("mean", "sum", "none"))
+    check_reduction(reduction, ("mean", "sum", "none"), x)
     check_nonnegative("eps", eps)
     return OP(backend, x, x, y, eps, reduction)

@@ -153,5 +153,5 @@ def laplacian_loss(x: torch.Tensor, y: torch.Tensor, levels: int = 5, reduction:
     """
     check_levels(levels)
     check_pair("x", x, "y", y, min_size(levels))
-    check_reduction(reduction)
+    check_reduction(reduction, x=x)
     return LOSS_OP(backend, x, x, y, levels, reduction)

@@ -401,12 +401,14 @@ def records_failure(function):
         before = set(_locked)
         try:
             return function(*args, **kwargs)
-        except Exception as error:
+        except BaseException as error:  # Ctrl-C outside the training loop's handler: "interrupted"
+            failed = isinstance(error, Exception)
             for folder in set(_locked) - before:
                 try:
                     record = read_stage(folder)
                     if record is not None and record.get("status") == "running":
-                        mark_stage(folder, status="failed", error=one_line(error))
+                        mark_stage(folder, **({"status": "failed", "error": one_line(error)} if failed
+                                              else {"status": "interrupted"}))
                 except (OSError, ValueError):  # the folder cannot even be written: the message says why
                     pass
             raise

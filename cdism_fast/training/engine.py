@@ -371,7 +371,8 @@ class Trainer:
             return TrainResult("completed", self.iteration, self.checkpoint_path, self.validation, 0.0)
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            drop_repeated_records(self.log_path, self.iteration)
+            if resume:
+                drop_repeated_records(self.log_path, self.iteration)
         log = RunLog(self.log_path) if self.context.is_main else None
         distributed.barrier()
         self.model.train()
