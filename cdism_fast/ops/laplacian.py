@@ -40,7 +40,7 @@ MAX_LEVELS = 32
 def check_levels(levels) -> None:
     if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
         shown = repr(levels) if not isinstance(levels, int) or abs(levels) < 10 ** 12 else "a huge number"
-        raise ValueError(f"levels must be an integer from 1 to {MAX_LEVELS}, got {shown}")
+        raise ValueError(f"levels must be an integer >= 1 and <= {MAX_LEVELS}, got {shown}")
 
 
 def min_size(levels: int) -> int:
