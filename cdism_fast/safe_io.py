@@ -26,8 +26,9 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW",
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's type and first sentence (torch's next ones speculate about causes)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return f"{type(error).__name__}: {lines[0].split('. ')[0].rstrip('.')}" if lines else type(error).__name__
 
 
 def _unpickler_detail(error: BaseException) -> str:

@@ -175,13 +175,17 @@ def test_stale_temporaries_are_removed_on_resume_and_links_never_followed(tmp_pa
     run = copy_run(trained, tmp_path / "run")
     (run / ".checkpoint.pt.0123456789ab.partial").write_bytes(b"x" * 100)
     victim = tmp_path / "victim.txt"
-    victim.write_text("precious")
-    (run / "log.jsonl").unlink()
-    (run / "log.jsonl").symlink_to(victim)  # planted: the log is rewritten, never written through
+    victim.write_text('{"event": "precious", "iteration": 0}\n')
     (run / ".stage.json.partial").symlink_to(victim)  # the old fixed temporary name
-    assert main(["train", *TINY, "--data", str(train), "--iterations", "2", "--out", str(run), "--resume"]) == 0
-    assert victim.read_text() == "precious"
-    assert not list(run.glob(".checkpoint.pt.*.partial"))
+    argv = ["train", *TINY, "--data", str(train), "--iterations", "2", "--out", str(run), "--resume"]
+    (run / "log.jsonl").unlink()
+    (run / "log.jsonl").symlink_to(victim)  # planted where the log is appended to
+    assert main(argv) == 2
+    assert "log.jsonl is a symbolic link; cdism-fast never writes through links" in one_error_line(capsys, "train")
+    (run / "log.jsonl").unlink()
+    assert main(argv) == 0
+    assert victim.read_text() == '{"event": "precious", "iteration": 0}\n'
+    assert not list(run.glob(".checkpoint.pt.*.partial")) and not (run / ".stage.json.partial").exists()
 
 
 def test_report_never_writes_through_planted_links(tmp_path, monkeypatch):

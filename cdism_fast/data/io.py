@@ -51,7 +51,8 @@ def _open(path: Path) -> Image.Image:
     try:
         return Image.open(path)
     except Image.DecompressionBombError as error:
-        raise ValueError(f"image {path} is refused: {error} (a file this large is likely a decompression bomb); "
+        raise ValueError(f"image {path} is refused: {str(error).rstrip('.')} (a file this large is likely a "
+                         "decompression bomb); "
                          "use a smaller image, or split it") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image {path}: {error}; replace the file or remove it from the folder") from error
@@ -83,8 +84,8 @@ def read_image(path) -> torch.Tensor:
         try:
             image.load()
         except Image.DecompressionBombError as error:
-            raise ValueError(f"image {path} is refused: {error} (a file this large is likely a decompression "
-                             "bomb); use a smaller image, or split it") from None
+            raise ValueError(f"image {path} is refused: {str(error).rstrip('.')} (a file this large is likely "
+                             "a decompression bomb); use a smaller image, or split it") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise ValueError(f"cannot decode image {path} (truncated or corrupt: {error}); "
                              "replace the file or remove it from the folder") from error

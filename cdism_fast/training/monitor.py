@@ -1,8 +1,10 @@
 """What a run records: JSON Lines (always), TensorBoard (when installed), a progress bar."""
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +33,15 @@ class RunLog:
     def __init__(self, path, tensorboard: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = open(self.path, "a", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            descriptor = os.open(self.path, flags, 0o666)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise FileExistsError(f"{self.path} is a symbolic link; cdism-fast never writes through links: "
+                                  "remove it, then resume") from None
+        self._stream = open(descriptor, "a", encoding="utf-8")
         self._board = None
         if tensorboard:
             try:
