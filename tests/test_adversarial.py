@@ -21,7 +21,7 @@ from PIL import Image
 import cdism_fast
 from cdism_fast.cli import main
 from cdism_fast.ops import available_backends, obproxsg_step
-from tests.tolerances import assert_close
+from tests.tolerances import TOLERANCES, assert_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,6 +154,28 @@ def test_overwrite_removes_only_the_stage_files_and_refuses_foreign_ones(tmp_pat
     assert {p.name for p in run.iterdir()} - {"tensorboard"} == {"checkpoint.pt", "log.jsonl", "model.pt",
                                                                    "stage.json"}
     assert json.loads((run / "stage.json").read_text())["files"]
+
+
+def test_overwrite_of_a_workflow_run_removes_its_stage_folders_and_nothing_else(tmp_path):
+    from cdism_fast.training.artifacts import prepare_run_folder
+    from cdism_fast.training.workflow import RUN_FILES, STAGE_FOLDERS
+
+    run = tmp_path / "run"
+    prepare_run_folder(run, "run", {}, files=RUN_FILES, runs=STAGE_FOLDERS)
+    prepare_run_folder(run / "teacher", "train", {}, files=("checkpoint.pt", "model.pt"))
+    for name in ("evaluation.json", "report.md", "crops/hr.png", "teacher/model.pt", "teacher/checkpoint.pt"):
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("written by the tool")
+    (run / "teacher" / "notes.txt").write_text("mine")
+    (run / "crops" / "mine.jpg").write_text("mine")
+    before = tree_hash(run)
+    with pytest.raises(FileExistsError, match=r"also holds crops/mine.jpg, teacher/notes.txt, which cdism-fast did"):
+        prepare_run_folder(run, "run", {}, overwrite=True, files=RUN_FILES, runs=STAGE_FOLDERS)
+    assert tree_hash(run) == before
+    (run / "teacher" / "notes.txt").unlink()
+    (run / "crops" / "mine.jpg").unlink()
+    prepare_run_folder(run, "run", {}, overwrite=True, files=RUN_FILES, runs=STAGE_FOLDERS)
+    assert sorted(p.name for p in run.iterdir()) == [".cdism-fast.lock", "stage.json"]
 
 
 def test_overwrite_refuses_to_delete_an_input_inside_the_output_folder(tmp_path, images, trained, capsys):
@@ -493,11 +515,29 @@ def _image_ops():
     }
 
 
+def assert_as_accurate(actual, reference, exact, dtype, msg):
+    """``actual`` is within ``dtype``'s tolerance of the float64 ``exact`` result, or no further from it than
+    twice the same-dtype ``reference`` is (an L1 term's gradient jumps where a difference changes sign, and
+    fp32 and fp64 see some of those signs differently: the reference then misses as much)."""
+    tol = TOLERANCES[dtype]
+    exact = exact.double()
+    allowed = tol["atol"] + tol["rtol"] * exact.abs() + 2 * (reference.double() - exact).abs()
+    excess = ((actual.double() - exact).abs() - allowed).nan_to_num(nan=0.0)
+    assert excess.max() <= 0, f"{msg}: off the float64 result by up to {float(excess.max()):.3g} more than allowed " \
+                              f"at {int((excess > 0).sum())} of {excess.numel()} elements"
+
+
 def _exact(function, inputs, grad_out):
     """The reference in float64 (the standard each backend is held to), and its gradient for inputs[0]."""
     leaves = [inputs[0].detach().double().requires_grad_(), *(t.double() for t in inputs[1:])]
     out = function(*leaves)
     return out, torch.autograd.grad(out, leaves[0], grad_out.double())[0]
+
+
+def _run(function, inputs, grad_out, backend):
+    leaf = inputs[0].detach().clone().requires_grad_()
+    out = function(leaf, *inputs[1:], backend)
+    return out, torch.autograd.grad(out, leaf, grad_out)[0]
 
 
 @pytest.mark.parametrize("op", list(_image_ops()))
@@ -513,12 +553,11 @@ def test_fuzz_image_ops_against_the_reference(op):
         shape = function(*inputs, "reference").shape
         grad_out = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(case))
         expected, expected_grad = _exact(lambda *t: function(*t, "reference"), inputs, grad_out)
+        reference, reference_grad = _run(function, inputs, grad_out, "reference")
         for backend in backends:
-            leaf = inputs[0].detach().clone().requires_grad_()
-            actual = function(leaf, *inputs[1:], backend)
-            assert_close(actual, expected, dtype, msg=f"{op} {backend} forward, {described}")
-            (grad,) = torch.autograd.grad(actual, leaf, grad_out)
-            assert_close(grad, expected_grad, dtype, msg=f"{op} {backend} gradient, {described}")
+            actual, grad = _run(function, inputs, grad_out, backend)
+            assert_as_accurate(actual, reference, expected, dtype, f"{op} {backend} forward, {described}")
+            assert_as_accurate(grad, reference_grad, expected_grad, dtype, f"{op} {backend} gradient, {described}")
 
 
 def test_fuzz_obproxsg_against_the_reference():
@@ -563,15 +602,19 @@ def test_fuzz_window_attention_against_the_reference():
         expected = window_attention(*exact, window, backend="reference")
         expected_grads = torch.autograd.grad(expected, exact, grad_out.double())
         described = f"window_attention case {case}: window {window}, heads {heads}, dim {dim}, {dtype}"
-        for backend in backends:
+
+        def run(backend):
             leaves = [t.clone().requires_grad_() for t in (q, k, v, table)]
-            actual = window_attention(*leaves, window, backend=backend)
-            assert_close(actual, expected, dtype, msg=f"{backend} forward, {described}")
-            grads = torch.autograd.grad(actual, leaves, grad_out)
-            for name, got, want in zip(("q", "k", "v", "bias_table"), grads, expected_grads):
+            out = window_attention(*leaves, window, backend=backend)
+            return (out, *torch.autograd.grad(out, leaves, grad_out))
+
+        reference = run("reference")
+        for backend in backends:
+            names = ("forward", "gradient of q", "gradient of k", "gradient of v", "gradient of bias_table")
+            for name, got, ref, want in zip(names, run(backend), reference, (expected, *expected_grads)):
                 # at the scale of the values ("a few ulps of the values' scale", tests/tolerances.py)
-                got, want = got / want.abs().max(), want / want.abs().max()
-                assert_close(got, want, dtype, msg=f"{backend} gradient of {name}, {described}")
+                scale = want.abs().max()
+                assert_as_accurate(got / scale, ref / scale, want / scale, dtype, f"{backend} {name}, {described}")
 
 
 # ------------------------------------------------------------------------------- 7. the smaller points

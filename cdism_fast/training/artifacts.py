@@ -175,10 +175,11 @@ def _lock_owner(path: Path) -> int | None:
         return None
 
 
-def _lock(folder: Path) -> None:
+def _lock(folder: Path) -> bool:
+    """Take the lock of ``folder``; False when this process holds it already."""
     path = folder / LOCK_FILE
     if folder.resolve() in _locked:
-        return
+        return False
     for _ in range(3):
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -192,7 +193,7 @@ def _lock(folder: Path) -> None:
         with open(descriptor, "w", encoding="utf-8") as stream:
             stream.write(f"{os.getpid()}\n")
         _locked.add(folder.resolve())
-        return
+        return True
     raise RunFolderLocked(f"could not take the lock {path}; another process keeps taking it: choose another --out")
 
 
@@ -241,9 +242,9 @@ def _removal_plan(folder: Path, record: dict, files) -> tuple[list[Path], list[P
             foreign += sub_foreign
             continue
         if entry.is_dir() and not entry.is_symlink():
-            inner = [child for child in entry.rglob("*")]
-            mine = [c for c in inner if not c.is_dir() and _owned(c.relative_to(folder).as_posix(), patterns)]
-            other = [c for c in inner if not c.is_dir() and c not in mine]
+            files = [c for c in entry.rglob("*") if c.is_symlink() or not c.is_dir()]  # links are files here
+            mine = [c for c in files if _owned(c.relative_to(folder).as_posix(), patterns)]
+            other = [c for c in files if c not in mine]
             ours += mine
             foreign += other
             if not other:
@@ -348,7 +349,7 @@ def prepare_run_folder(folder, stage: str, settings: dict, resume: bool = False,
             raise FileExistsError(f"output folder {folder} holds a {record['stage']!r} run, not a {stage!r} run; "
                                   "it cannot be resumed as this stage (choose another --out or pass --overwrite)")
     folder.mkdir(parents=True, exist_ok=True)
-    _lock(folder)
+    acquired = _lock(folder)
     try:
         if record is not None and overwrite:
             ours, foreign = _removal_plan(folder, record, files)
@@ -373,7 +374,8 @@ def prepare_run_folder(folder, stage: str, settings: dict, resume: bool = False,
             record.pop("error", None)
         write_json(folder / STAGE_FILE, record)
     except BaseException:
-        release_run_folder(folder)
+        if acquired:
+            release_run_folder(folder)
         raise
     return record
 
