@@ -21,7 +21,6 @@ Table I convention).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 __all__ = ["build_report", "PAPER_POINTS", "REPORT_MODELS"]
@@ -43,12 +42,6 @@ PAPER_POINTS = {
 }
 
 
-def _read_json(path: Path):
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _checks(models: dict) -> dict:
     """The demo's claims, measured: size ratio, margin over bicubic, KD against no KD."""
     checks = {}
@@ -62,6 +55,19 @@ def _checks(models: dict) -> dict:
         checks["kd_minus_no_kd_psnr"] = student["psnr"] - models["student_no_kd"]["psnr"]
         checks["kd_beats_no_kd"] = checks["kd_minus_no_kd_psnr"] > 0
     return checks
+
+
+def _save_figure(figure, path: Path) -> Path:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from .safe_io import atomic_write
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=110, format="png")
+    plt.close(figure)
+    return atomic_write(path, buffer.getvalue())
 
 
 def _figure_cost(models: dict, path: Path) -> Path:
@@ -99,9 +105,7 @@ def _figure_cost(models: dict, path: Path) -> Path:
         reference.set_ylabel("published ×2 PSNR, mean of Set5 and Set14 (purple)", color="tab:purple")
     figure.suptitle("PSNR against size and cost (style of the paper's Fig. 4; purple: published ×2 models)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, path: Path) -> Path | None:
@@ -126,9 +130,7 @@ def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, pat
     figure.suptitle(f"{crop['image']}, {crop['size']}×{crop['size']} crop at ({crop['top']}, {crop['left']}) "
                     "(style of the paper's Fig. 3; dB: mean over the evaluation images)", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.88))  # room for the title above the panel titles
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def _markdown(report: dict, figures: dict) -> str:
@@ -173,37 +175,65 @@ def _markdown(report: dict, figures: dict) -> str:
     for title, name in (("PSNR against size and cost", "cost"), ("Crops", "crops")):
         if figures.get(name):
             lines += [f"## {title}", "", f"![{title}]({figures[name]})", ""]
+    if figures.get("skipped"):
+        lines += ["## Figures", "", f"Skipped: {figures['skipped']}.", ""]
     return "\n".join(lines)
 
 
 def build_report(run_dir) -> dict:
-    """Write report.json, report.md and the two figures of a workflow run folder; returns report.json's content."""
-    from .training.artifacts import write_json
+    """Write report.json, report.md and the two figures of a workflow run folder; returns report.json's content.
+
+    The figures need matplotlib; without it they are skipped and the report says so.
+    """
+    from .optional import available, install_hint
+    from .safe_io import atomic_write
+    from .training.artifacts import read_json, write_json
 
     run_dir = Path(run_dir)
-    evaluation = _read_json(run_dir / "evaluation.json")
+    evaluation = read_json(run_dir / "evaluation.json", "evaluation file")
     if evaluation is None:
         raise FileNotFoundError(f"{run_dir / 'evaluation.json'} does not exist: {run_dir} is not a completed "
                                 "`cdism-fast run` folder (resume the run to finish it)")
-    stage = _read_json(run_dir / "stage.json") or {}
+    stage = read_json(run_dir / "stage.json", "stage record") or {}
+    try:
+        report, models = _collect(run_dir, evaluation, stage, read_json)
+        markdown_figures = {"cost": "psnr_vs_cost.png", "crops": "crops.png"}
+        _markdown(report, markdown_figures)  # fails here, before any file is written, on odd values
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, RecursionError) as error:
+        raise ValueError(f"{run_dir} does not hold what `cdism-fast run` writes (evaluation.json or stage.json was "
+                         f"edited or damaged: {type(error).__name__}: {error}); restore them, or remove "
+                         "evaluation.json and resume the run to evaluate again") from None
+    if available("matplotlib"):
+        figures = {"cost": _figure_cost(models, run_dir / "psnr_vs_cost.png").name}
+        crops = _figure_crops(run_dir, [n for n in REPORT_MODELS if n in models and n != "bicubic"],
+                              evaluation["crop"], models, run_dir / "crops.png")
+        figures["crops"] = crops.name if crops is not None else None
+    else:
+        figures = {"cost": None, "crops": None,
+                   "skipped": f"the figures, because matplotlib is not installed ({install_hint('matplotlib')}, "
+                              "then `cdism-fast report RUN_DIR` draws them)"}
+    report["figures"] = figures
+    write_json(run_dir / "report.json", report)
+    atomic_write(run_dir / "report.md", _markdown(report, figures).encode("utf-8"))
+    return report
+
+
+def _collect(run_dir: Path, evaluation: dict, stage: dict, read_json) -> tuple[dict, dict]:
+    """report.json's content (without the figures) and the evaluated models."""
     models = evaluation["models"]
+    if not isinstance(models, dict) or not all(isinstance(entry, dict) for entry in models.values()):
+        raise TypeError("'models' must map model names to their scores")
     report = {name: models[name] for name in REPORT_MODELS if name in models}
+    settings = stage.get("settings") if isinstance(stage, dict) else None
     report.update(
-        preset=stage.get("settings", {}).get("preset"),
-        command=stage.get("command", []),
+        preset=settings.get("preset") if isinstance(settings, dict) else None,
+        command=list(stage.get("command", [])) if isinstance(stage, dict) else [],
         scale=evaluation["scale"],
-        density=_read_json(run_dir / "prune" / "density.json"),
+        density=read_json(run_dir / "prune" / "density.json", "density file"),
         structure={"teacher": (models.get("teacher") or {}).get("structure"),
                    "student": (models.get("student") or {}).get("structure")},
-        compression=_read_json(run_dir / "compress" / "student.json"),
+        compression=read_json(run_dir / "compress" / "student.json", "student file"),
         checks=_checks(models),
         paper_points=PAPER_POINTS,
     )
-    figures = {"cost": _figure_cost(models, run_dir / "psnr_vs_cost.png").name}
-    crops = _figure_crops(run_dir, [n for n in REPORT_MODELS if n in models and n != "bicubic"],
-                          evaluation["crop"], models, run_dir / "crops.png")
-    figures["crops"] = crops.name if crops is not None else None
-    report["figures"] = figures
-    write_json(run_dir / "report.json", report)
-    (run_dir / "report.md").write_text(_markdown(report, figures), encoding="utf-8")
-    return report
+    return report, models

@@ -10,6 +10,7 @@ from torch import nn
 
 from cdism_fast.training import (CHECKPOINT_NAME, CheckpointError, TrainConfig, Trainer, atomic_save,
                                  capture_rng_state, load_checkpoint, restore_rng_state)
+from cdism_fast import safe_io
 from cdism_fast.training import checkpoint as checkpoint_module
 
 
@@ -34,7 +35,7 @@ class DiskFullFile:
 
 
 def fill_disk(monkeypatch):
-    monkeypatch.setattr(checkpoint_module, "open", lambda path, mode: DiskFullFile(open(path, mode)), raising=False)
+    monkeypatch.setattr(safe_io, "open", lambda path, mode: DiskFullFile(open(path, mode)), raising=False)
 
 
 def leftovers(folder):
@@ -77,7 +78,7 @@ def test_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def failing_replace(source, target):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", failing_replace)
+    monkeypatch.setattr(safe_io.os, "replace", failing_replace)
     with pytest.raises(CheckpointError, match="Input/output error"):
         atomic_save({"iteration": 2}, path)
     monkeypatch.undo()

@@ -236,5 +236,5 @@ def test_exit_codes_of_stopped_runs():
     from cdism_fast.training.engine import NonFiniteLossError
 
     assert exit_code(CheckpointError("disk full")) == 2 and exit_code(FileExistsError("out")) == 2
-    assert exit_code(NonFiniteLossError("loss is nan at iteration 7")) == 1
-    assert exit_code(RuntimeError("a bug")) is None  # a traceback, not one line
+    assert exit_code(NonFiniteLossError("loss is nan at iteration 7")) == 2
+    assert exit_code(RuntimeError("a bug")) is None  # exit 1, the traceback under --debug

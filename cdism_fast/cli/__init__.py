@@ -5,10 +5,16 @@ Each sub-command lives in its own module of this package and exposes
 callable that runs it (taking the parsed ``argparse.Namespace`` and returning
 an exit code). Modules are imported only when the command line is parsed, so
 ``cdism-fast info`` stays fast.
+
+Exit codes: 0 done, 2 a problem the user can fix (bad option or file, a full
+or read-only disk, a run stopped by a non-finite loss), printed as one line
+that names it and says what to do; 1 a bug, printed as one line, with the
+traceback under ``--debug`` or ``CDISM_DEBUG=1``; 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -17,6 +23,12 @@ from ..ops._dispatch import BackendUnavailable
 
 # Order is the order shown in ``cdism-fast --help``.
 COMMANDS = ("info", "eval", "upscale", "export", "models", "train", "prune", "compress", "distill", "run", "report")
+#: OSErrors that the user's environment causes (not bugs): exit 2 with the file's name.
+USER_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "ENOTDIR", "EISDIR", "EEXIST", "ENOENT", "ENAMETOOLONG",
+    "EFBIG", "ELOOP", "EMFILE", "ENFILE") if hasattr(errno, name))
+EXIT_USER_ERROR = 2
+EXIT_BUG = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cdism-fast",
         description="Compress super-resolution models: prune (OBProx-SG), compress, distill.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of any error (also: environment variable CDISM_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMANDS:
@@ -39,17 +53,41 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        # Bad input, or a run stopped for a reason its message explains: one line that names
-        # it (CDISM_DEBUG=1 shows the traceback). Anything else is a bug: the traceback.
-        code = exit_code(exc)
-        if code is None or os.environ.get("CDISM_DEBUG") == "1":
+        if args.debug or os.environ.get("CDISM_DEBUG") == "1":
             raise
-        print(f"cdism-fast {args.command}: error: {exc}", file=sys.stderr)
+        code = exit_code(exc)
+        if code is None:
+            from ..training.artifacts import one_line
+
+            print(f"cdism-fast {args.command}: internal error (a bug): {type(exc).__name__}: {one_line(exc)}; "
+                  "rerun with --debug for the traceback and report it", file=sys.stderr)
+            return EXIT_BUG
+        print(f"cdism-fast {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return code
 
 
+def user_message(exc: BaseException) -> str:
+    """The one line printed for an error the user can fix."""
+    if isinstance(exc, OSError) and exc.errno in USER_ERRNOS and exc.filename is not None:
+        what = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        advice = {errno.ENOSPC: "free space or choose another --out",
+                  errno.EROFS: "the file system is read-only: choose another --out",
+                  errno.EACCES: "check its permissions or choose another --out",
+                  errno.EPERM: "check its permissions or choose another --out"}.get(exc.errno, "check the path")
+        return f"{what}: {exc.strerror}; {advice}"
+    from ..training.artifacts import one_line
+
+    return one_line(exc)
+
+
 def exit_code(exc: BaseException) -> int | None:
-    """2 for bad input, an error's own ``exit_code`` (checkpoint and non-finite-loss errors), else None."""
-    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, BackendUnavailable)):
-        return 2
-    return getattr(type(exc), "exit_code", None)
+    """2 for what the user can fix, an error's own ``exit_code``, else None (a bug)."""
+    own = getattr(type(exc), "exit_code", None)
+    if own is not None:
+        return own
+    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                        PermissionError, BackendUnavailable)):
+        return EXIT_USER_ERROR
+    if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
+        return EXIT_USER_ERROR
+    return None

@@ -34,6 +34,7 @@ def _compress(args) -> str:
     from ..training.stages import STUDENT_FILE, compress, format_table
 
     result = compress(load_model(args.teacher), args.density, args.out, overwrite=args.overwrite,
+                      inputs={"--teacher": args.teacher},
                       n_b=args.n_b, n_l=args.n_l, n_c=args.n_c, rounding=args.rounding,
                       channel_multiple=args.channel_multiple)
     print(format_table(result.extra["table"]))

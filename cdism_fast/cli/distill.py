@@ -46,7 +46,8 @@ def _distill(args) -> str:
     teacher = load_model(args.teacher) if args.teacher and not args.no_kd else None
     context = distributed.setup(args.device)
     result = distill(teacher, args.student, args.out, settings, args.data, args.val, kd=not args.no_kd,
-                     resume=args.resume, overwrite=args.overwrite, context=context, **options)
+                     resume=args.resume, overwrite=args.overwrite, context=context,
+                     inputs={"--teacher": args.teacher}, **options)
     if context.is_main and result.status == "completed":
         print(f"student: {result.model_path}" + (f"  validation: {result.validation}" if result.validation else ""))
     return result.status

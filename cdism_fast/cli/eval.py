@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
@@ -53,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluation import evaluate, infer_scale, load_model
 
+    from ..training.distributed import check_device
+
+    if args.scale is not None and args.scale < 1:
+        raise ValueError(f"--scale must be a positive upscaling factor (e.g. 2, 3 or 4), got {args.scale}")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     scale = args.scale or infer_scale(model)
     data = [_data_source(text, scale) for text in args.data]
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model} x{scale}")
     print(format_table(results, y_channel=not args.rgb))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": args.model, "scale": scale, "sets": results}, indent=2))
+        from ..training.artifacts import write_json
+
+        write_json(args.json, {"model": args.model, "scale": scale, "sets": results})
         print(f"wrote {args.json}")
     return 0

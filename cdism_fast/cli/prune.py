@@ -46,7 +46,7 @@ def _prune(args) -> str:
     options.update({k: v for k, v in given.items() if v is not None})
     context = distributed.setup(args.device)
     result = prune(load_model(args.teacher), args.out, settings, args.data, args.val, resume=args.resume,
-                   overwrite=args.overwrite, context=context, **options)
+                   overwrite=args.overwrite, context=context, inputs={"--teacher": args.teacher}, **options)
     if context.is_main and result.status == "completed":
         report = result.extra["density"]
         print(f"density d (deep-feature weights) = {report['density']:.4f}, all weights = "

@@ -1,6 +1,8 @@
 """``cdism-fast run``: every stage of a preset, the evaluation and the report, in one command."""
 from __future__ import annotations
 
+import sys
+
 
 def register(subparsers) -> None:
     from ..training.cli_support import add_output_arguments, add_training_arguments, preset_argument
@@ -32,7 +34,12 @@ def _run(args) -> str:
     from ..training.cli_support import overrides_from_args
     from ..training.workflow import run_workflow
 
+    from ..optional import available, install_hint
+
     context = distributed.setup(args.device)
+    if context.is_main and not available("matplotlib"):
+        print(f"note: matplotlib is not installed, so the report will have no figures ({install_hint('matplotlib')} "
+              "adds them; `cdism-fast report` redraws them later)", file=sys.stderr)
     out = args.out or f"runs/{args.preset}"
     result = run_workflow(args.preset, out, data=args.data, val=args.val, teacher=args.teacher,
                           no_kd_baseline=args.no_kd_baseline is not False, resume=args.resume,

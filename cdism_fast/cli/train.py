@@ -46,7 +46,9 @@ def _train(args) -> str:
     settings = settings_from_args(args, preset.teacher)
     context = distributed.setup(args.device)
     torch.manual_seed(settings.seed)
-    model = build(args.model or preset.teacher_model, scale=args.scale or preset.scale)
+    if args.scale is not None and args.scale < 1:
+        raise ValueError(f"--scale must be a positive upscaling factor (e.g. 2, 3 or 4), got {args.scale}")
+    model = build(args.model or preset.teacher_model, scale=args.scale if args.scale is not None else preset.scale)
     structure = args.structure or (preset.teacher_structure if args.model is None else None)
     if structure is not None:
         model = model.with_structure(*structure)

@@ -24,6 +24,32 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _jobs(source: Path, output: Path, list_images) -> list[tuple[Path, Path]]:
+    """(image, where its result goes) pairs; refuses, before anything is written, to overwrite an input or to
+    send two images to one file."""
+    if source.is_dir():
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"IN {source} is a folder, so OUT {output} must be a folder, not a file")
+        if output.resolve() == source.resolve():
+            raise ValueError(f"OUT {output} is the input folder IN: the results would replace or mix with the "
+                             "originals; choose another output folder (nothing was written)")
+        jobs = [(path, output / f"{path.stem}.png") for path in list_images(source)]
+    else:
+        jobs = [(source, output / f"{source.stem}.png" if output.is_dir() else output)]
+    inputs = {path.resolve() for path, _ in jobs}
+    targets: dict[Path, Path] = {}
+    for path, target in jobs:
+        if target.resolve() in inputs:
+            raise ValueError(f"OUT {target} is an input image: upscaling would overwrite it; choose another "
+                             "output (nothing was written)")
+        if target.resolve() in targets:
+            raise ValueError(f"{targets[target.resolve()].name} and {path.name} would both be written to {target} "
+                             "(one PNG per name); rename one of them or upscale them separately (nothing was "
+                             "written)")
+        targets[target.resolve()] = path
+    return jobs
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -31,9 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from ..data import list_images, read_image, write_image
     from ..evaluation import infer_scale, load_model, upscale
 
+    from ..training.distributed import check_device
+
     if not args.input.exists():
         raise FileNotFoundError(f"input {args.input} does not exist; pass an image file or a folder of images")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.scale is not None and args.scale < 1:
+        raise ValueError(f"--scale must be a positive upscaling factor (e.g. 2, 3 or 4), got {args.scale}")
+    jobs = _jobs(args.input, args.output, list_images)
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale).to(device)
     scale = args.scale or infer_scale(model)
     amp_dtype = None
@@ -41,13 +72,6 @@ def run(args: argparse.Namespace) -> int:
         amp_dtype = torch.bfloat16
     elif args.half:
         amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    if args.input.is_dir():
-        if args.output.exists() and not args.output.is_dir():
-            raise ValueError(f"IN {args.input} is a folder, so OUT {args.output} must be a folder, not a file")
-        jobs = [(path, args.output / f"{path.stem}.png") for path in list_images(args.input)]
-    else:
-        output = args.output / f"{args.input.stem}.png" if args.output.is_dir() else args.output
-        jobs = [(args.input, output)]
     for source, target in tqdm(jobs, desc=f"x{scale}", unit="image", disable=None if len(jobs) > 1 else True):
         image = read_image(source).to(device)
         result = upscale(model, image, scale, tile=args.tile, overlap=args.overlap, amp_dtype=amp_dtype,

@@ -31,7 +31,8 @@ def _skimage_data_dir() -> Path:
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
             "no data was given and the built-in sample images are unavailable because scikit-image is not "
-            "installed; pass a folder of images (e.g. --data DIR) or run: pip install scikit-image")
+            "installed; pass a folder of images (e.g. --data DIR) or run: pip install scikit-image "
+            "(or pip install 'cdism_fast[demo]')")
     return Path(spec.origin).parent / "data"
 
 

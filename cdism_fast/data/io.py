@@ -9,12 +9,15 @@ once per process with the first file it happened to.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..safe_io import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "read_image", "image_size", "to_uint8", "write_image"]
 
@@ -47,6 +50,10 @@ def _open(path: Path) -> Image.Image:
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
         return Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {path} is refused: {str(error).rstrip('.')} (a file this large is likely a "
+                         "decompression bomb); "
+                         "use a smaller image, or split it") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image {path}: {error}; replace the file or remove it from the folder") from error
 
@@ -76,6 +83,9 @@ def read_image(path) -> torch.Tensor:
         sixteen_bit = _is_16_bit(image)
         try:
             image.load()
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"image {path} is refused: {str(error).rstrip('.')} (a file this large is likely "
+                             "a decompression bomb); use a smaller image, or split it") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise ValueError(f"cannot decode image {path} (truncated or corrupt: {error}); "
                              "replace the file or remove it from the folder") from error
@@ -118,9 +128,10 @@ def write_image(path, img: torch.Tensor) -> Path:
     path = Path(path)
     if img.dim() != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"write_image: expected a (3, H, W) or (1, H, W) image for {path}, got {tuple(img.shape)}")
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
         raise ValueError(f"write_image: cannot tell the format of {path}; use one of {', '.join(IMAGE_EXTENSIONS)}")
     array = to_uint8(img.detach()).cpu().permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(path)
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format=Image.registered_extensions()[suffix])
+    return atomic_write(path, buffer.getvalue())  # never through a link planted at ``path``

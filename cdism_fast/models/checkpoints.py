@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..safe_io import read_torch_file
 from .common import DIV2K_RGB_MEAN, construct, upsampler_scale
 from .presets import FAMILIES, build, preset_of
 
@@ -58,7 +59,7 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     listing the first missing, unexpected and mis-shaped keys; nothing is loaded then.
     """
     source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "the given state dict"
-    raw = torch.load(source, map_location="cpu", weights_only=True) if isinstance(path, (str, os.PathLike)) else path
+    raw = read_torch_file(source, "checkpoint") if isinstance(path, (str, os.PathLike)) else path
     state, original_names, file_options, file_format = _to_native(_unwrap(raw, params_key, source), source)
     options = {**file_options, **overrides}
     if name is None or scale is None:
@@ -78,6 +79,9 @@ def _unwrap(raw, params_key: Optional[str], source: str) -> dict:
     if not isinstance(raw, Mapping):
         raise ValueError(f"checkpoint {source} must hold a state dict (a mapping of names to tensors), "
                          f"got a {type(raw).__name__}")
+    if str(raw.get("format", "")).startswith("cdism_fast.training/"):
+        raise ValueError(f"{source} is a training checkpoint (resumable state), not a model file; pass the model.pt "
+                         "that the stage writes beside it when it completes (resume the stage to finish it)")
     wrappers = [key for key in ("params_ema", "params") if isinstance(raw.get(key), Mapping)]
     if params_key is not None:
         if not isinstance(raw.get(params_key), Mapping):

@@ -24,6 +24,8 @@ def check_image(name: str, x, min_hw: int = 1) -> None:
     if x.dim() != 4:
         raise ValueError(f"{name} must be an NCHW image batch (4 dimensions), got shape {tuple(x.shape)}; "
                          "add a batch dimension with x[None]")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} has 0 channels (shape {tuple(x.shape)}); pass images with at least one channel")
     if min(x.shape[-2:]) < min_hw:
         raise ValueError(f"{name} is {x.shape[-2]}x{x.shape[-1]} pixels; this op needs at least "
                          f"{min_hw}x{min_hw}")
@@ -45,9 +47,13 @@ def check_pair(x_name: str, x, y_name: str, y, min_hw: int = 1, images: bool = T
         raise ValueError(f"{x_name} and {y_name} must have the same dtype, got {x.dtype} and {y.dtype}")
 
 
-def check_reduction(reduction: str, allowed=REDUCTIONS) -> None:
+def check_reduction(reduction: str, allowed=REDUCTIONS, x=None) -> None:
+    """``reduction`` is one of ``allowed``; a mean needs at least one element of ``x`` (it is NaN otherwise)."""
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
+    if reduction == "mean" and x is not None and x.numel() == 0:
+        raise ValueError(f"the mean of an empty input (shape {tuple(x.shape)}) is undefined; pass at least one "
+                         "element, or use reduction='sum'")
 
 
 def check_nonnegative(name: str, value: float) -> None:

@@ -68,6 +68,6 @@ def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = CHARBONNIER_EPS, 
     ``x`` and ``y``.
     """
     check_pair("x", x, "y", y, images=False)
-    check_reduction(reduction, ("mean", "sum", "none"))
+    check_reduction(reduction, ("mean", "sum", "none"), x)
     check_nonnegative("eps", eps)
     return OP(backend, x, x, y, eps, reduction)

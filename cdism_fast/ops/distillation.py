@@ -92,7 +92,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, gt: torch.Te
     size = max(min_size(levels), HIGHPASS_MIN_SIZE)
     check_pair("student", student, "teacher", teacher, size)
     check_pair("student", student, "gt", gt, size)
-    check_reduction(reduction)
+    check_reduction(reduction, x=student)
     check_nonnegative("alpha", alpha)
     if student_loss not in STUDENT_LOSSES:
         raise ValueError(f"student_loss must be one of {STUDENT_LOSSES}, got {student_loss!r}")

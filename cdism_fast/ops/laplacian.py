@@ -36,9 +36,14 @@ PYRAMID_OP = new_op("laplacian_pyramid")
 LOSS_OP = new_op("laplacian_loss")
 
 
+#: More levels would need images wider than 2^31 pixels (and their size would not even print).
+MAX_LEVELS = 32
+
+
 def check_levels(levels) -> None:
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
+        shown = repr(levels) if not isinstance(levels, int) or abs(levels) < 10 ** 12 else "a huge number"
+        raise ValueError(f"levels must be an integer >= 1 and <= {MAX_LEVELS}, got {shown}")
 
 
 def min_size(levels: int) -> int:
@@ -156,5 +161,5 @@ def laplacian_loss(x: torch.Tensor, y: torch.Tensor, levels: int = 5, reduction:
     """
     check_levels(levels)
     check_pair("x", x, "y", y, min_size(levels))
-    check_reduction(reduction)
+    check_reduction(reduction, x=x)
     return LOSS_OP(backend, x, x, y, levels, reduction)

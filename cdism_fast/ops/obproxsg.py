@@ -81,6 +81,40 @@ def _register_cpp_op():
         check_pairs(params, grads)  # runs once per trace, not per step
 
 
+def check_distinct(params) -> None:
+    """No two of ``params`` share memory (the same tensor twice, or overlapping views).
+
+    A fused kernel updates every element once from the values it read, so the
+    second of two aliased updates would be lost; ``torch.optim`` refuses
+    duplicate parameters for the same reason. The check compares the byte
+    ranges the tensors span, so views that interleave (``x[::2]`` and
+    ``x[1::2]``) are refused too.
+    """
+    if torch.compiler.is_compiling():  # traced tensors have no memory to compare; eager calls are checked
+        return
+    spans = []
+    for i, p in enumerate(params):
+        try:
+            start, size = p.data_ptr(), p.nbytes
+        except (RuntimeError, AttributeError):  # a fake tensor while tracing (no memory), or not a tensor
+            return
+        if size == 0 or p.is_meta:
+            continue
+        if not p.is_contiguous():
+            size = p.element_size() * (1 + sum((n - 1) * stride for n, stride in zip(p.shape, p.stride())))
+        spans.append((start, start + size, i))
+    spans.sort()
+    furthest_end, owner = -1, None
+    for start, end, i in spans:
+        if start < furthest_end:
+            first, second = sorted((owner, i))
+            raise ValueError(f"params[{first}] and params[{second}] share memory (the same tensor twice or "
+                             "overlapping views), so one update would be lost; pass each parameter once, as "
+                             "torch.optim requires")
+        if end > furthest_end:
+            furthest_end, owner = end, i
+
+
 def _check_lists(params, grads) -> None:
     for name, value in (("params", params), ("grads", grads)):
         if isinstance(value, torch.Tensor) or not isinstance(value, Sequence):
@@ -96,7 +130,8 @@ def obproxsg_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
     """One OBProx-SG step, in place on every tensor of ``params`` (see the module docstring).
 
     ``params`` and ``grads`` are equal-length lists of floating tensors, pairwise
-    of one shape and dtype, all on one device. ``orthant=False`` takes the
+    of one shape and dtype, all on one device; no two params may share memory
+    (:func:`check_distinct`, in every backend). ``orthant=False`` takes the
     Prox-SG step, ``orthant=True`` the orthant step; ``eps`` >= 0 is the orthant
     projection's threshold. With ``lam=0`` the Prox-SG step is the plain SGD step
     p <- p - lr*g. Runs without recording autograd history.
@@ -110,5 +145,6 @@ def obproxsg_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
     if len(params) == 0:
         return
     params, grads = list(params), list(grads)
+    check_distinct(params)
     with torch.no_grad():
         OP(backend, params[0], params, grads, lr, lam, orthant, eps)

@@ -11,8 +11,12 @@ caller resumes it or asks to overwrite it.
 """
 from __future__ import annotations
 
+import atexit
+import fnmatch
+import functools
 import json
-import shutil
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,10 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..safe_io import atomic_write, read_torch_file
 from .checkpoint import atomic_save
 
 __all__ = ["MODEL_FORMAT", "STAGE_FILE", "save_model", "load_model", "model_spec", "build_from_spec", "command_line",
-           "prepare_run_folder", "write_json", "read_stage", "mark_stage"]
+           "prepare_run_folder", "write_json", "read_json", "read_stage", "mark_stage", "release_run_folder",
+           "records_failure", "one_line", "LOCK_FILE", "RESUMABLE_SETTINGS", "RunFolderLocked"]
 
 MODEL_FORMAT = "cdism_fast.model/1"
 STAGE_FILE = "stage.json"
@@ -55,7 +61,14 @@ def build_from_spec(spec: dict) -> nn.Module:
     family = spec.get("family")
     if family not in FAMILIES:
         raise ValueError(f"model family {family!r} is unknown; known families: {sorted(FAMILIES)}")
-    return FAMILIES[family](**spec["config"])
+    config = spec.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"model spec of family {family!r} has no 'config' mapping (got {type(config).__name__})")
+    try:
+        return FAMILIES[family](**config)
+    except TypeError as error:  # an option the family does not take
+        raise ValueError(f"model spec of family {family!r} does not fit it ({error}); use the file that "
+                         "`cdism-fast compress` wrote, unedited") from None
 
 
 def save_model(path, model: nn.Module, **info) -> Path:
@@ -76,22 +89,35 @@ def load_model(path, name: str | None = None, scale: int | None = None) -> nn.Mo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = read_torch_file(path, "model file")
     if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
         model = build_from_spec(raw)
-        model.load_state_dict(raw["params"])
+        try:
+            model.load_state_dict(raw["params"])
+        except (KeyError, TypeError, RuntimeError) as error:
+            raise ValueError(f"model file {path} does not hold the weights its own spec describes ("
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+                             "); it was altered or damaged: use another file") from None
         return model.eval()
-    return load_pretrained(raw, name=name, scale=scale).eval()
+    return load_pretrained(path, name=name, scale=scale).eval()  # read again: its errors name the file
 
 
 def write_json(path, data) -> Path:
-    """JSON, written atomically (a report or config is never seen half-written)."""
+    """JSON, written atomically (a report or config is never seen half-written, a planted link never followed)."""
+    return atomic_write(path, (json.dumps(_plain(data), indent=2) + "\n").encode("utf-8"))
+
+
+def read_json(path, what: str = "file"):
+    """The JSON in ``path`` (None when absent), with one-line errors naming the file for damaged or odd content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(_plain(data), indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
-    return path
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        reason = "it is nested too deeply" if isinstance(error, RecursionError) else str(error).splitlines()[0]
+        raise ValueError(f"{what} {path} is not valid JSON ({reason}); it was edited or damaged: restore it or "
+                         "remove the folder") from None
 
 
 def command_line() -> list[str]:
@@ -103,51 +129,293 @@ def command_line() -> list[str]:
 
 
 def read_stage(folder) -> dict | None:
+    """The stage record of a run folder (None when it has none); a damaged one raises a ValueError naming it."""
     path = Path(folder) / STAGE_FILE
-    if not path.is_file():
+    record = read_json(path, "stage record")
+    if record is None:
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict) or not isinstance(record.get("stage"), str):
+        raise ValueError(f"stage record {path} does not describe a cdism-fast stage (no 'stage' name); it was "
+                         "edited or damaged: restore it or remove the folder")
+    return record
 
 
-def prepare_run_folder(folder, stage: str, settings: dict, resume: bool = False, overwrite: bool = False) -> dict:
+# ------------------------------------------------------------------------------------------ run folders
+#: Written while a process writes a run folder: its PID (see :func:`prepare_run_folder`).
+LOCK_FILE = ".cdism-fast.lock"
+#: Settings that a resumed run may change; any other change is refused (it would change what the run means).
+RESUMABLE_SETTINGS = frozenset({"iterations", "lr", "milestones", "gamma", "num_workers", "checkpoint_every",
+                                "validate_every", "log_every", "progress", "amp", "channels_last", "compile", "val",
+                                "overrides"})
+_FINAL_STATUSES = ("completed", "interrupted", "failed", "stopped")
+#: Run folders this process holds the lock of.
+_locked: set[Path] = set()
+
+
+class RunFolderLocked(FileExistsError):
+    """Another live process writes this run folder."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _lock(folder: Path) -> bool:
+    """Take the lock of ``folder``; False when this process holds it already."""
+    path = folder / LOCK_FILE
+    if folder.resolve() in _locked:
+        return False
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _process_alive(owner):
+                raise RunFolderLocked(f"output folder {folder} is being written by process {owner} (lock file "
+                                      f"{path}); wait for it to finish or stop it, or choose another --out") from None
+            path.unlink(missing_ok=True)  # its process is gone: a stale lock
+            continue
+        with open(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(f"{os.getpid()}\n")
+        _locked.add(folder.resolve())
+        return True
+    raise RunFolderLocked(f"could not take the lock {path}; another process keeps taking it: choose another --out")
+
+
+def release_run_folder(folder) -> None:
+    """Remove this process's lock of ``folder`` (nothing when it holds none)."""
+    folder = Path(folder)
+    key = folder.resolve()
+    if key not in _locked:
+        return
+    _locked.discard(key)
+    path = folder / LOCK_FILE
+    if _lock_owner(path) == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+@atexit.register
+def _release_all() -> None:
+    for folder in list(_locked):
+        release_run_folder(folder)
+
+
+def _owned(relative: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns)
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:[0-9a-f]{12}\.|[A-Za-z0-9_]{8}\.)?partial$")
+
+
+def _removal_plan(folder: Path, record: dict, files) -> tuple[list[Path], list[Path]]:
+    """(the files of the run in ``folder``, anything else in it), sub-runs included."""
+    patterns = (STAGE_FILE, LOCK_FILE, *(record.get("files") or files))
+    runs = set(record.get("runs") or ())
+    ours, foreign = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in runs and entry.is_dir() and not entry.is_symlink():
+            sub_record = read_stage(entry)
+            if sub_record is None:
+                (foreign.extend(entry.iterdir()) if any(entry.iterdir()) else ours.append(entry))
+                continue
+            owner = _lock_owner(entry / LOCK_FILE)
+            if owner is not None and owner != os.getpid() and _process_alive(owner):
+                raise RunFolderLocked(f"{entry} is being written by process {owner}; wait for it to finish or "
+                                      "stop it (nothing was changed)")
+            sub_ours, sub_foreign = _removal_plan(entry, sub_record, ())
+            ours += sub_ours + ([] if sub_foreign else [entry])
+            foreign += sub_foreign
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            files = [c for c in entry.rglob("*") if c.is_symlink() or not c.is_dir()]  # links are files here
+            mine = [c for c in files if _owned(c.relative_to(folder).as_posix(), patterns)]
+            other = [c for c in files if c not in mine]
+            ours += mine
+            foreign += other
+            if not other:
+                ours.append(entry)
+            continue
+        relative = entry.name
+        temporary = _TEMPORARY.match(relative)
+        if _owned(relative, patterns) or (temporary and _owned(temporary.group("name"), patterns)):
+            ours.append(entry)
+        else:
+            foreign.append(entry)
+    return ours, foreign
+
+
+def _remove(paths: list[Path]) -> None:
+    """Files (and links) first, then the folders they leave empty, deepest first."""
+    for path in paths:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+    for path in sorted((p for p in paths if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
+        for child in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
+            if child.is_dir() and not child.is_symlink():
+                child.rmdir()  # only folders emptied above; a foreign file left in one was refused before
+        path.rmdir()
+
+
+def _listing(paths: list[Path], folder: Path, limit: int = 5) -> str:
+    names = [p.relative_to(folder).as_posix() for p in paths[:limit]]
+    return ", ".join(names) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _inside(path, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _resume_changes(folder: Path, record: dict, settings: dict) -> dict:
+    """{setting: [old, new]} of the settings that changed; refuses those a resume may not change."""
+    saved = record.get("settings") or {}
+    changed = {key: [saved[key], value] for key, value in _plain(settings).items()
+               if key in saved and saved[key] != value}
+    refused = sorted(key for key in changed if key not in RESUMABLE_SETTINGS)
+    if refused:
+        details = "; ".join(f"{key} was {changed[key][0]!r}, now {changed[key][1]!r}" for key in refused)
+        raise ValueError(f"cannot resume the run in {folder} with other settings ({details}): that would change what "
+                         "it trains; resume with the same ones, or pass --overwrite to start over")
+    return changed
+
+
+def prepare_run_folder(folder, stage: str, settings: dict, resume: bool = False, overwrite: bool = False,
+                       files=(), runs=(), inputs: dict | None = None) -> dict:
     """Make ``folder`` ready for ``stage``, refusing to mix two runs; returns the stage record.
 
+    ``files``: the names (glob patterns, relative to ``folder``) that the stage
+    writes; ``runs``: its sub-folders that hold runs of their own; both are kept
+    in ``stage.json``, and ``overwrite`` removes exactly those (and refuses,
+    naming them, when anything else is there). ``inputs``: ``{option: path}``
+    of the files the run reads, which ``overwrite`` refuses to delete.
+
     * empty or missing: a fresh run;
-    * holds a run of this stage: continued with ``resume``, deleted and
-      restarted with ``overwrite``, refused otherwise;
-    * holds a run of another stage: deleted with ``overwrite``, refused otherwise;
+    * holds a run of this stage: continued with ``resume`` (settings outside
+      :data:`RESUMABLE_SETTINGS` must be unchanged; those inside are recorded
+      under ``resumes``), replaced with ``overwrite``, refused otherwise;
+    * holds a run of another stage: replaced with ``overwrite``, refused otherwise;
     * holds files that are not a run: always refused (nothing of the user's is deleted).
+
+    The folder is locked (:data:`LOCK_FILE`) until the stage is marked
+    finished: a second process is refused, naming the first one's PID; the lock
+    of a process that no longer runs is taken over. Temporary files left by a
+    killed process are removed.
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run in the folder, "
                          "overwrite deletes it")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"--out {folder} is a file, not a folder; choose a folder (nothing was changed)")
     record = read_stage(folder) if folder.is_dir() else None
-    if folder.is_dir() and any(folder.iterdir()):
-        if record is None:
-            raise FileExistsError(f"output folder {folder} holds files that are not a cdism-fast run; choose an "
-                                  "empty or new folder (nothing was changed)")
+    contents = [p for p in folder.iterdir() if p.name != LOCK_FILE] if folder.is_dir() else []
+    if contents and record is None:
+        raise FileExistsError(f"output folder {folder} holds files that are not a cdism-fast run; choose an "
+                              "empty or new folder (nothing was changed)")
+    if record is not None:
         if overwrite:
-            shutil.rmtree(folder)
-            record = None
+            inside = {option: path for option, path in (inputs or {}).items()
+                      if path is not None and _inside(path, folder)}
+            if inside:
+                option, path = next(iter(inside.items()))
+                raise FileExistsError(f"--overwrite would delete {path} ({option}), an input of this run that lies "
+                                      f"inside the output folder {folder}; move it out or choose another --out "
+                                      "(nothing was changed)")
         elif not resume:
-            raise FileExistsError(f"output folder {folder} holds a {record['stage']!r} run "
-                                  f"({record.get('status', 'unknown status')}); pass --resume to continue it or "
-                                  "--overwrite to replace it, or choose another --out")
+            state = record.get("status", "unknown status")
+            if state == "failed" and record.get("error"):
+                state = f"failed: {record['error']}"
+            raise FileExistsError(f"output folder {folder} holds a {record['stage']!r} run ({state}); pass --resume "
+                                  "to continue it or --overwrite to replace it, or choose another --out")
         elif record["stage"] != stage:
             raise FileExistsError(f"output folder {folder} holds a {record['stage']!r} run, not a {stage!r} run; "
                                   "it cannot be resumed as this stage (choose another --out or pass --overwrite)")
-    if record is None:
-        record = {"stage": stage, "command": command_line(), "settings": settings, "status": "running",
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    else:
-        record = {**record, "status": "running", "resumed_with": command_line()}
-    write_json(folder / STAGE_FILE, record)
+    folder.mkdir(parents=True, exist_ok=True)
+    acquired = _lock(folder)
+    try:
+        if record is not None and overwrite:
+            ours, foreign = _removal_plan(folder, record, files)
+            if foreign:
+                raise FileExistsError(f"--overwrite refused: output folder {folder} also holds "
+                                      f"{_listing(foreign, folder)}, which cdism-fast did not write; move "
+                                      "them out or choose another --out (nothing was changed)")
+            _remove([p for p in ours if p != folder / LOCK_FILE])
+            record = None
+        elif record is not None:
+            ours, _ = _removal_plan(folder, record, files)
+            _remove([p for p in ours if _TEMPORARY.match(p.name) and not p.is_dir()])  # a killed run's
+        if record is None:
+            record = {"stage": stage, "command": command_line(), "settings": _plain(settings), "status": "running",
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": list(files), "runs": list(runs)}
+        else:
+            changed = _resume_changes(folder, record, settings)
+            resumes = [*record.get("resumes", []), {"command": command_line(), "changed": changed}]
+            record = {**record, "settings": {**record.get("settings", {}), **_plain(settings)},
+                      "status": "running", "resumed_with": command_line(), "resumes": resumes,
+                      "files": record.get("files") or list(files), "runs": record.get("runs") or list(runs)}
+            record.pop("error", None)
+        write_json(folder / STAGE_FILE, record)
+    except BaseException:
+        if acquired:
+            release_run_folder(folder)
+        raise
     return record
 
 
 def mark_stage(folder, **updates) -> dict:
-    """Update the stage record (status, outputs, results)."""
+    """Update the stage record (status, outputs, results); a finished status releases the folder's lock."""
     record = {**(read_stage(folder) or {}), **updates}
     write_json(Path(folder) / STAGE_FILE, record)
+    if updates.get("status") in _FINAL_STATUSES:
+        release_run_folder(folder)
     return record
+
+
+def one_line(error: BaseException) -> str:
+    """An error as the one line the command line prints."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(error).__name__
+
+
+def records_failure(function):
+    """Decorate a stage function: every run folder it prepared is marked ``failed`` (with the message) when it
+    stops on an error, and its lock released on every exit."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        before = set(_locked)
+        try:
+            return function(*args, **kwargs)
+        except BaseException as error:  # Ctrl-C outside the training loop's handler: "interrupted"
+            failed = isinstance(error, Exception)
+            for folder in set(_locked) - before:
+                try:
+                    record = read_stage(folder)
+                    if record is not None and record.get("status") == "running":
+                        mark_stage(folder, **({"status": "failed", "error": one_line(error)} if failed
+                                              else {"status": "interrupted"}))
+                except (OSError, ValueError):  # the folder cannot even be written: the message says why
+                    pass
+            raise
+        finally:
+            for folder in set(_locked) - before:
+                release_run_folder(folder)
+
+    return wrapper

@@ -3,8 +3,8 @@
 Every training command takes the same data, budget and output options; their
 defaults come from a workflow preset (``--preset``, default ``paper-edsr``
 for the stage commands), so ``cdism-fast prune --preset demo ...`` runs the
-demo's pruning schedule. Exit codes: 0 completed, 1 stopped by a non-finite
-loss, 2 bad input, 130 interrupted (resume with ``--resume``).
+demo's pruning schedule. Exit codes: 0 completed, 2 bad input or stopped by
+a non-finite loss, 130 interrupted (resume with ``--resume``).
 """
 from __future__ import annotations
 
@@ -105,6 +105,10 @@ def run_safely(function, args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
+    from ..optional import require
+
+    if hasattr(args, "data") and args.data is None:
+        require("training on the built-in sample images (no --data given)", "skimage")
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:

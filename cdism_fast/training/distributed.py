@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "setup", "current", "barrier", "broadcast_object", "gather_objects"]
+__all__ = ["DistributedContext", "setup", "check_device", "current", "barrier", "broadcast_object", "gather_objects"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,26 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer (set by torchrun), got {value!r}") from None
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` this process can use; a ``ValueError`` naming ``--device`` otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = ("this torch build has no CUDA support" if torch.version.cuda is None
+                      else "no CUDA GPU is visible to this process")
+            raise ValueError(f"--device {device}: {reason} (torch {torch.__version__}); pass --device cpu, or "
+                             "install a CUDA build of torch on a machine with a GPU")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif parsed.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"--device {device}: device type {parsed.type!r} is not supported; use cpu or cuda")
+    return parsed
+
+
 def setup(device: str | torch.device | None = None) -> DistributedContext:
     """Join the process group that torchrun describes (once), and return this process's place in it.
 
@@ -53,7 +73,7 @@ def setup(device: str | torch.device | None = None) -> DistributedContext:
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device is None:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     if device.type == "cuda":

@@ -40,21 +40,21 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
 from .ema import ExponentialMovingAverage
-from .monitor import RunLog
+from .monitor import RunLog, drop_repeated_records
 from .sampler import ShardedStreamSampler
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME", "LOG_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
-_FORMAT = "cdism_fast.training/1"
+CHECKPOINT_FORMAT = "cdism_fast.training/1"
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the iteration and the checkpoint that was kept."""
 
-    exit_code = 1  # the command line prints the message alone (cdism_fast.cli.main)
+    exit_code = 2  # a setting to change (the message says which): the command line prints it alone (cdism_fast.cli.main)
 
 
 @dataclass
@@ -207,7 +207,7 @@ class Trainer:
     # ----------------------------------------------------------- checkpoints
     def _state(self, rng_states: list) -> dict:
         return {
-            "format": _FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "kind": self.kind,
             "iteration": self.iteration,
             "config": asdict(self.config),
@@ -240,9 +240,20 @@ class Trainer:
 
     def _resume(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        if state.get("format") != _FORMAT:
+        if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{self.checkpoint_path} is not a cdism_fast training checkpoint "
                                   f"(format {state.get('format')!r}); remove it or choose another --out")
+        try:
+            self._restore(state)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as error:  # altered or foreign
+            lines = str(error).strip().splitlines()
+            raise CheckpointError(f"{self.checkpoint_path} does not fit this run ({type(error).__name__}: "
+                                  f"{lines[0] if lines else ''}); it was altered or belongs to another "
+                                  "model: start over with --overwrite or choose another --out") from error
+
+    def _restore(self, state: dict) -> None:
         if state["kind"] != self.kind:
             raise CheckpointError(f"{self.checkpoint_path} is a checkpoint of a {state['kind']!r} run, not of this "
                                   f"{self.kind!r} run; choose another --out or pass --overwrite")
@@ -259,9 +270,12 @@ class Trainer:
             warnings.warn(f"resuming a run of {state['world_size']} processes with {self.context.world_size}: "
                           "training continues, but not bit-identically to an uninterrupted run", stacklevel=3)
         self.model.load_state_dict(state["model"])
+        given_lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
+        given_schedule = self.scheduler.state_dict() if self.scheduler is not None else None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_given_schedule(given_lrs, given_schedule)
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.scaler.load_state_dict(state["scaler"])
@@ -269,6 +283,43 @@ class Trainer:
         self.validation = state.get("validation", {})
         rng_states = state["rng"]
         restore_rng_state(rng_states[self.context.rank % len(rng_states)])
+
+    def _apply_given_schedule(self, given_lrs: list, given_schedule: dict | None) -> None:
+        """A learning rate (or step schedule) given on resume wins over the checkpoint's.
+
+        Loading the optimiser and scheduler states restores the old values; when
+        the caller built them with others (``--lr``, ``--milestones``,
+        ``--gamma`` on ``--resume``), those are put back and the current lr is
+        recomputed for the iteration reached. Unchanged settings keep the saved
+        state exactly (a resumed run stays bit-identical).
+        """
+        groups = self.optimizer.param_groups
+        saved_lrs = [group.get("initial_lr", group["lr"]) for group in groups]
+        keys = ("milestones", "gamma")
+        saved_schedule = self.scheduler.state_dict() if self.scheduler is not None else None
+        schedule_changed = given_schedule is not None and any(
+            given_schedule.get(key) != saved_schedule.get(key) for key in keys if key in given_schedule)
+        if saved_lrs == given_lrs and not schedule_changed:
+            return
+        current = [group["lr"] for group in groups]
+        for group, lr in zip(groups, given_lrs):
+            if "initial_lr" in group:
+                group["initial_lr"] = lr
+        new_lrs = list(given_lrs)
+        if self.scheduler is not None:
+            for key in keys:
+                if key in given_schedule:
+                    setattr(self.scheduler, key, given_schedule[key])
+            self.scheduler.base_lrs = list(given_lrs)
+            if hasattr(self.scheduler, "_get_closed_form_lr"):
+                new_lrs = list(self.scheduler._get_closed_form_lr())
+            else:  # keep the decay reached so far, applied to the new base
+                new_lrs = [lr * now / old for lr, now, old in zip(given_lrs, current, saved_lrs)]
+            self.scheduler._last_lr = list(new_lrs)
+        for group, lr in zip(groups, new_lrs):
+            group["lr"] = lr
+        if self.context.is_main:
+            tqdm.write(f"resuming with learning rate {new_lrs[0]:.6g} (the checkpoint had {current[0]:.6g})")
 
     # ----------------------------------------------------------------- loop
     def _loader(self):
@@ -320,6 +371,8 @@ class Trainer:
             return TrainResult("completed", self.iteration, self.checkpoint_path, self.validation, 0.0)
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if resume:
+                drop_repeated_records(self.log_path, self.iteration)
         log = RunLog(self.log_path) if self.context.is_main else None
         distributed.barrier()
         self.model.train()

@@ -1,12 +1,14 @@
 """What a run records: JSON Lines (always), TensorBoard (when installed), a progress bar."""
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import time
 from pathlib import Path
 
-__all__ = ["RunLog", "read_log"]
+__all__ = ["RunLog", "read_log", "drop_repeated_records"]
 
 
 def _json_value(value):
@@ -31,7 +33,15 @@ class RunLog:
     def __init__(self, path, tensorboard: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = open(self.path, "a", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            descriptor = os.open(self.path, flags, 0o666)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise FileExistsError(f"{self.path} is a symbolic link; cdism-fast never writes through links: "
+                                  "remove it, then resume") from None
+        self._stream = open(descriptor, "a", encoding="utf-8")
         self._board = None
         if tensorboard:
             try:
@@ -79,3 +89,35 @@ def read_log(path, event: str | None = None) -> list[dict]:
             if event is None or record.get("event") == event:
                 records.append(record)
     return records
+
+
+#: Records that describe training progress, which a resumed run writes again.
+PROGRESS_EVENTS = ("train", "validation")
+
+
+def drop_repeated_records(path, iteration: int) -> int:
+    """Remove the progress records after ``iteration`` (a resume from there writes them again); returns how many.
+
+    Markers (``start``, ``end``, ``non_finite_loss``) stay: they are the run's
+    history. A line cut short by a killed process goes too.
+    """
+    from ..safe_io import atomic_write
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if (isinstance(record, dict) and record.get("event") in PROGRESS_EVENTS
+                and isinstance(record.get("iteration"), int) and record["iteration"] > iteration):
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic_write(path, "".join(line + "\n" for line in kept).encode("utf-8"))
+    return dropped

@@ -29,9 +29,10 @@ from torch import nn
 
 from ..ops import CHARBONNIER_EPS, STUDENT_LOSSES
 from . import distributed
-from .artifacts import build_from_spec, mark_stage, model_spec, prepare_run_folder, save_model, write_json
+from .artifacts import (build_from_spec, mark_stage, model_spec, prepare_run_folder, records_failure, save_model,
+                        write_json)
 from .checkpoint import load_checkpoint
-from .engine import CHECKPOINT_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult
+from .engine import CHECKPOINT_NAME, LOG_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator",
            "train_teacher", "prune", "compress", "distill", "density_report", "structure_table", "format_table",
@@ -44,6 +45,8 @@ STUDENT_FILE = "student.json"
 FLOPS_SIZE = (720, 1280)
 #: Distinct random patches per epoch of the sample stream (see ``_patches``).
 SAMPLES_PER_EPOCH = 2 ** 20
+#: What a training stage writes in its folder (``--overwrite`` removes these and nothing else).
+TRAINING_FILES = (CHECKPOINT_NAME, LOG_NAME, MODEL_FILE, "tensorboard/events.out.tfevents.*")
 
 
 @dataclass
@@ -178,8 +181,21 @@ def _on_main(function, *args, **kwargs):
     return value
 
 
-def _start(folder, stage: str, settings: dict, resume: bool, overwrite: bool) -> None:
-    _on_main(prepare_run_folder, folder, stage, settings, resume=resume, overwrite=overwrite)
+def _start(folder, stage: str, settings: dict, resume: bool, overwrite: bool, inputs: dict | None,
+           files=TRAINING_FILES) -> None:
+    _on_main(prepare_run_folder, folder, stage, settings, resume=resume, overwrite=overwrite, files=files,
+             inputs=inputs)
+
+
+def _inputs(data, val, given: dict | None) -> dict:
+    """``{option: path}`` of what a stage reads (``--overwrite`` never deletes them)."""
+    vals = [val] if isinstance(val, (str, Path)) else list(val or ())
+    return {"--data": data, **{f"--val {v}": v for v in vals}, **(given or {})}
+
+
+def _source(path) -> str | None:
+    """A data folder as recorded in ``stage.json`` (absolute, so that a resume from elsewhere compares equal)."""
+    return str(Path(path).resolve()) if path is not None else None
 
 
 def _fit(trainer: Trainer, folder, resume: bool) -> TrainResult:
@@ -187,7 +203,7 @@ def _fit(trainer: Trainer, folder, resume: bool) -> TrainResult:
     try:
         return trainer.fit(resume=resume)
     except NonFiniteLossError as error:
-        _on_main(mark_stage, folder, status="stopped", error=str(error))
+        _on_main(mark_stage, folder, status="failed", error=str(error))
         raise
 
 
@@ -214,12 +230,15 @@ def _settings_record(settings: StageSettings, **more) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- stage 0
+@records_failure
 def train_teacher(model: nn.Module, out_dir, settings: StageSettings, data=None, val=None, *, resume: bool = False,
-                  overwrite: bool = False, context: distributed.DistributedContext | None = None) -> StageResult:
+                  overwrite: bool = False, context: distributed.DistributedContext | None = None,
+                  inputs: dict | None = None) -> StageResult:
     """Stage 0: train ``model`` from its current weights with L1 loss and Adam (betas 0.9, 0.999)."""
     context = context or distributed.setup()
     scale = model.scale
-    _start(out_dir, "train", _settings_record(settings, model=model_spec(model)), resume, overwrite)
+    _start(out_dir, "train", _settings_record(settings, model=model_spec(model), data=_source(data)), resume,
+           overwrite, _inputs(data, val, inputs))
     patches = _patches(training_pairs(data, scale), settings)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
 
@@ -248,10 +267,11 @@ def density_report(model: nn.Module) -> dict:
     }
 
 
+@records_failure
 def prune(teacher: nn.Module, out_dir, settings: StageSettings, data=None, val=None, *, lam: float = 1e-4,
           n_p: Optional[int] = None, n_o: Optional[int] = None, steps_per_epoch: int = 1, eps: float = 0.0,
           penalty: str = "all", resume: bool = False, overwrite: bool = False,
-          context: distributed.DistributedContext | None = None) -> StageResult:
+          context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
     """Stage 1: fine-tune a copy of ``teacher`` on charbonnier(eps=1e-3) with OBProx-SG's λ‖θ‖₁.
 
     ``n_p`` (phase epochs of Prox-SG; default: a tenth of the iterations, as
@@ -272,7 +292,8 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, data=None, val=N
     if n_p is None:
         n_p = max(1, math.ceil(settings.iterations / (10 * steps_per_epoch)))
     schedule = dict(lam=lam, n_p=n_p, n_o=n_o, steps_per_epoch=steps_per_epoch, eps=eps, penalty=penalty)
-    _start(out_dir, "prune", _settings_record(settings, **schedule, teacher=model_spec(teacher)), resume, overwrite)
+    _start(out_dir, "prune", _settings_record(settings, **schedule, teacher=model_spec(teacher), data=_source(data)),
+           resume, overwrite, _inputs(data, val, inputs), files=(*TRAINING_FILES, DENSITY_FILE))
     model = copy.deepcopy(teacher).train().requires_grad_(True)
     if penalty == "all":
         groups = [{"params": list(model.parameters())}]
@@ -338,9 +359,13 @@ def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
                                 "prune` wrote, or a number")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        value = float(record["density"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a density file written by `cdism-fast prune` ({error})") from error
+        value = record["density"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"'density' is {value!r}, not a number")
+        value = float(value)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise ValueError(f"{path} is not a density file written by `cdism-fast prune` ({error!r}); pass that "
+                         "file, unedited, or a number") from None
     if record.get("model") is not None and record["model"] != model_spec(teacher):
         raise ValueError(f"density file {path} was measured on another model ({record['model']['family']} "
                          f"{record['model']['config']}), not on this teacher ({model_spec(teacher)['config']}); "
@@ -348,8 +373,9 @@ def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
     return value, record
 
 
+@records_failure
 def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, overwrite: bool = False,
-             **overrides) -> StageResult:
+             inputs: dict | None = None, **overrides) -> StageResult:
     """Stage 2: the compact student's structure from ``density`` (a number or a density.json).
 
     ``overrides``: :func:`~cdism_fast.compress.compress_config`'s keywords
@@ -373,7 +399,9 @@ def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, over
               "table": rows, "density_source": str(density) if record is not None else None}
 
     def write():
-        prepare_run_folder(out_dir, "compress", {"density": value, **overrides}, resume=resume, overwrite=overwrite)
+        given = {**(inputs or {}), "--density": density if record is not None else None}
+        prepare_run_folder(out_dir, "compress", {"density": value, **overrides}, resume=resume, overwrite=overwrite,
+                           files=(STUDENT_FILE,), inputs=given)
         write_json(Path(out_dir) / STUDENT_FILE, result)
         mark_stage(out_dir, status="completed", outputs={"student": STUDENT_FILE}, structure=structure._asdict())
 
@@ -386,22 +414,30 @@ def student_from(spec_or_file) -> nn.Module:
     """An untrained student from a student.json (stage 2's output), its dict, or a model."""
     if isinstance(spec_or_file, nn.Module):
         return spec_or_file
+    source = "the student spec"
     if isinstance(spec_or_file, (str, Path)):
-        import json
+        from .artifacts import read_json
 
         path = Path(spec_or_file)
         if not path.is_file():
             raise FileNotFoundError(f"student file {path} does not exist; pass the student.json that "
                                     "`cdism-fast compress` wrote")
-        spec_or_file = json.loads(path.read_text(encoding="utf-8"))
-    spec = spec_or_file.get("student", spec_or_file)
-    return build_from_spec(spec)
+        spec_or_file, source = read_json(path, "student file"), f"student file {path}"
+    spec = spec_or_file.get("student", spec_or_file) if isinstance(spec_or_file, dict) else None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source} does not describe a model (no family and config); pass the student.json "
+                         "that `cdism-fast compress` wrote")
+    try:
+        return build_from_spec(spec)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
+@records_failure
 def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSettings, data=None, val=None, *,
             kd: bool = True, alpha: float = 0.1, student_loss: str = "l1", reduction: str = "mean",
-            resume: bool = False,
-            overwrite: bool = False, context: distributed.DistributedContext | None = None) -> StageResult:
+            resume: bool = False, overwrite: bool = False, context: distributed.DistributedContext | None = None,
+            inputs: dict | None = None) -> StageResult:
     """Stage 3: train ``student`` (re-initialised from ``settings.seed``) with AdaMax, betas (0.9, 0.99).
 
     With ``kd`` the loss is ``distillation_loss(student(x), teacher(x), gt,
@@ -427,8 +463,10 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     kind = "distill" if kd else "distill-no-kd"
     _start(out_dir, kind, _settings_record(settings, kd=kd, alpha=alpha, student_loss=student_loss, reduction=reduction,
                                            student=model_spec(model),
-                                           teacher=model_spec(teacher) if teacher is not None else None),
-           resume, overwrite)
+                                           teacher=model_spec(teacher) if teacher is not None else None,
+                                           data=_source(data)),
+           resume, overwrite, _inputs(data, val, {**(inputs or {}), "--student": student
+                                                  if isinstance(student, (str, Path)) else None}))
     if teacher is not None and kd:
         teacher = copy.deepcopy(teacher).to(context.device).eval().requires_grad_(False)
         if settings.channels_last or (settings.channels_last is None and context.device.type == "cuda"):

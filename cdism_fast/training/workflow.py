@@ -16,17 +16,20 @@ import torch
 from torch import nn
 
 from . import distributed
-from .artifacts import mark_stage, prepare_run_folder, read_stage, write_json
+from .artifacts import mark_stage, prepare_run_folder, read_stage, records_failure, write_json
 from .presets import PRESETS, WorkflowPreset
 from .stages import (DENSITY_FILE, STUDENT_FILE, StageResult, StageSettings, compress, distill, format_table,
                      load_stage_model, prune, structure_table, train_teacher, training_pairs, validation_sets,
-                     _on_main)
+                     _inputs, _on_main, _source)
 
 __all__ = ["run_workflow", "WorkflowResult", "evaluate_models", "EVALUATION_FILE", "CROP_SIZE"]
 
 EVALUATION_FILE = "evaluation.json"
 #: Side (HR pixels) of the Fig. 3-style crops.
 CROP_SIZE = 96
+#: The stage folders of a run, and the files the run writes beside them (``--overwrite`` removes only these).
+STAGE_FOLDERS = ("teacher", "prune", "compress", "student", "student_no_kd")
+RUN_FILES = (EVALUATION_FILE, "report.json", "report.md", "psnr_vs_cost.png", "crops.png", "crops/*.png")
 
 
 @dataclass
@@ -54,6 +57,7 @@ def _settings(base: StageSettings, overrides: dict) -> StageSettings:
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
+@records_failure
 def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, teacher=None,
                  no_kd_baseline: bool = True, resume: bool = False, overwrite: bool = False,
                  settings_overrides: dict | None = None, progress: bool = True,
@@ -76,10 +80,12 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     context = context or distributed.setup()
     out_dir = Path(out_dir)
     overrides = {**(settings_overrides or {}), "progress": progress}
-    record = {"preset": preset.name, "data": str(data) if data is not None else "built-in",
+    record = {"preset": preset.name, "data": _source(data) if data is not None else "built-in",
               "val": [str(v) for v in val] if val else None, "teacher": str(teacher) if teacher else None,
               "no_kd_baseline": no_kd_baseline, "overrides": {k: v for k, v in overrides.items() if v is not None}}
-    _on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite)
+    _on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
+             runs=STAGE_FOLDERS, inputs=_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path))
+                                                            else None}))
     scale = preset.scale
     # Fail on bad data now, before any training.
     training_pairs(data, scale)

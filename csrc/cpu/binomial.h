@@ -283,9 +283,11 @@ struct AxisOp {
     constexpr T p0 = T(1) / 32, p1 = T(5) / 32, p2 = T(10) / 32;  // kBlurPool
     constexpr T e0 = T(1) / 8, e1 = T(4) / 8, e2 = T(6) / 8;      // kExpand
     if (kind == Kind::kBlur) {
+      // b0 and b1 are powers of two, so scaling each input first rounds exactly as scaling their sum,
+      // and two inputs near the largest float do not overflow to inf (the reference stays finite).
 #pragma omp simd
       for (int64_t i = lo; i < hi; ++i)
-        out[i] = b0 * (in[i - 2] + in[i + 2]) + b1 * (in[i - 1] + in[i + 1]) + b2 * in[i];
+        out[i] = (b0 * in[i - 2] + b0 * in[i + 2]) + (b1 * in[i - 1] + b1 * in[i + 1]) + b2 * in[i];
     } else if (kind == Kind::kBlurPool && !adjoint) {
 #pragma omp simd
       for (int64_t i = lo; i < hi; ++i)

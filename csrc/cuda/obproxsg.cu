@@ -146,9 +146,9 @@ void launch(const std::vector<FlatPair>& pairs, double lr, double lam, bool orth
 }
 
 void obproxsg_step_(at::TensorList params, at::TensorList grads, double lr, double lam, bool orthant, double eps) {
-  TORCH_CHECK(params.size() == grads.size(), "obproxsg_step_: ", params.size(), " params but ", grads.size(),
+  TORCH_CHECK_VALUE(params.size() == grads.size(), "obproxsg_step_: ", params.size(), " params but ", grads.size(),
               " grads");
-  TORCH_CHECK(lr >= 0 && lam >= 0 && eps >= 0, "obproxsg_step_: lr, lam and eps must be >= 0, got ", lr, ", ",
+  TORCH_CHECK_VALUE(lr >= 0 && lam >= 0 && eps >= 0, "obproxsg_step_: lr, lam and eps must be >= 0, got ", lr, ", ",
               lam, ", ", eps);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
@@ -158,11 +158,11 @@ void obproxsg_step_(at::TensorList params, at::TensorList grads, double lr, doub
   for (const auto i : c10::irange(params.size())) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    TORCH_CHECK(p.is_cuda() && g.is_cuda() && p.device() == params[0].device() && g.device() == p.device(),
+    TORCH_CHECK_VALUE(p.is_cuda() && g.is_cuda() && p.device() == params[0].device() && g.device() == p.device(),
                 "obproxsg_step_: params[", i, "] and grads[", i, "] must be on ", params[0].device());
-    TORCH_CHECK(p.sizes() == g.sizes(), "obproxsg_step_: params[", i, "] has shape ", p.sizes(), " but grads[", i,
+    TORCH_CHECK_VALUE(p.sizes() == g.sizes(), "obproxsg_step_: params[", i, "] has shape ", p.sizes(), " but grads[", i,
                 "] has shape ", g.sizes());
-    TORCH_CHECK(p.scalar_type() == g.scalar_type(), "obproxsg_step_: params[", i, "] and grads[", i,
+    TORCH_CHECK_VALUE(p.scalar_type() == g.scalar_type(), "obproxsg_step_: params[", i, "] and grads[", i,
                 "] differ in dtype");
     if (p.numel() == 0) continue;
     const auto group = std::find(group_dtypes.begin(), group_dtypes.end(), p.scalar_type()) - group_dtypes.begin();
