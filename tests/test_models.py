@@ -34,7 +34,7 @@ def randomize(model):
 EXPECTED_STRUCTURES = {
     "edsr": Structure(32, 1, 256), "edsr_baseline": Structure(16, 1, 64), "edsr_mini": Structure(8, 1, 16),
     "swinir_classical": Structure(6, 6, 180), "swinir_lightweight": Structure(4, 6, 60),
-    "swinir_mini": Structure(3, 4, 24),
+    "swinir_mini": Structure(3, 4, 24), "imdn": Structure(6, 4, 64), "pan": Structure(16, 1, 40),
 }
 
 
