@@ -53,15 +53,15 @@ def model_spec(model: nn.Module) -> dict:
     if not isinstance(model, SRModel) or FAMILIES.get(family) is not type(model):
         raise ValueError(f"model must be of a cdism_fast model family ({', '.join(FAMILIES)}), got "
                          f"{type(model).__name__}")
-    return {"family": family, "config": _plain(model.config())}
+    return {"family": family, "config": json_plain(model.config())}
 
 
-def _plain(value):
+def json_plain(value):
     """Tuples as lists, so that the spec is JSON and survives a round trip unchanged."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: json_plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [json_plain(item) for item in value]
     return value
 
 
