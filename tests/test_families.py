@@ -63,6 +63,15 @@ def test_imdn_reproduces_its_published_set5_and_set14_numbers(shared_data):
 
 # --- presets, knobs, official formats ----------------------------------------------------------------------------
 
+def test_published_parameters_and_macs():
+    """Hui et al. 2019: 694K parameters, 158.8G Multi-Adds at 1280x720 (x2); Zhao et al. 2020: 261K, 70.5G."""
+    for name, params, gmacs in (("imdn", 694_404, 158.8), ("pan", 261_403, 70.5)):
+        with torch.device("meta"):
+            model = models.build(name, scale=2)
+        assert models.count_params(model) == params
+        assert round(models.count_flops(model, (720, 1280))["total"] / 1e9, 1) == gmacs
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_official_files_of_every_scale(tmp_path, scale):
     imdn = randomize(models.build("imdn", scale=scale))

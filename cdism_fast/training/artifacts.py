@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..models import MODEL_FORMAT, build_from_spec, model_spec
