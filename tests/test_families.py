@@ -217,3 +217,24 @@ def test_distill_command_takes_a_structure_student_and_a_file_teacher(tmp_path, 
     assert main(["distill", "--teacher", str(tmp_path / "teacher.pt"), "--student", "edsr_mini", "--scale", "3",
                  "--out", str(tmp_path / "t"), *common]) == 2
     assert "holds a ×2 model, not ×3" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+# --- the compress command ------------------------------------------------------------------------------------------
+
+def test_compress_command_prints_the_achieved_ratio_and_refuses_bad_densities(tmp_path, capsys):
+    teacher = models.build("imdn", scale=2)
+    save_model(tmp_path / "imdn.pt", teacher)
+    assert main(["compress", "--teacher", str(tmp_path / "imdn.pt"), "--density", "0.1",
+                 "--out", str(tmp_path / "c")]) == 0
+    record = json.loads((tmp_path / "c" / "student.json").read_text())
+    from cdism_fast.compress import compress_config
+
+    assert record["student"]["family"] == "imdn" and record["structure"] == compress_config(teacher, 0.1)._asdict()
+    assert f"density d = 0.1; achieved (the student's deep-feature weights over the teacher's) = " \
+           f"{record['achieved_density']:.4g}" in capsys.readouterr().out
+    assert abs(record["achieved_density"] - 0.1) < 0.01
+    for bad in ("nan", "1.5", "0", "-0.2"):
+        assert main(["compress", "--teacher", str(tmp_path / "imdn.pt"), "--density", bad,
+                     "--out", str(tmp_path / "refused")]) == 2
+        assert f"density must be a number in (0, 1], got {float(bad)}" in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()
