@@ -55,7 +55,7 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     options = {**file_options, **overrides}
     config = {}
     if name is None or scale is None:
-        config = _infer(FAMILIES[family].checkpoint_formats, file_format, state, source, scale)
+        config = _infer(file_format, state, source, scale)
         inferred_scale = config.pop("scale")
         scale = inferred_scale if scale is None else scale
         name = name or preset_of(family, config)
@@ -104,23 +104,23 @@ def _unwrap(raw, params_key: Optional[str], source: str) -> dict:
 
 
 def _to_native(state: dict, source: str):
-    """(state dict in the family's names, its name → the file's name, options the file tells, family, format)."""
+    """(state dict in the family's names, its name → the file's name, options the file tells, family,
+    :class:`CheckpointFormat`)."""
     for family, fmt in checkpoint_formats():
         if fmt.detect(state):
             native, original, options = fmt.to_native(state, source)
-            return native, original, options, family, fmt.name
+            return native, original, options, family, fmt
     known = [f"{fmt.name} ({fmt.signature})" for _, fmt in checkpoint_formats()]
     raise CheckpointMismatch(f"checkpoint {source} is neither {', '.join(known[:-1])} nor {known[-1]}; its first "
                              f"keys are {list(state)[:LISTED_KEYS]}")
 
 
-def _infer(formats, file_format: str, state: dict, source: str, scale: Optional[int]) -> dict:
+def _infer(fmt: CheckpointFormat, state: dict, source: str, scale: Optional[int]) -> dict:
     """The constructor arguments with scale, from the tensors' names and shapes."""
-    fmt = next(f for f in formats if f.name == file_format)
     try:
         return fmt.infer(state, source, scale)
     except KeyError as missing:
-        raise CheckpointMismatch(f"checkpoint {source} ({file_format}) lacks {missing}; its first keys are "
+        raise CheckpointMismatch(f"checkpoint {source} ({fmt.name}) lacks {missing}; its first keys are "
                                  f"{list(state)[:LISTED_KEYS]}") from None
 
 
