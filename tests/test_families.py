@@ -119,6 +119,19 @@ def test_knobs_out_of_bounds(family, kwargs, match):
         models.FAMILIES[family](**kwargs)
 
 
+def test_imdn_compiles_fullgraph_with_the_same_gradients():
+    model = randomize(models.from_structure("imdn", 12, 2, 1, 2))
+    with torch.no_grad():  # a one-channel attention bottleneck after a ReLU: keep it live, so no gradient is 0
+        model.IMDB1.cca.conv_du[0].bias.fill_(1.0)
+    x = torch.rand(2, 3, 6, 5)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    grads = torch.autograd.grad(compiled(x).square().mean(), list(model.parameters()))
+    expected = torch.autograd.grad(model(x).square().mean(), list(model.parameters()))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
 def test_unknown_options_are_named():
     with pytest.raises(ValueError, match="got options \\['res_scale'\\].*IMDN accepts"):
         models.from_structure("imdn", 16, 1, 2, res_scale=0.1)
