@@ -172,6 +172,10 @@ def infer_scale(model: nn.Module) -> int:
 def load_model(spec: str, scale: int | None = None) -> nn.Module:
     """The model a command line names: ``bicubic``, a checkpoint file, or a preset name of ``cdism_fast.models``.
 
+    Files go to :func:`cdism_fast.models.load_pretrained`, the one loader of every command: a
+    run's ``model.pt`` comes back with every option it was built with, official files
+    (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) with their inferred architecture; ``scale``
+    is checked against a ``model.pt`` and tells a file that does not record it (PAN ×2/×3).
     A preset gives an untrained model (useful for timing and checks, not for results).
     """
     if spec == "bicubic":

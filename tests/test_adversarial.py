@@ -342,7 +342,9 @@ def test_unknown_key_in_student_json_and_string_density(tmp_path, images, traine
     student.write_text(json.dumps({"student": {"family": "edsr", "config": {"n_feats": 8, "no_such_option": 1}}}))
     assert main(["distill", "--no-kd", "--student", str(student), "--data", str(train), "--out",
                  str(tmp_path / "d")]) == 2
-    assert f"student file {student}: model spec of family 'edsr' does not fit it" in one_error_line(capsys, "distill")
+    line = one_error_line(capsys, "distill")
+    assert f"student file {student}: the edsr model record got options ['n_feats', 'no_such_option']" in line
+    assert "it cannot take; EDSR accepts" in line
     density = tmp_path / "density.json"
     density.write_text(json.dumps({"density": "0.5"}))
     assert main(["compress", "--teacher", str(trained / "model.pt"), "--density", str(density), "--out",

@@ -1,5 +1,5 @@
-"""The compression rule (eqs. 5-7 with the square root), its required results, overrides, bad input,
-and a third model family that only implements the protocol."""
+"""The compression rule (eqs. 5-7 with the square root; N̂_c by exact weight count or by eq. 7), its
+required results, overrides, bad input, and a third model family through the protocol and the stages."""
 import math
 
 import pytest
@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from cdism_fast import models
-from cdism_fast.compress import Compressible, Structure, compact_model, compress_config
+from cdism_fast.compress import Compressible, Structure, achieved_density, compact_model, compress_config, \
+    deep_feature_weights
 
 
 def meta_preset(name, **overrides):
@@ -48,7 +49,7 @@ def test_cube_root_would_not_give_the_papers_table():
 def test_rule_against_float64_formulation(name, d):
     teacher = meta_preset(name)
     s = teacher.structure()
-    assert compress_config(teacher, d) == rule(s.n_b, s.n_l, s.n_c, d, teacher.channel_multiple())
+    assert compress_config(teacher, d, channels="eq7") == rule(s.n_b, s.n_l, s.n_c, d, teacher.channel_multiple())
 
 
 def test_density_one_keeps_the_structure():
@@ -62,7 +63,7 @@ def test_compressed_weight_count_meets_the_density():
     with torch.device("meta"):
         teacher = models.EDSR(n_c=4096, n_b=64, n_l=3)
     for d in (0.5, 0.1, 0.03):
-        s = compress_config(teacher, d, channel_multiple=1)
+        s = compress_config(teacher, d, channel_multiple=1, channels="eq7")
         ratio = s.n_b * (s.n_l + 1) * s.n_c ** 2 / (64 * 4 * 4096 ** 2)
         assert abs(ratio / d - 1) < 2 / s.n_c
 
@@ -72,9 +73,9 @@ def test_compressed_weight_count_meets_the_density():
 def test_rounding_modes():
     teacher = meta_preset("swinir_lightweight")
     # r·N_b = 2.67, r·(N_l + 1) = 4.68
-    down = compress_config(teacher, 0.089, rounding="down")
+    down = compress_config(teacher, 0.089, rounding="down", channels="eq7")
     assert down == Structure(2, 3, 6 * math.floor(60 * math.sqrt(0.089 * 28 / (2 * 4)) / 6)) == Structure(2, 3, 30)
-    up = compress_config(teacher, 0.089, rounding="up")
+    up = compress_config(teacher, 0.089, rounding="up", channels="eq7")
     assert up == Structure(3, 4, 6 * math.ceil(60 * math.sqrt(0.089 * 28 / 15) / 6)) == Structure(3, 4, 30)
 
 
@@ -82,9 +83,9 @@ def test_channel_multiple_and_overrides():
     teacher = meta_preset("swinir_lightweight")
     assert compress_config(teacher, 0.089, channel_multiple=1) == Structure(3, 4, 24)
     assert compress_config(teacher, 0.089, channel_multiple=4) == Structure(3, 4, 24)
-    assert compress_config(teacher, 0.089, channel_multiple=10) == Structure(3, 4, 20)
+    assert compress_config(teacher, 0.089, channel_multiple=10, channels="eq7") == Structure(3, 4, 20)
     # overriding n_b and n_l recomputes n_c so that the density still holds
-    assert compress_config(teacher, 0.089, n_b=2, n_l=2) == Structure(2, 2, 6 * round(
+    assert compress_config(teacher, 0.089, n_b=2, n_l=2, channels="eq7") == Structure(2, 2, 6 * round(
         60 * math.sqrt(0.089 * 28 / 6) / 6))
     assert compress_config(teacher, 0.089, n_c=30) == Structure(3, 4, 30)
     # at tiny densities every count stays at its minimum
@@ -129,50 +130,78 @@ def test_student_channels_must_suit_heads():
         compact_model(meta_preset("swinir_lightweight"), 0.089, n_c=25)
 
 
+# --- N̂_c by exact count, for every family ------------------------------------------------------------------------
+
+FAMILY_TEACHERS = {"edsr": "edsr_baseline", "swinir": "swinir_lightweight", "imdn": "imdn", "pan": "pan"}
+
+
+@pytest.mark.parametrize("family", list(models.FAMILIES))
+@pytest.mark.parametrize("d", [0.03, 0.05, 0.1, 0.3])
+def test_no_allowed_neighbour_comes_closer(family, d):
+    teacher = meta_preset(FAMILY_TEACHERS[family])
+    assert teacher.family == family
+    s = compress_config(teacher, d)
+    target = d * deep_feature_weights(teacher)
+
+    def gap(n_c):
+        with torch.device("meta"):
+            return abs(deep_feature_weights(teacher.with_structure(s.n_b, s.n_l, n_c)) - target)
+
+    multiple = teacher.channel_multiple()
+    assert s.n_c % multiple == 0
+    for neighbour in (s.n_c - multiple, s.n_c + multiple):
+        if neighbour >= multiple:
+            assert gap(neighbour) >= gap(s.n_c), (s, neighbour)
+    # N̂_b and N̂_l are eq. (6)'s
+    assert s[:2] == compress_config(teacher, d, channels="eq7")[:2]
+
+
+def test_count_rounding_modes_bracket_the_target():
+    teacher = meta_preset("imdn")
+    target = 0.1 * deep_feature_weights(teacher)
+    down, up = (compress_config(teacher, 0.1, rounding=mode) for mode in ("down", "up"))
+    with torch.device("meta"):
+        below = deep_feature_weights(teacher.with_structure(*down))
+        above = deep_feature_weights(teacher.with_structure(*up))
+        assert below <= target < deep_feature_weights(teacher.with_structure(down.n_b, down.n_l, down.n_c + 4))
+        assert above >= target > deep_feature_weights(teacher.with_structure(up.n_b, up.n_l, up.n_c - 4))
+
+
+def test_achieved_density():
+    teacher = meta_preset("edsr_baseline")
+    with torch.device("meta"):
+        student = teacher.with_structure(9, 1, 16)
+    # (9·2 + 1) convs of 16² against (16·2 + 1) of 64², 3x3 each
+    assert achieved_density(teacher, student) == pytest.approx(19 * 16 ** 2 / (33 * 64 ** 2))
+
+
+def test_channel_rule_is_checked():
+    with pytest.raises(ValueError, match="channels must be one of \\('count', 'eq7'\\), got 'eq2'"):
+        compress_config(meta_preset("edsr_mini"), 0.5, channels="eq2")
+
+
 # --- a third family ----------------------------------------------------------------------------------------------
 
-class PlainNet(nn.Module):
-    """VDSR-like: N_b blocks of N_l conv-ReLU layers, a conv after them, a pixel-shuffle tail."""
+def test_third_family_through_the_protocol(tmp_path):
+    """PAN, a family whose blocks are not plain stacks, compressed, counted, pruned and distilled."""
+    from cdism_fast.training.stages import StageSettings, distill, prune
 
-    def __init__(self, n_b=4, n_l=3, n_c=32, scale=2):
-        super().__init__()
-        self.scale = scale
-        self.head = nn.Conv2d(3, n_c, 3, padding=1)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(*[m for _ in range(n_l) for m in (nn.Conv2d(n_c, n_c, 3, padding=1), nn.ReLU())]
-                          + [nn.Conv2d(n_c, n_c, 1)]) for _ in range(n_b))
-        self.tail = nn.Sequential(nn.Conv2d(n_c, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-
-    def forward(self, x):
-        y = self.head(x)
-        for block in self.blocks:
-            y = y + block(y)
-        return self.tail(y)
-
-    def structure(self):
-        return Structure(len(self.blocks), (len(self.blocks[0]) - 1) // 2, self.head.out_channels)
-
-    def with_structure(self, n_b, n_l, n_c):
-        return PlainNet(n_b, n_l, n_c, self.scale)
-
-    def deep_feature_parameters(self):
-        return self.blocks.parameters()
-
-    def channel_multiple(self):
-        return 4
-
-
-def test_third_family_through_the_protocol():
-    teacher = PlainNet(n_b=4, n_l=3, n_c=32, scale=2)
-    assert isinstance(teacher, Compressible)
+    teacher = models.from_structure("pan", 16, 1, 4, 2, unf=8)
+    assert isinstance(teacher, Compressible) and teacher.family == "pan"
     structure = compress_config(teacher, 0.25)
-    assert structure == rule(4, 3, 32, 0.25, 4) == Structure(3, 2, 20)
+    assert structure[:2] == (3, 1) == rule(4, 1, 16, 0.25, 2)[:2]
     student = compact_model(teacher, 0.25)
-    assert isinstance(student, PlainNet) and student.structure() == structure
+    assert isinstance(student, models.PAN) and student.structure() == structure and student.unf == 8
     assert student(torch.rand(1, 3, 5, 6)).shape == (1, 3, 10, 12)
-    n_c = 20
+    n_c, half, unf = structure.n_c, structure.n_c // 2, 8
+    block = 2 * n_c * half + 9 * half * half + (half * half + half) + 2 * 9 * half * half + n_c * n_c
+    assert deep_feature_weights(student) == 3 * block - 3 * half + 9 * n_c * n_c
     assert models.count_params(student) == (
-        3 * 9 * n_c + n_c + 3 * (2 * (9 * n_c * n_c + n_c) + n_c * n_c + n_c) + 9 * n_c * 12 + 12)
-    macs = models.count_flops(student, (20, 24))
-    assert macs["conv"] == 10 * 12 * (27 * n_c + 3 * (2 * 9 * n_c * n_c + n_c * n_c) + 9 * n_c * 12)
-    assert macs["linear"] == macs["attention"] == 0
+        27 * n_c + n_c + 3 * block + 9 * n_c * n_c + n_c + 9 * n_c * unf + unf + unf * unf + unf
+        + 9 * unf * unf + unf + 27 * unf + 3)
+    settings = StageSettings(iterations=2, batch_size=2, patch_size=12, checkpoint_every=0, log_every=1,
+                             progress=False)
+    pruned = prune(teacher, tmp_path / "prune", settings, lam=1e-3)
+    assert pruned.status == "completed" and 0 < pruned.extra["density"]["density"] <= 1
+    distilled = distill(pruned.model, student, tmp_path / "distill", settings)
+    assert distilled.status == "completed" and distilled.model.structure() == structure

@@ -42,6 +42,26 @@ def swinir_params(c, depths, heads, ws, mlp_ratio, upsampler, scale, tables=True
             + conv_params(64, 3))
 
 
+def imdn_params(c, n_b, n_l, scale):
+    distilled = c // 4
+    steps = conv_params(c, c) + (n_l - 2) * conv_params(c - distilled, c) + conv_params(c - distilled, distilled)
+    attention_channels = distilled * n_l
+    hidden = max(1, attention_channels // 16)
+    block = steps + conv_params(attention_channels, hidden, 1) + conv_params(hidden, attention_channels, 1) \
+        + conv_params(attention_channels, c, 1)
+    return (conv_params(3, c) + n_b * block + conv_params(n_b * c, c, 1) + conv_params(c, c)
+            + conv_params(c, 3 * scale * scale))
+
+
+def pan_params(c, n_b, n_l, unf, scale):
+    half = c // 2
+    block = 2 * c * half + n_l * 9 * half * half + conv_params(half, half, 1) + 2 * 9 * half * half + c * c
+    steps = 2 if scale == 4 else 1
+    reconstruction = conv_params(c, unf) + (steps - 1) * conv_params(unf, unf) \
+        + steps * (conv_params(unf, unf, 1) + conv_params(unf, unf)) + conv_params(unf, 3)
+    return conv_params(3, c) + n_b * block + conv_params(c, c) + reconstruction
+
+
 def edsr_macs(c, n_b, n_l, scale, out_hw):
     lr = (out_hw[0] // scale) * (out_hw[1] // scale)
     per_pixel = 27 * c + (n_b * (n_l + 1) + 1) * 9 * c * c
@@ -82,6 +102,8 @@ def test_required_parameter_counts():
     assert models.count_params(meta_preset("swinir_lightweight")) == 910_152
     assert models.count_params(meta_preset("swinir_lightweight"), exclude=bias_tables) == 877_752
     assert models.count_params(meta_preset("swinir_mini")) == 98_868
+    assert models.count_params(meta_preset("imdn")) == 694_404  # the published IMDN_x2.pth
+    assert models.count_params(meta_preset("pan")) == 261_403  # the published PANx2_DF2K.pth
 
 
 @pytest.mark.parametrize("name", list(models.PRESETS))
@@ -91,6 +113,13 @@ def test_parameters_against_hand_count(name, scale):
     config = model.config()
     if model.family == "edsr":
         assert models.count_params(model) == edsr_params(config["n_c"], config["n_b"], config["n_l"], scale)
+        return
+    if model.family == "imdn":
+        assert models.count_params(model) == imdn_params(config["n_c"], config["n_b"], config["n_l"], scale)
+        return
+    if model.family == "pan":
+        assert models.count_params(model) == pan_params(config["n_c"], config["n_b"], config["n_l"], config["unf"],
+                                                        scale)
         return
     args = (config["embed_dim"], config["depths"], config["num_heads"][0], config["window_size"],
             config["mlp_ratio"], config["upsampler"], scale)

@@ -1,10 +1,9 @@
 """evaluate / upscale / the eval and upscale commands, and the published-number check with PAN.
 
 PAN (Zhao et al., "Efficient Image Super-Resolution Using Pixel Attention",
-ECCV-W 2020) is written here from the paper and the shapes of its released
-state dict, so that a published model with published numbers checks the
-whole evaluation path: LR files, model input range, quantisation, Y channel,
-border crop, SSIM.
+ECCV-W 2020; the ``pan`` family of :mod:`cdism_fast.models`) with its released
+weights checks the whole evaluation path against published numbers: LR files,
+model input range, quantisation, Y channel, border crop, SSIM.
 """
 import argparse
 import importlib.util
@@ -40,71 +39,6 @@ PAN_X2_LOG = {
 }
 
 
-class PixelAttention(nn.Module):
-    """x · sigmoid(1×1 conv(x))."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x):
-        return x * torch.sigmoid(self.conv(x))
-
-
-class PixelAttentionConv(nn.Module):
-    """3×3 conv of x weighted by a pixel-attention map, then another 3×3 conv."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.k2 = nn.Conv2d(channels, channels, 1)
-        self.k3 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.k4 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-
-    def forward(self, x):
-        return self.k4(self.k3(x) * torch.sigmoid(self.k2(x)))
-
-
-class SelfCalibratedBlock(nn.Module):
-    """SC-PA block: two half-width branches (plain 3×3 conv, pixel-attention conv), fused by 1×1, residual."""
-
-    def __init__(self, channels):
-        super().__init__()
-        half = channels // 2
-        self.conv1_a = nn.Conv2d(channels, half, 1, bias=False)
-        self.conv1_b = nn.Conv2d(channels, half, 1, bias=False)
-        self.k1 = nn.Sequential(nn.Conv2d(half, half, 3, padding=1, bias=False))
-        self.PAConv = PixelAttentionConv(half)
-        self.conv3 = nn.Conv2d(channels, channels, 1, bias=False)
-
-    def forward(self, x):
-        plain = F.leaky_relu(self.k1(F.leaky_relu(self.conv1_a(x), 0.2)), 0.2)
-        attended = F.leaky_relu(self.PAConv(F.leaky_relu(self.conv1_b(x), 0.2)), 0.2)
-        return x + self.conv3(torch.cat([plain, attended], dim=1))
-
-
-class PAN(nn.Module):
-    """PAN x2/x3: SC-PA trunk, nearest upsampling + conv + pixel attention, bilinear global skip."""
-
-    def __init__(self, features=40, up_features=24, blocks=16, scale=2):
-        super().__init__()
-        self.scale = scale
-        self.conv_first = nn.Conv2d(3, features, 3, padding=1)
-        self.SCPA_trunk = nn.Sequential(*(SelfCalibratedBlock(features) for _ in range(blocks)))
-        self.trunk_conv = nn.Conv2d(features, features, 3, padding=1)
-        self.upconv1 = nn.Conv2d(features, up_features, 3, padding=1)
-        self.att1 = PixelAttention(up_features)
-        self.HRconv1 = nn.Conv2d(up_features, up_features, 3, padding=1)
-        self.conv_last = nn.Conv2d(up_features, 3, 3, padding=1)
-
-    def forward(self, x):
-        features = self.conv_first(x)
-        features = features + self.trunk_conv(self.SCPA_trunk(features))
-        up = self.upconv1(F.interpolate(features, scale_factor=self.scale, mode="nearest"))
-        up = F.leaky_relu(self.HRconv1(F.leaky_relu(self.att1(up), 0.2)), 0.2)
-        skip = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.conv_last(up) + skip
-
-
 class LocalSR(nn.Module):
     """A small SR net whose receptive field reaches ``layers`` LR pixels."""
 
@@ -123,9 +57,10 @@ class LocalSR(nn.Module):
 
 @pytest.fixture(scope="module")
 def pan(shared_data):
-    model = PAN()
-    model.load_state_dict(torch.load(shared_data / "weights" / "PANx2_DF2K.pth", map_location="cpu",
-                                     weights_only=True))
+    from cdism_fast.models import PAN, load_pretrained
+
+    model = load_pretrained(shared_data / "weights" / "PANx2_DF2K.pth", scale=2)
+    assert type(model) is PAN and model.config() == dict(scale=2, n_c=40, n_b=16, n_l=1, unf=24)
     return model
 
 

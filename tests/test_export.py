@@ -137,17 +137,20 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def test_export_command(tmp_path, monkeypatch, capsys):
-    import cdism_fast.evaluation
+@needs_models
+def test_export_command(tmp_path, capsys):
+    from cdism_fast.models import SwinIR
+    from cdism_fast.training.artifacts import save_model
 
-    # The command loads its model through load_model; a small one stands in here.
-    monkeypatch.setattr(cdism_fast.evaluation, "load_model", lambda spec, scale=None: ShiftedWindowSR())
-    args = _parse(["export", "anything.pth", str(tmp_path / "out.safetensors")])
+    # A small shifted-window model, read by the command's own loader from a model.pt.
+    model_file = str(save_model(tmp_path / "model.pt", SwinIR(embed_dim=8, depths=(2,), num_heads=(2,),
+                                                              window_size=4)))
+    args = _parse(["export", model_file, str(tmp_path / "out.safetensors")])
     assert args.func(args) == 0 and (tmp_path / "out.safetensors").is_file()
     assert "wrote" in capsys.readouterr().out
-    args = _parse(["export", "anything.pth", str(tmp_path / "out.bin"), "--format", "pth"])
+    args = _parse(["export", model_file, str(tmp_path / "out.bin"), "--format", "pth"])
     assert args.func(args) == 0 and "params" in torch.load(tmp_path / "out.bin", weights_only=True)
-    args = _parse(["export", "anything.pth", str(tmp_path / "out.bin")])
+    args = _parse(["export", model_file, str(tmp_path / "out.bin")])
     with pytest.raises(ValueError, match="cannot tell the export format"):
         args.func(args)
 

@@ -34,7 +34,7 @@ def randomize(model):
 EXPECTED_STRUCTURES = {
     "edsr": Structure(32, 1, 256), "edsr_baseline": Structure(16, 1, 64), "edsr_mini": Structure(8, 1, 16),
     "swinir_classical": Structure(6, 6, 180), "swinir_lightweight": Structure(4, 6, 60),
-    "swinir_mini": Structure(3, 4, 24),
+    "swinir_mini": Structure(3, 4, 24), "imdn": Structure(6, 4, 64), "pan": Structure(16, 1, 40),
 }
 
 
@@ -144,7 +144,7 @@ def test_swinir_pads_and_crops():
         assert model(torch.rand(1, 3, 1, 2)).shape == (1, 3, 2, 4)
 
 
-@pytest.mark.parametrize("family", ["edsr", "swinir"])
+@pytest.mark.parametrize("family", list(models.FAMILIES))
 def test_layouts_and_batch(family):
     # float64: batched and single-image matmuls round differently in fp32 through a deep
     # network; in float64 any real mix-up between images or layouts stands far above rounding.
@@ -159,7 +159,7 @@ def test_layouts_and_batch(family):
             assert_close(model(x[i:i + 1]), expected[i:i + 1], msg=f"image {i} alone")
 
 
-@pytest.mark.parametrize("family", ["edsr", "swinir"])
+@pytest.mark.parametrize("family", list(models.FAMILIES))
 def test_nan_propagates(family):
     model = models.from_structure(family, 12, 1, 1, 2, **({"num_heads": 3, "window_size": 4}
                                                           if family == "swinir" else {})).eval()
@@ -169,7 +169,7 @@ def test_nan_propagates(family):
         assert model(x).isnan().any()
 
 
-@pytest.mark.parametrize("family", ["edsr", "swinir"])
+@pytest.mark.parametrize("family", ["edsr", "swinir", "pan"])  # IMDN: tests/test_families.py
 def test_compile_fullgraph_and_gradients(family):
     swinir_options = {"num_heads": 3, "window_size": 4, "attention_backend": "reference", "drop_path_rate": 0.0}
     model = randomize(models.from_structure(family, 12, 2, 1, 2, **(swinir_options if family == "swinir" else {})))

@@ -13,8 +13,15 @@ def register(subparsers) -> None:
                     "L_Lap(student, teacher) + L_Lap(HF(student), HF(teacher)) and AdaMax (betas 0.9, 0.99). "
                     "The teacher is frozen, in eval mode, under no_grad (and in the autocast dtype with --amp). "
                     "--no-kd trains the same student on the ground truth alone with the same budget.")
-    parser.add_argument("--teacher", help="teacher checkpoint (required unless --no-kd)")
-    parser.add_argument("--student", required=True, help="student.json written by `compress`")
+    parser.add_argument("--teacher", help="teacher: any checkpoint `eval` reads (a run's model.pt, EDSR-PyTorch, "
+                                          "BasicSR, SwinIR, IMDN, PAN files) or a preset; its family may differ "
+                                          "from the student's (required unless --no-kd)")
+    parser.add_argument("--student", required=True,
+                        help="student.json written by `compress`, a preset (e.g. edsr_mini) or family:n_b,n_l,n_c "
+                             "(e.g. edsr:8,1,16)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="scale of a preset or family:n_b,n_l,n_c student, and of a teacher file that does not "
+                             "tell it (default: the teacher's, else 2)")
     parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only, no teacher")
     parser.add_argument("--alpha", type=float, default=None, help="weight of the student loss (default 0.1)")
     parser.add_argument("--student-loss", choices=STUDENT_LOSSES, default=None,
@@ -30,8 +37,8 @@ def register(subparsers) -> None:
 
 
 def _distill(args) -> str:
+    from ..evaluation import load_model
     from ..training import distributed
-    from ..training.artifacts import load_model
     from ..training.cli_support import settings_from_args
     from ..training.presets import PRESETS
     from ..training.stages import distill
@@ -43,10 +50,10 @@ def _distill(args) -> str:
     options.update({k: v for k, v in given.items() if v is not None})
     if not args.no_kd and args.teacher is None:
         raise ValueError("--teacher is required for distillation; pass --no-kd for the ground-truth-only ablation")
-    teacher = load_model(args.teacher) if args.teacher and not args.no_kd else None
+    teacher = load_model(args.teacher, args.scale) if args.teacher and not args.no_kd else None
     context = distributed.setup(args.device)
     result = distill(teacher, args.student, args.out, settings, args.data, args.val, kd=not args.no_kd,
-                     resume=args.resume, overwrite=args.overwrite, context=context,
+                     resume=args.resume, overwrite=args.overwrite, scale=args.scale, context=context,
                      inputs={"--teacher": args.teacher}, **options)
     if context.is_main and result.status == "completed":
         print(f"student: {result.model_path}" + (f"  validation: {result.validation}" if result.validation else ""))

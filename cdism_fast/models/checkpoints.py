@@ -1,30 +1,16 @@
 """Loading the pretrained weights users have, in the formats the official code writes.
 
-* EDSR-PyTorch ``.pt``: a plain state dict with ``sub_mean``/``add_mean`` (1x1 convs that
-  add ∓range·mean: they give ``rgb_range``), ``head.0``, ``body.i.body.0``/``.2`` (the
-  convs of block i), ``body.N_b`` (the conv after the blocks), ``tail.0.k`` (the
-  upsampler's convs) and ``tail.1`` (the last conv).
-* BasicSR ``.pth`` (EDSR): ``{"params": ...}`` and/or ``{"params_ema": ...}`` with
-  ``conv_first``, ``body.i.conv1``/``conv2``, ``conv_after_body``, ``upsample.k``,
-  ``conv_last``: our EDSR's own names. BasicSR keeps the mean and ``img_range`` (255) in
-  code, not in the file.
-* Official SwinIR / KAIR ``.pth`` (also what BasicSR writes for SwinIR): the same wrappers
-  (or a plain state dict) with ``conv_first``, ``patch_embed.norm``,
-  ``layers.i.residual_group.blocks.j.(norm1|attn.relative_position_bias_table|attn.qkv|
-  attn.proj|norm2|mlp.fc1|mlp.fc2)``, ``layers.i.conv``, ``norm``, ``conv_after_body`` and
-  ``conv_before_upsample.0``/``upsample.k``/``conv_last`` (classical) or ``upsample.0``
-  (lightweight): our SwinIR's own names. The ``relative_position_index`` and ``attn_mask``
-  buffers in these files are dropped: the attention op rebuilds them from the window size
-  and the image size.
-
-``params_ema`` is preferred to ``params`` when a file has both (pass ``params_key`` to choose).
-A DataParallel ``module.`` prefix is removed.
+Each family declares the formats it reads (:attr:`SRModel.checkpoint_formats
+<cdism_fast.models.family.SRModel>`): EDSR-PyTorch ``.pt`` and BasicSR ``.pth`` (EDSR), the
+official SwinIR / KAIR / BasicSR files (SwinIR), the official IMDN and PAN files. A file is
+unwrapped first: ``params_ema`` is preferred to ``params`` when a file has both (pass
+``params_key`` to choose), and a DataParallel ``module.`` prefix is removed. The workflow's own
+``model.pt`` (:data:`MODEL_FORMAT`) holds the family and every constructor argument, so it is
+rebuilt exactly, options included.
 """
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Mapping
 from typing import Optional
 
@@ -32,17 +18,19 @@ import torch
 from torch import nn
 
 from ..safe_io import read_torch_file
-from .common import DIV2K_RGB_MEAN, construct, upsampler_scale
-from .presets import FAMILIES, build, preset_of
+from .common import construct
+from .family import LISTED_KEYS, CheckpointFormat, CheckpointMismatch
+from .presets import FAMILIES, build, build_from_spec, preset_of
 
-#: Buffers of the official SwinIR files that are recomputed, never loaded.
-RECOMPUTED_BUFFERS = ("relative_position_index", "attn_mask")
-#: How many keys of each kind a mismatch error lists.
-LISTED_KEYS = 8
+__all__ = ["MODEL_FORMAT", "CheckpointMismatch", "load_pretrained", "checkpoint_formats"]
+
+#: The ``format`` entry of the workflow's own model files (``model.pt``).
+MODEL_FORMAT = "cdism_fast.model/1"
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint that does not fit the model it should load into; the message lists the keys."""
+def checkpoint_formats() -> list[tuple[str, CheckpointFormat]]:
+    """(family, format) for every file format of every family, in the order they are tried."""
+    return [(family, fmt) for family, cls in FAMILIES.items() for fmt in cls.checkpoint_formats]
 
 
 def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = None,
@@ -50,27 +38,46 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     """The model stored in ``path`` (a file in one of the formats above, or an already loaded
     dict), with its weights, in eval mode on the CPU.
 
-    Without ``name``, the architecture (family, channels, blocks, layers, heads, window,
-    upsampler) and the scale are read from the tensors, and the matching preset's options are
-    used (e.g. ``res_scale=0.1`` for a 256-channel 32-block EDSR). ``name`` (a preset) and
-    ``scale`` impose an architecture instead; ``overrides`` are the family's constructor
-    options (e.g. ``res_scale``, ``rgb_range``, ``attention_backend``), for what tensors do
-    not tell. A file that does not fit raises :class:`CheckpointMismatch` (a ValueError)
-    listing the first missing, unexpected and mis-shaped keys; nothing is loaded then.
+    A ``model.pt`` of the workflow is rebuilt from its record (``scale``, when given, must be
+    its scale; ``overrides`` replace recorded options such as ``attention_backend``). For
+    other files, without ``name``, the architecture and the scale are read from the tensors,
+    and the matching preset's options are used (e.g. ``res_scale=0.1`` for a 256-channel
+    32-block EDSR). ``name`` (a preset) and ``scale`` impose an architecture instead;
+    ``overrides`` are the family's constructor options (e.g. ``res_scale``, ``rgb_range``,
+    ``attention_backend``), for what tensors do not tell. A file that does not fit raises
+    :class:`CheckpointMismatch` (a ValueError) listing the first missing, unexpected and
+    mis-shaped keys; nothing is loaded then.
     """
     source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "the given state dict"
     raw = read_torch_file(source, "checkpoint") if isinstance(path, (str, os.PathLike)) else path
-    state, original_names, file_options, file_format = _to_native(_unwrap(raw, params_key, source), source)
+    if isinstance(raw, Mapping) and raw.get("format") == MODEL_FORMAT:
+        return _load_own(raw, source, name, scale, overrides)
+    state, original_names, file_options, family, file_format = _to_native(_unwrap(raw, params_key, source), source)
     options = {**file_options, **overrides}
+    config = {}
     if name is None or scale is None:
-        family, config = _infer(state, file_format, source)
-        scale = config.pop("scale") if scale is None else scale
+        config = _infer(file_format, state, source, scale)
+        inferred_scale = config.pop("scale")
+        scale = inferred_scale if scale is None else scale
         name = name or preset_of(family, config)
     if name is not None:
         model = build(name, scale=scale, **options)
     else:  # not a preset: the architecture the tensors describe
         model = construct(FAMILIES[family], f"checkpoint {source}", options, scale=scale, **config)
     _check_fit(model, state, original_names, source, name or f"the {family} model it describes")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _load_own(raw: Mapping, source: str, name, scale, overrides) -> nn.Module:
+    if name is not None:
+        raise ValueError(f"{source} is a cdism-fast model file, which records its architecture; do not pass a "
+                         f"preset name ({name!r}) with it")
+    model = build_from_spec({"family": raw.get("family"), "config": {**raw.get("config", {}), **overrides}})
+    if scale is not None and scale != model.scale:
+        raise ValueError(f"{source} holds a ×{model.scale} model, not ×{scale}; pass its scale or none")
+    state = dict(raw.get("params", {}))
+    _check_fit(model, state, {}, source, f"the {model.family} model it records")
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -100,126 +107,25 @@ def _unwrap(raw, params_key: Optional[str], source: str) -> dict:
     return state
 
 
-_EDSR_PYTORCH_BODY = re.compile(r"body\.(\d+)\.body\.(\d+)\.(weight|bias)$")
-_EDSR_PYTORCH_AFTER_BODY = re.compile(r"body\.(\d+)\.(weight|bias)$")
-
-
 def _to_native(state: dict, source: str):
-    """(state dict in our names, our name → the file's name, options the file tells, format)."""
-    if "head.0.weight" in state:
-        return _from_edsr_pytorch(state, source)
-    if any(".residual_group." in k for k in state):
-        native = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in RECOMPUTED_BUFFERS}
-        return native, {k: k for k in native}, {}, "SwinIR"
-    if "conv_first.weight" in state and any(re.match(r"body\.\d+\.conv1\.weight$", k) for k in state):
-        return dict(state), {k: k for k in state}, {}, "BasicSR EDSR"
-    raise CheckpointMismatch(
-        f"checkpoint {source} is neither EDSR-PyTorch (head.0.weight, body.0.body.0.weight ...), BasicSR EDSR "
-        f"(conv_first.weight, body.0.conv1.weight ...) nor SwinIR (conv_first.weight, "
-        f"layers.0.residual_group.blocks.0.attn.qkv.weight ...); its first keys are {list(state)[:LISTED_KEYS]}")
+    """(state dict in the family's names, its name → the file's name, options the file tells, family,
+    :class:`CheckpointFormat`)."""
+    for family, fmt in checkpoint_formats():
+        if fmt.detect(state):
+            native, original, options = fmt.to_native(state, source)
+            return native, original, options, family, fmt
+    known = [f"{fmt.name} ({fmt.signature})" for _, fmt in checkpoint_formats()]
+    raise CheckpointMismatch(f"checkpoint {source} is neither {', '.join(known[:-1])} nor {known[-1]}; its first "
+                             f"keys are {list(state)[:LISTED_KEYS]}")
 
 
-def _from_edsr_pytorch(state: dict, source: str):
-    blocks = {int(m.group(1)) for k in state if (m := _EDSR_PYTORCH_BODY.match(k))}
-    after_body = {int(m.group(1)) for k in state if (m := _EDSR_PYTORCH_AFTER_BODY.match(k))}
-    native, original, options = {}, {}, {}
-    for key, tensor in state.items():
-        if key.startswith(("sub_mean.", "add_mean.")):
-            continue
-        if m := _EDSR_PYTORCH_BODY.match(key):
-            # EDSR-PyTorch's block is conv, ReLU, conv, ...: sequential index 2j is conv j + 1.
-            block, index, kind = int(m.group(1)), int(m.group(2)), m.group(3)
-            new = f"body.{block}.conv{index // 2 + 1}.{kind}" if index % 2 == 0 else key
-        elif (m := _EDSR_PYTORCH_AFTER_BODY.match(key)) and int(m.group(1)) not in blocks:
-            new = f"conv_after_body.{m.group(2)}"
-        else:
-            new = (key.replace("head.0.", "conv_first.", 1) if key.startswith("head.0.")
-                   else key.replace("tail.0.", "upsample.", 1) if key.startswith("tail.0.")
-                   else key.replace("tail.1.", "conv_last.", 1) if key.startswith("tail.1.") else key)
-        native[new] = tensor
-        original[new] = key
-    if len(after_body) > 1:
-        raise CheckpointMismatch(f"checkpoint {source} (EDSR-PyTorch) has several convs after the residual "
-                                 f"blocks: body.{sorted(after_body)}")
-    options["rgb_range"] = _edsr_pytorch_range(state, source)
-    return native, original, options, "EDSR-PyTorch"
-
-
-def _edsr_pytorch_range(state: dict, source: str) -> float:
-    """rgb_range from the mean shifts: weight = identity (std 1), bias = ±range·DIV2K mean."""
-    for key in ("sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias"):
-        if key not in state:
-            raise CheckpointMismatch(f"checkpoint {source} (EDSR-PyTorch) lacks {key}")
-    identity = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)
-    mean = torch.tensor(DIV2K_RGB_MEAN, dtype=torch.float64)
-    add, sub = state["add_mean.bias"].double(), state["sub_mean.bias"].double()
-    value_range = float((add / mean).mean())
-    consistent = (torch.allclose(state["sub_mean.weight"].double(), identity, atol=1e-6)
-                  and torch.allclose(state["add_mean.weight"].double(), identity, atol=1e-6)
-                  and torch.allclose(add, value_range * mean, rtol=1e-4) and torch.allclose(sub, -add, rtol=1e-6))
-    if not consistent or not value_range > 0:
-        raise CheckpointMismatch(f"checkpoint {source} (EDSR-PyTorch): the mean shifts must subtract and add "
-                                 f"range·{DIV2K_RGB_MEAN} with unit std; got sub_mean.bias={sub.tolist()}, "
-                                 f"add_mean.bias={add.tolist()}")
-    return round(value_range, 4)
-
-
-def _indices(state: dict, pattern: str) -> list[int]:
-    return sorted({int(m.group(1)) for k in state if (m := re.match(pattern, k))})
-
-
-def _infer(state: dict, file_format: str, source: str) -> tuple[str, dict]:
-    """(family, constructor arguments with scale) from the tensors' names and shapes."""
+def _infer(fmt: CheckpointFormat, state: dict, source: str, scale: Optional[int]) -> dict:
+    """The constructor arguments with scale, from the tensors' names and shapes."""
     try:
-        first = state["conv_first.weight"]
-        channels = first.shape[0]
-        if first.shape[1] != 3:
-            raise CheckpointMismatch(f"checkpoint {source} has {first.shape[1]} input channels; the models here "
-                                     "are RGB (3)")
-        upsample_convs = [state[f"upsample.{i}.weight"].shape[0] for i in _indices(state, r"upsample\.(\d+)\.weight$")]
-        if file_format == "SwinIR":
-            return "swinir", _infer_swinir(state, channels, upsample_convs, source)
-        scale = upsampler_scale(upsample_convs, channels)
-        if scale is None:
-            raise CheckpointMismatch(f"checkpoint {source}: the upsampler convs' output channels {upsample_convs} "
-                                     f"are not a ×2^n or ×3 pixel-shuffle upsampler of {channels} channels")
-        blocks = _indices(state, r"body\.(\d+)\.conv1\.weight$")
-        if not blocks:
-            raise KeyError("body.0.conv1.weight")
-        depth = len(_indices(state, r"body\.0\.conv(\d+)\.weight$"))
-        return "edsr", dict(scale=scale, n_c=channels, n_b=len(blocks), n_l=depth - 1)
+        return fmt.infer(state, source, scale)
     except KeyError as missing:
-        raise CheckpointMismatch(f"checkpoint {source} ({file_format}) lacks {missing}; its first keys are "
+        raise CheckpointMismatch(f"checkpoint {source} ({fmt.name}) lacks {missing}; its first keys are "
                                  f"{list(state)[:LISTED_KEYS]}") from None
-
-
-def _infer_swinir(state: dict, channels: int, upsample_convs: list[int], source: str) -> dict:
-    layers = _indices(state, r"layers\.(\d+)\.")
-    if not layers:
-        raise KeyError("layers.0.residual_group.blocks.0.attn.relative_position_bias_table")
-    depths = [len(_indices(state, rf"layers\.{i}\.residual_group\.blocks\.(\d+)\.")) for i in layers]
-    tables = [state[f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table"] for i in layers]
-    window = (math.isqrt(tables[0].shape[0]) + 1) // 2
-    if "conv_before_upsample.0.weight" in state:
-        upsampler = "pixelshuffle"
-        scale = upsampler_scale(upsample_convs, state["conv_before_upsample.0.weight"].shape[0])
-    elif upsample_convs and "conv_last.weight" not in state:
-        upsampler = "pixelshuffledirect"
-        scale = math.isqrt(upsample_convs[0] // 3)
-    else:
-        raise CheckpointMismatch(f"checkpoint {source} is a SwinIR without a pixelshuffle or pixelshuffledirect "
-                                 "upsampler (denoising, JPEG or real-world SR models are not supported)")
-    if scale is None or scale < 2:
-        raise CheckpointMismatch(f"checkpoint {source}: the upsampler convs' output channels {upsample_convs} "
-                                 f"give no ×2 or more {upsampler} upsampler")
-    hidden = state["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
-    mlp_ratio = hidden / channels
-    if int(channels * mlp_ratio) != hidden:  # the model takes int(embed_dim·mlp_ratio) hidden channels
-        mlp_ratio = math.nextafter(mlp_ratio, math.inf)
-    return dict(scale=scale, embed_dim=channels, depths=tuple(depths), num_heads=tuple(t.shape[1] for t in tables),
-                window_size=window, mlp_ratio=mlp_ratio, upsampler=upsampler,
-                qkv_bias="layers.0.residual_group.blocks.0.attn.qkv.bias" in state,
-                patch_norm="patch_embed.norm.weight" in state)
 
 
 def _check_fit(model: nn.Module, state: dict, original_names: dict, source: str, what: str) -> None:

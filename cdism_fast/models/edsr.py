@@ -15,14 +15,14 @@ outputs divided by 255.
 """
 from __future__ import annotations
 
-from typing import Iterator
+import re
 
 import torch
 from torch import nn
 
-from ..compress import Structure
 from .common import DIV2K_RGB_MEAN, MeanShift, check_positive_float, check_positive_int, check_rgb, \
-    check_shuffle_scale, construct, shuffle_upsampler
+    check_shuffle_scale, construct, shuffle_upsampler, upsampler_scale
+from .family import CheckpointFormat, CheckpointMismatch, Preset, SRModel, Structure, check_rgb_input, indices
 
 #: What N_c is kept a multiple of when compressing: friendly to 8-wide vector units.
 EDSR_CHANNEL_MULTIPLE = 8
@@ -46,10 +46,93 @@ class ResidualBlock(nn.Module):
         return x + y * self.res_scale
 
 
-class EDSR(nn.Module):
+_EDSR_PYTORCH_BODY = re.compile(r"body\.(\d+)\.body\.(\d+)\.(weight|bias)$")
+_EDSR_PYTORCH_AFTER_BODY = re.compile(r"body\.(\d+)\.(weight|bias)$")
+
+
+def _from_edsr_pytorch(state: dict, source: str):
+    """EDSR-PyTorch's names to ours: ``head.0`` → ``conv_first``, ``body.i.body.2j`` → ``body.i.conv{j+1}``,
+    ``body.N_b`` → ``conv_after_body``, ``tail.0`` → ``upsample``, ``tail.1`` → ``conv_last``; the
+    mean shifts give ``rgb_range``."""
+    blocks = {int(m.group(1)) for k in state if (m := _EDSR_PYTORCH_BODY.match(k))}
+    after_body = {int(m.group(1)) for k in state if (m := _EDSR_PYTORCH_AFTER_BODY.match(k))}
+    native, original = {}, {}
+    for key, tensor in state.items():
+        if key.startswith(("sub_mean.", "add_mean.")):
+            continue
+        if m := _EDSR_PYTORCH_BODY.match(key):
+            # EDSR-PyTorch's block is conv, ReLU, conv, ...: sequential index 2j is conv j + 1.
+            block, index, kind = int(m.group(1)), int(m.group(2)), m.group(3)
+            new = f"body.{block}.conv{index // 2 + 1}.{kind}" if index % 2 == 0 else key
+        elif (m := _EDSR_PYTORCH_AFTER_BODY.match(key)) and int(m.group(1)) not in blocks:
+            new = f"conv_after_body.{m.group(2)}"
+        else:
+            new = (key.replace("head.0.", "conv_first.", 1) if key.startswith("head.0.")
+                   else key.replace("tail.0.", "upsample.", 1) if key.startswith("tail.0.")
+                   else key.replace("tail.1.", "conv_last.", 1) if key.startswith("tail.1.") else key)
+        native[new] = tensor
+        original[new] = key
+    if len(after_body) > 1:
+        raise CheckpointMismatch(f"checkpoint {source} (EDSR-PyTorch) has several convs after the residual "
+                                 f"blocks: body.{sorted(after_body)}")
+    return native, original, {"rgb_range": _edsr_pytorch_range(state, source)}
+
+
+def _edsr_pytorch_range(state: dict, source: str) -> float:
+    """rgb_range from the mean shifts: weight = identity (std 1), bias = ±range·DIV2K mean."""
+    for key in ("sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias"):
+        if key not in state:
+            raise CheckpointMismatch(f"checkpoint {source} (EDSR-PyTorch) lacks {key}")
+    identity = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)
+    mean = torch.tensor(DIV2K_RGB_MEAN, dtype=torch.float64)
+    add, sub = state["add_mean.bias"].double(), state["sub_mean.bias"].double()
+    value_range = float((add / mean).mean())
+    consistent = (torch.allclose(state["sub_mean.weight"].double(), identity, atol=1e-6)
+                  and torch.allclose(state["add_mean.weight"].double(), identity, atol=1e-6)
+                  and torch.allclose(add, value_range * mean, rtol=1e-4) and torch.allclose(sub, -add, rtol=1e-6))
+    if not consistent or not value_range > 0:
+        raise CheckpointMismatch(f"checkpoint {source} (EDSR-PyTorch): the mean shifts must subtract and add "
+                                 f"range·{DIV2K_RGB_MEAN} with unit std; got sub_mean.bias={sub.tolist()}, "
+                                 f"add_mean.bias={add.tolist()}")
+    return round(value_range, 4)
+
+
+def _infer_edsr(state: dict, source: str, scale=None) -> dict:
+    channels = check_rgb_input(state, "conv_first.weight", source)
+    upsample_convs = [state[f"upsample.{i}.weight"].shape[0] for i in indices(state, r"upsample\.(\d+)\.weight$")]
+    scale = upsampler_scale(upsample_convs, channels)
+    if scale is None:
+        raise CheckpointMismatch(f"checkpoint {source}: the upsampler convs' output channels {upsample_convs} "
+                                 f"are not a ×2^n or ×3 pixel-shuffle upsampler of {channels} channels")
+    blocks = indices(state, r"body\.(\d+)\.conv1\.weight$")
+    if not blocks:
+        raise KeyError("body.0.conv1.weight")
+    depth = len(indices(state, r"body\.0\.conv(\d+)\.weight$"))
+    return dict(scale=scale, n_c=channels, n_b=len(blocks), n_l=depth - 1)
+
+
+class EDSR(SRModel):
     """EDSR with N_c channels, N_b residual blocks of N_l + 1 convolutions, ×``scale`` (2^n or 3)."""
 
     family = "edsr"
+    presets = {
+        "edsr": Preset("edsr", "EDSR (Lim et al. 2017)", dict(n_c=256, n_b=32, n_l=1, res_scale=0.1)),
+        "edsr_baseline": Preset("edsr", "EDSR baseline", dict(n_c=64, n_b=16, n_l=1, res_scale=1.0)),
+        # The compression rule gives N_b = 9 from edsr_baseline at d = 0.03; the paper chose 8.
+        "edsr_mini": Preset("edsr", "the paper's EDSRmini", dict(n_c=16, n_b=8, n_l=1, res_scale=1.0)),
+    }
+    checkpoint_formats = (
+        # A plain state dict: sub_mean/add_mean (1x1 convs adding ∓range·mean), head.0, body.i.body.0/.2,
+        # body.N_b (the conv after the blocks), tail.0.k (upsampler), tail.1 (last conv).
+        CheckpointFormat("EDSR-PyTorch", "head.0.weight, body.0.body.0.weight ...",
+                         lambda state: "head.0.weight" in state, _infer_edsr, _from_edsr_pytorch),
+        # BasicSR: our own names; the mean and img_range (255) are in its code, not in the file.
+        CheckpointFormat("BasicSR EDSR", "conv_first.weight, body.0.conv1.weight ...",
+                         lambda state: "conv_first.weight" in state
+                         and any(re.match(r"body\.\d+\.conv1\.weight$", k) for k in state), _infer_edsr),
+    )
+    deep_feature_modules = ("body", "conv_after_body")  # EDSR-PyTorch's ``body``
+    structural_options = ("scale", "n_c", "n_b", "n_l")
 
     def __init__(self, scale: int = 2, n_c: int = 64, n_b: int = 16, n_l: int = 1, res_scale: float = 1.0,
                  rgb_range: float = 255.0, rgb_mean=DIV2K_RGB_MEAN):
@@ -90,18 +173,8 @@ class EDSR(nn.Module):
         features = self.conv_after_body(self.body(features)) + features
         return self.mean_shift.add(self.conv_last(self.upsample(features)))
 
-    # --- compression protocol ---------------------------------------------------------------------------------
-
     def structure(self) -> Structure:
         return Structure(self.n_b, self.n_l, self.n_c)
-
-    def with_structure(self, n_b: int, n_l: int, n_c: int) -> "EDSR":
-        return EDSR(**{**self.config(), "n_b": n_b, "n_l": n_l, "n_c": n_c})
-
-    def deep_feature_parameters(self) -> Iterator[nn.Parameter]:
-        """The residual blocks and the conv after them (EDSR-PyTorch's ``body``)."""
-        yield from self.body.parameters()
-        yield from self.conv_after_body.parameters()
 
     def channel_multiple(self) -> int:
         return EDSR_CHANNEL_MULTIPLE

@@ -1,40 +1,20 @@
-"""Named architectures (presets) and the families they belong to."""
+"""The registry of model families, their presets, and the architecture record ``model.pt`` keeps."""
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from torch import nn
 
 from .common import construct
 from .edsr import EDSR
+from .family import Preset, SRModel
+from .imdn import IMDN
+from .pan import PAN
 from .swinir import SwinIR
 
-#: Model families by name: the class builds the model from its keyword arguments.
-FAMILIES: dict[str, type[nn.Module]] = {"edsr": EDSR, "swinir": SwinIR}
+#: Model families by name (see :mod:`cdism_fast.models.family` for what a family declares).
+FAMILIES: dict[str, type[SRModel]] = {cls.family: cls for cls in (EDSR, SwinIR, IMDN, PAN)}
 
-
-@dataclass(frozen=True)
-class Preset:
-    family: str
-    description: str
-    config: dict = field(default_factory=dict)
-
-
-PRESETS: dict[str, Preset] = {
-    "edsr": Preset("edsr", "EDSR (Lim et al. 2017)", dict(n_c=256, n_b=32, n_l=1, res_scale=0.1)),
-    "edsr_baseline": Preset("edsr", "EDSR baseline", dict(n_c=64, n_b=16, n_l=1, res_scale=1.0)),
-    # The compression rule gives N_b = 9 from edsr_baseline at d = 0.03; the paper chose 8.
-    "edsr_mini": Preset("edsr", "the paper's EDSRmini", dict(n_c=16, n_b=8, n_l=1, res_scale=1.0)),
-    "swinir_classical": Preset("swinir", "SwinIR classical SR (SwinIR-M)", dict(
-        embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, window_size=8, mlp_ratio=2.0,
-        upsampler="pixelshuffle")),
-    "swinir_lightweight": Preset("swinir", "SwinIR lightweight SR (SwinIR-S, the paper's SwinIR_LW)", dict(
-        embed_dim=60, depths=(6,) * 4, num_heads=(6,) * 4, window_size=8, mlp_ratio=2.0,
-        upsampler="pixelshuffledirect")),
-    "swinir_mini": Preset("swinir", "the paper's SwinIRmini", dict(
-        embed_dim=24, depths=(4,) * 3, num_heads=(6,) * 3, window_size=8, mlp_ratio=2.0,
-        upsampler="pixelshuffledirect")),
-}
+#: Every family's presets, by name.
+PRESETS: dict[str, Preset] = {name: preset for cls in FAMILIES.values() for name, preset in cls.presets.items()}
 
 
 def build(name: str, scale: int = 2, **overrides) -> nn.Module:
@@ -64,3 +44,30 @@ def preset_of(family: str, config: dict) -> str | None:
                                            if key in config):
             return name
     return None
+
+
+def model_spec(model: nn.Module) -> dict:
+    """``{"family", "config"}``: what rebuilds ``model``'s architecture, options included (see
+    :func:`build_from_spec`)."""
+    family = getattr(model, "family", None)
+    if not isinstance(model, SRModel) or FAMILIES.get(family) is not type(model):
+        raise ValueError(f"model must be of a cdism_fast model family ({', '.join(FAMILIES)}), got "
+                         f"{type(model).__name__}")
+    return {"family": family, "config": json_plain(model.config())}
+
+
+def json_plain(value):
+    """Tuples as lists, so that the spec is JSON and survives a round trip unchanged."""
+    if isinstance(value, dict):
+        return {key: json_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_plain(item) for item in value]
+    return value
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """An untrained model of the architecture that :func:`model_spec` described."""
+    family = spec.get("family") if isinstance(spec, dict) else None
+    if family not in FAMILIES:
+        raise ValueError(f"model family {family!r} is unknown; known families: {sorted(FAMILIES)}")
+    return construct(FAMILIES[family], f"the {family} model record", dict(spec.get("config", {})))

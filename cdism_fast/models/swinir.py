@@ -20,21 +20,23 @@ model (img_range = 1 for the released SR models).
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..compress import Structure
 from ..ops import window_attention
 from ..ops._dispatch import BACKEND_NAMES
 from .common import DIV2K_RGB_MEAN, MeanShift, check_positive_float, check_positive_int, check_rgb, \
-    check_shuffle_scale, construct, reflect_pad_to_multiple, shuffle_upsampler
+    check_shuffle_scale, construct, reflect_pad_to_multiple, shuffle_upsampler, upsampler_scale
+from .family import CheckpointFormat, CheckpointMismatch, Preset, SRModel, Structure, check_rgb_input, indices
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
 ATTENTION_BACKENDS = ("auto",) + BACKEND_NAMES
 #: Channels of the classical upsampler (the official ``num_feat``).
 CLASSICAL_UPSAMPLE_CHANNELS = 64
+#: Buffers of the official SwinIR files that are recomputed, never loaded.
+RECOMPUTED_BUFFERS = ("relative_position_index", "attn_mask")
 
 
 def _check_backend(backend) -> str:
@@ -184,7 +186,45 @@ class PatchEmbed(nn.Module):
         return self.norm(tokens) if self.norm is not None else tokens
 
 
-class SwinIR(nn.Module):
+def _from_official(state: dict, source: str):
+    """The official files use our names; their ``relative_position_index`` and ``attn_mask`` buffers
+    are dropped (the attention op rebuilds them from the window size and the image size)."""
+    native = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in RECOMPUTED_BUFFERS}
+    return native, {k: k for k in native}, {}
+
+
+def _infer_swinir(state: dict, source: str, scale=None) -> dict:
+    channels = check_rgb_input(state, "conv_first.weight", source)
+    upsample_convs = [state[f"upsample.{i}.weight"].shape[0] for i in indices(state, r"upsample\.(\d+)\.weight$")]
+    layers = indices(state, r"layers\.(\d+)\.")
+    if not layers:
+        raise KeyError("layers.0.residual_group.blocks.0.attn.relative_position_bias_table")
+    depths = [len(indices(state, rf"layers\.{i}\.residual_group\.blocks\.(\d+)\.")) for i in layers]
+    tables = [state[f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table"] for i in layers]
+    window = (math.isqrt(tables[0].shape[0]) + 1) // 2
+    if "conv_before_upsample.0.weight" in state:
+        upsampler = "pixelshuffle"
+        scale = upsampler_scale(upsample_convs, state["conv_before_upsample.0.weight"].shape[0])
+    elif upsample_convs and "conv_last.weight" not in state:
+        upsampler = "pixelshuffledirect"
+        scale = math.isqrt(upsample_convs[0] // 3)
+    else:
+        raise CheckpointMismatch(f"checkpoint {source} is a SwinIR without a pixelshuffle or pixelshuffledirect "
+                                 "upsampler (denoising, JPEG or real-world SR models are not supported)")
+    if scale is None or scale < 2:
+        raise CheckpointMismatch(f"checkpoint {source}: the upsampler convs' output channels {upsample_convs} "
+                                 f"give no ×2 or more {upsampler} upsampler")
+    hidden = state["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+    mlp_ratio = hidden / channels
+    if int(channels * mlp_ratio) != hidden:  # the model takes int(embed_dim·mlp_ratio) hidden channels
+        mlp_ratio = math.nextafter(mlp_ratio, math.inf)
+    return dict(scale=scale, embed_dim=channels, depths=tuple(depths), num_heads=tuple(t.shape[1] for t in tables),
+                window_size=window, mlp_ratio=mlp_ratio, upsampler=upsampler,
+                qkv_bias="layers.0.residual_group.blocks.0.attn.qkv.bias" in state,
+                patch_norm="patch_embed.norm.weight" in state)
+
+
+class SwinIR(SRModel):
     """SwinIR for ×``scale`` super-resolution.
 
     ``embed_dim`` = N_c, ``depths`` = Swin layers per RSTB (N_b = len(depths), N_l =
@@ -196,6 +236,28 @@ class SwinIR(nn.Module):
     """
 
     family = "swinir"
+    presets = {
+        "swinir_classical": Preset("swinir", "SwinIR classical SR (SwinIR-M)", dict(
+            embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, window_size=8, mlp_ratio=2.0,
+            upsampler="pixelshuffle")),
+        "swinir_lightweight": Preset("swinir", "SwinIR lightweight SR (SwinIR-S, the paper's SwinIR_LW)", dict(
+            embed_dim=60, depths=(6,) * 4, num_heads=(6,) * 4, window_size=8, mlp_ratio=2.0,
+            upsampler="pixelshuffledirect")),
+        "swinir_mini": Preset("swinir", "the paper's SwinIRmini", dict(
+            embed_dim=24, depths=(4,) * 3, num_heads=(6,) * 3, window_size=8, mlp_ratio=2.0,
+            upsampler="pixelshuffledirect")),
+    }
+    # Official SwinIR / KAIR / BasicSR files (plain or under params/params_ema): conv_first,
+    # patch_embed.norm, layers.i.residual_group.blocks.j.(norm1|attn.relative_position_bias_table|attn.qkv|
+    # attn.proj|norm2|mlp.fc1|mlp.fc2), layers.i.conv, norm, conv_after_body and conv_before_upsample.0/
+    # upsample.k/conv_last (classical) or upsample.0 (lightweight): our own names.
+    checkpoint_formats = (
+        CheckpointFormat("SwinIR", "conv_first.weight, layers.0.residual_group.blocks.0.attn.qkv.weight ...",
+                         lambda state: any(".residual_group." in k for k in state), _infer_swinir, _from_official),
+    )
+    #: The patch-embedding norm, the RSTBs, the final norm and the conv after the body.
+    deep_feature_modules = ("patch_embed", "layers", "norm", "conv_after_body")
+    structural_options = ("scale", "embed_dim", "depths", "num_heads")
 
     def __init__(self, scale: int = 2, embed_dim: int = 60, depths: Sequence[int] = (6, 6, 6, 6),
                  num_heads: Sequence[int] = (6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,
@@ -316,7 +378,7 @@ class SwinIR(nn.Module):
             out = self.upsample(features)
         return self.mean_shift.add(out)[..., :height * self.scale, :width * self.scale]
 
-    # --- compression protocol ---------------------------------------------------------------------------------
+    # --- the family contract's structure ----------------------------------------------------------------------
 
     def _uniform(self, name: str, values: tuple) -> int:
         if len(set(values)) != 1:
@@ -327,13 +389,8 @@ class SwinIR(nn.Module):
         return Structure(len(self.depths), self._uniform("depths", self.depths), self.embed_dim)
 
     def with_structure(self, n_b: int, n_l: int, n_c: int) -> "SwinIR":
-        options = {k: v for k, v in self.config().items() if k not in ("scale", "embed_dim", "depths", "num_heads")}
-        return SwinIR.from_structure(n_c, n_l, n_b, self.scale, self._uniform("num_heads", self.num_heads), **options)
-
-    def deep_feature_parameters(self) -> Iterator[nn.Parameter]:
-        """The patch-embedding norm, the RSTBs, the final norm and the conv after the body."""
-        for module in (self.patch_embed, self.layers, self.norm, self.conv_after_body):
-            yield from module.parameters()
+        return SwinIR.from_structure(n_c, n_l, n_b, self.scale, self._uniform("num_heads", self.num_heads),
+                                     **self.structure_options())
 
     def channel_multiple(self) -> int:
         return math.lcm(*self.num_heads)

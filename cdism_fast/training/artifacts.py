@@ -21,54 +21,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from ..safe_io import atomic_write, read_torch_file
+from ..models import MODEL_FORMAT, build_from_spec, model_spec
+from ..models.presets import json_plain as _plain
+from ..safe_io import atomic_write
 from .checkpoint import atomic_save
 
 __all__ = ["MODEL_FORMAT", "STAGE_FILE", "save_model", "load_model", "model_spec", "build_from_spec", "command_line",
            "prepare_run_folder", "write_json", "read_json", "read_stage", "mark_stage", "release_run_folder",
            "records_failure", "one_line", "LOCK_FILE", "RESUMABLE_SETTINGS", "RunFolderLocked"]
 
-MODEL_FORMAT = "cdism_fast.model/1"
 STAGE_FILE = "stage.json"
-
-
-def model_spec(model: nn.Module) -> dict:
-    """``{"family", "config"}``: what rebuilds ``model``'s architecture (see :func:`build_from_spec`)."""
-    family = getattr(model, "family", None)
-    config = getattr(model, "config", None)
-    if family is None or not callable(config):
-        raise ValueError(f"model must be a cdism_fast model family (with .family and .config()), got "
-                         f"{type(model).__name__}")
-    return {"family": family, "config": _plain(config())}
-
-
-def _plain(value):
-    """Tuples as lists, so that the spec is JSON and survives a round trip unchanged."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
-def build_from_spec(spec: dict) -> nn.Module:
-    """An untrained model of the architecture that :func:`model_spec` described."""
-    from ..models import FAMILIES
-
-    family = spec.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"model family {family!r} is unknown; known families: {sorted(FAMILIES)}")
-    config = spec.get("config")
-    if not isinstance(config, dict):
-        raise ValueError(f"model spec of family {family!r} has no 'config' mapping (got {type(config).__name__})")
-    try:
-        return FAMILIES[family](**config)
-    except TypeError as error:  # an option the family does not take
-        raise ValueError(f"model spec of family {family!r} does not fit it ({error}); use the file that "
-                         "`cdism-fast compress` wrote, unedited") from None
 
 
 def save_model(path, model: nn.Module, **info) -> Path:
@@ -78,28 +42,17 @@ def save_model(path, model: nn.Module, **info) -> Path:
 
 
 def load_model(path, name: str | None = None, scale: int | None = None) -> nn.Module:
-    """The model in ``path``, in eval mode on the CPU.
-
-    Files written by :func:`save_model` are rebuilt exactly; anything else goes
-    to :func:`cdism_fast.models.load_pretrained` (EDSR-PyTorch, BasicSR, SwinIR
-    files), which infers the architecture, or uses preset ``name`` and ``scale``.
+    """The model in ``path``, in eval mode on the CPU, by :func:`cdism_fast.models.load_pretrained`
+    (the one loader of every command): files written by :func:`save_model` are rebuilt exactly,
+    options included; other files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) have their
+    architecture inferred, or use preset ``name`` and ``scale``.
     """
     from ..models import load_pretrained
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
-    raw = read_torch_file(path, "model file")
-    if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
-        model = build_from_spec(raw)
-        try:
-            model.load_state_dict(raw["params"])
-        except (KeyError, TypeError, RuntimeError) as error:
-            raise ValueError(f"model file {path} does not hold the weights its own spec describes ("
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
-                             "); it was altered or damaged: use another file") from None
-        return model.eval()
-    return load_pretrained(path, name=name, scale=scale).eval()  # read again: its errors name the file
+    return load_pretrained(path, name=name, scale=scale)
 
 
 def write_json(path, data) -> Path:

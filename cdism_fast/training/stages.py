@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -379,11 +380,12 @@ def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, over
     """Stage 2: the compact student's structure from ``density`` (a number or a density.json).
 
     ``overrides``: :func:`~cdism_fast.compress.compress_config`'s keywords
-    (``n_b``, ``n_l``, ``n_c``, ``rounding``, ``channel_multiple``). Writes
-    ``student.json`` (the student's architecture, usable by :func:`distill`)
-    and returns the before/after table in ``extra["table"]``.
+    (``n_b``, ``n_l``, ``n_c``, ``rounding``, ``channel_multiple``, ``channels``).
+    Writes ``student.json`` (the student's architecture, usable by :func:`distill`)
+    and returns the before/after table in ``extra["table"]`` and the deep-feature
+    weight ratio the student realises in ``extra["achieved_density"]``.
     """
-    from ..compress import compress_config
+    from ..compress import achieved_density, compress_config
 
     value, record = _read_density(density, teacher)
     if value == 0 and record is not None:
@@ -394,7 +396,8 @@ def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, over
     student = teacher.with_structure(*structure)
     rows = structure_table({"teacher": teacher, "student": student})
     spec = model_spec(student)
-    result = {"density": value, "overrides": overrides, "structure": structure._asdict(),
+    result = {"density": value, "achieved_density": achieved_density(teacher, student), "overrides": overrides,
+              "structure": structure._asdict(),
               "teacher_structure": teacher.structure()._asdict(), "student": spec, "teacher": model_spec(teacher),
               "table": rows, "density_source": str(density) if record is not None else None}
 
@@ -410,19 +413,35 @@ def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, over
 
 
 # -------------------------------------------------------------------------------------------- stage 3
-def student_from(spec_or_file) -> nn.Module:
-    """An untrained student from a student.json (stage 2's output), its dict, or a model."""
+#: ``family:n_b,n_l,n_c``, a student named by its structure (e.g. ``edsr:8,1,16``).
+STRUCTURE_SPEC = re.compile(r"^([a-z_]+):(\d+),(\d+),(\d+)$")
+
+
+def student_from(spec_or_file, scale: int = 2) -> nn.Module:
+    """An untrained student from a model, a student.json (stage 2's output) or its dict, a preset
+    name of :mod:`cdism_fast.models` or ``family:n_b,n_l,n_c`` (both at ×``scale``)."""
     if isinstance(spec_or_file, nn.Module):
         return spec_or_file
     source = "the student spec"
     if isinstance(spec_or_file, (str, Path)):
+        from ..models import PRESETS, build, from_structure
         from .artifacts import read_json
 
+        text = str(spec_or_file)
         path = Path(spec_or_file)
-        if not path.is_file():
+        if path.is_file():
+            spec_or_file, source = read_json(path, "student file"), f"student file {path}"
+        elif text in PRESETS:
+            return build(text, scale=scale)
+        elif match := STRUCTURE_SPEC.match(text):
+            family, n_b, n_l, n_c = match.group(1), *map(int, match.groups()[1:])
+            return from_structure(family, n_c=n_c, n_l=n_l, n_b=n_b, scale=scale)
+        elif path.suffix or len(path.parts) > 1:
             raise FileNotFoundError(f"student file {path} does not exist; pass the student.json that "
-                                    "`cdism-fast compress` wrote")
-        spec_or_file, source = read_json(path, "student file"), f"student file {path}"
+                                    "`cdism-fast compress` wrote, a preset or family:n_b,n_l,n_c")
+        else:
+            raise ValueError(f"student must be a student.json, a preset ({', '.join(PRESETS)}) or "
+                             f"family:n_b,n_l,n_c (e.g. edsr:8,1,16), got {text!r}")
     spec = spec_or_file.get("student", spec_or_file) if isinstance(spec_or_file, dict) else None
     if not isinstance(spec, dict):
         raise ValueError(f"{source} does not describe a model (no family and config); pass the student.json "
@@ -433,18 +452,40 @@ def student_from(spec_or_file) -> nn.Module:
         raise ValueError(f"{source}: {error}") from None
 
 
+def _scale_of(model: nn.Module) -> int:
+    """The model's ``scale`` attribute, or the scale measured on a probe input."""
+    scale = getattr(model, "scale", None)
+    if isinstance(scale, int) and not isinstance(scale, bool):
+        return scale
+    from ..evaluation import infer_scale
+
+    return infer_scale(model)
+
+
+def _describe(model: nn.Module) -> dict:
+    """The family record of a family model, the class name of any other module."""
+    try:
+        return model_spec(model)
+    except ValueError:
+        return {"module": type(model).__name__}
+
+
 @records_failure
 def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSettings, data=None, val=None, *,
             kd: bool = True, alpha: float = 0.1, student_loss: str = "l1", reduction: str = "mean",
-            resume: bool = False, overwrite: bool = False, context: distributed.DistributedContext | None = None,
-            inputs: dict | None = None) -> StageResult:
+            resume: bool = False, overwrite: bool = False, scale: Optional[int] = None,
+            context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
     """Stage 3: train ``student`` (re-initialised from ``settings.seed``) with AdaMax, betas (0.9, 0.99).
 
     With ``kd`` the loss is ``distillation_loss(student(x), teacher(x), gt,
     alpha, student_loss)``; the teacher is frozen, in eval mode, and runs under
     ``no_grad`` (in the autocast dtype when AMP is on). Without ``kd`` (the
     ablation) the loss is ``student_loss(student(x), gt)`` alone and no teacher
-    is needed. ``student``: a model, a student.json, or its dict. ``reduction``
+    is needed. The teacher may be any module mapping RGB [0, 1] to RGB [0, 1] at
+    the student's scale (another family than the student's, too); another scale is
+    refused before anything is written. ``student``: a model, a student.json or its
+    dict, a preset or ``family:n_b,n_l,n_c`` (these two at ``scale``, default: the
+    teacher's, else 2). ``reduction``
     is the distillation loss's: ``"mean"`` per pyramid level (the authors'
     released code) or ``"sum"`` (Niklaus and Liu's Laplacian loss).
     """
@@ -457,13 +498,18 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     if kd and teacher is None:
         raise ValueError("teacher is required for distillation (kd=True); pass kd=False for the ground-truth-only "
                          "ablation")
+    teacher_scale = _scale_of(teacher) if teacher is not None and kd else None
+    student = student_from(student, scale=scale or teacher_scale or 2)
+    if teacher_scale is not None and teacher_scale != student.scale:
+        raise ValueError(f"the teacher upscales ×{teacher_scale} but the student ×{student.scale}; distill from a "
+                         "teacher of the student's scale (nothing was written)")
     context = context or distributed.setup()
     torch.manual_seed(settings.seed)  # the same initial student for the KD run and its ablation
-    model = build_from_spec(model_spec(student_from(student)))
+    model = build_from_spec(model_spec(student))
     kind = "distill" if kd else "distill-no-kd"
     _start(out_dir, kind, _settings_record(settings, kd=kd, alpha=alpha, student_loss=student_loss, reduction=reduction,
                                            student=model_spec(model),
-                                           teacher=model_spec(teacher) if teacher is not None else None,
+                                           teacher=_describe(teacher) if teacher is not None else None,
                                            data=_source(data)),
            resume, overwrite, _inputs(data, val, {**(inputs or {}), "--student": student
                                                   if isinstance(student, (str, Path)) else None}))
