@@ -136,6 +136,12 @@ class _StopRequest:
             signal.signal(signum, handler)
 
 
+def uses_channels_last(requested: Optional[bool], device: torch.device) -> bool:
+    """``requested``, or when None the faster layout on ``device`` (channels_last on CUDA; measured in
+    benchmarks/, see docs/benchmarks-cache.md)."""
+    return device.type == "cuda" if requested is None else requested
+
+
 def _to_device(batch, device: torch.device, channels_last: bool):
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
@@ -176,7 +182,7 @@ class Trainer:
         if amp_dtype == torch.float16 and self.device.type != "cuda":
             raise ValueError(f"amp='fp16' needs a CUDA device (training runs on {self.device}); use 'bf16' or 'none'")
         self.amp_dtype = amp_dtype
-        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
+        self.channels_last = uses_channels_last(config.channels_last, self.device)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
