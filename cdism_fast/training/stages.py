@@ -440,7 +440,7 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
            resume, overwrite)
     if teacher is not None and kd:
         teacher = copy.deepcopy(teacher).to(context.device).eval().requires_grad_(False)
-        if uses_channels_last(settings.channels_last, context.device):
+        if uses_channels_last(settings.channels_last, context.device, teacher):
             teacher = teacher.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
     pairs = training_pairs(data, model.scale)
