@@ -69,6 +69,7 @@ class TrainConfig:
     ``"fp16"`` autocast (fp16 also scales the loss; it needs CUDA).
     ``channels_last``: ``None`` picks the faster layout (see :func:`uses_channels_last`).
     ``ema_decay``: keep an exponential moving average of the weights.
+    ``compile``: train through ``torch.compile(model, fullgraph=True)``.
     """
     iterations: int
     batch_size: int = 16
@@ -191,11 +192,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
-        step_model = self.model
+        # One graph for the whole model, custom ops inside (a graph break is an error, not a slow path).
+        step_model = torch.compile(self.model, fullgraph=True) if config.compile else self.model
         if self.context.enabled:
             step_model = nn.parallel.DistributedDataParallel(
                 step_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.step_model = torch.compile(step_model) if config.compile else step_model
+        self.step_model = step_model
         self.iteration = 0
         self.validation: dict = {}
 
