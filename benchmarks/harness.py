@@ -1,7 +1,7 @@
 """Timing and reporting shared by the benchmark runner and the pytest-benchmark suite.
 
-Times are medians over repeated runs after a warm-up (device-synchronised on
-CUDA). Bandwidth is reported against a copy measured on the same machine in the
+Times are medians over repeated runs after a warm-up (``torch.utils.benchmark``
+on the CPU, ``triton.testing.do_bench`` or CUDA events on CUDA). Bandwidth is reported against a copy measured on the same machine in the
 same run, counting bytes read plus bytes written.
 """
 from __future__ import annotations
@@ -28,17 +28,48 @@ def synchronize(device: torch.device) -> None:
 
 def median_time(fn: Callable[[], object], device: torch.device, min_runs: int = 7,
                 min_seconds: float = 0.5, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in seconds: at least ``min_runs`` runs and ``min_seconds`` in all."""
+    """Median time of one ``fn()`` in seconds, after ``warmup`` calls.
+
+    CPU: ``torch.utils.benchmark.Timer`` (on torch's current thread count, not
+    its default of one thread), one call per sample, at least ``min_runs``
+    samples and ``min_seconds`` in all. CUDA: ``triton.testing.do_bench``
+    (median, CUDA events, L2 flushed between calls) when Triton is there, else
+    CUDA events around each call. The cases' input rotation works across
+    calls either way.
+    """
     for _ in range(warmup):
         fn()
     synchronize(device)
+    if device.type == "cuda":
+        return _cuda_median(fn, device, min_runs, min_seconds)
+    from torch.utils.benchmark import Timer
+
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     times: list[float] = []
     start_all = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - start_all < min_seconds:
-        start = time.perf_counter()
+        times.append(timer.timeit(1).median)
+        if len(times) >= 200:
+            break
+    return statistics.median(times)
+
+
+def _cuda_median(fn: Callable[[], object], device: torch.device, min_runs: int, min_seconds: float) -> float:
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        return do_bench(fn, warmup=0, rep=max(1, int(1e3 * min_seconds)), return_mode="median") / 1e3
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start_all < min_seconds:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1e3)
         if len(times) >= 200:
             break
     return statistics.median(times)

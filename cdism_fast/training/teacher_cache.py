@@ -201,7 +201,7 @@ class TeacherCache:
                    disable=None if (self.progress and context.is_main) else True)
         written = 0
         for image in bar:
-            self._build(image, suffix=f".partial{context.rank}")
+            self.build_entry(image, suffix=f".partial{context.rank}")
             written += self.entry_bytes(image) - _ENTRY_OVERHEAD
             bar.set_postfix_str(f"{written / 2**20:.1f} MiB", refresh=False)
         bar.close()
@@ -240,7 +240,7 @@ class TeacherCache:
                                     f"on a larger disk, {fix}")
         return missing
 
-    def _build(self, image: int, suffix: str) -> None:
+    def build_entry(self, image: int, suffix: str) -> None:
         """Run the teacher on the whole image and write its entry (record first; each file renamed into place)."""
         from ..evaluation import upscale
 
@@ -273,7 +273,7 @@ class TeacherCache:
             self.warned = True
         rank = distributed.current().rank
         for image in broken:
-            self._build(image, suffix=f".partial{rank}")
+            self.build_entry(image, suffix=f".partial{rank}")
             self._mapped.pop(image, None)
         return broken
 
