@@ -139,14 +139,14 @@ def format_table(rows: list[Measurement], bandwidth: float) -> str:
 
 
 def save(rows: list[Measurement], device: torch.device, bandwidth: float, table: str, inputs: str,
-         hot: bool = False) -> Path:
-    """Write JSON and markdown named with date, device, torch version (and ``_hot``);
+         hot: bool = False, tag: str | None = None) -> Path:
+    """Write JSON and markdown named with date, device, torch version (and ``_hot``, ``_<tag>``);
     ``inputs`` says how the cases' inputs were used."""
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.date.today().isoformat()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{device_label(device)}").strip("-").lower()
     torch_version = torch.__version__.replace("+", "-")
-    stem = f"{stamp}_{slug}_torch-{torch_version}" + ("_hot" if hot else "")
+    stem = f"{stamp}_{slug}_torch-{torch_version}" + ("_hot" if hot else "") + (f"_{tag}" if tag else "")
     payload = {
         "date": stamp,
         "device": device_label(device),
