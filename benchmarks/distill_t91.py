@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.distill_t91", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--only", choices=("cached", "live"),
+                        help="run one of the two (recorded in its own result file; no ratio)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"skipped: T91 not found at {args.data} (pass --data DIR)")
@@ -69,8 +71,18 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         save_model(work / "teacher.pt", build("edsr_baseline", scale=2))
         write_json(work / "student.json", {"student": model_spec(build("edsr_mini", scale=2))})
-        runs = {"cached (build included)": _distill(work, "cached", args.data, args.iterations, str(work / "cache")),
-                "live teacher": _distill(work, "live", args.data, args.iterations, "off")}
+        runs = {}
+        if args.only in (None, "cached"):
+            runs["cached (build included)"] = _distill(work, "cached", args.data, args.iterations, str(work / "cache"))
+        if args.only in (None, "live"):
+            runs["live teacher"] = _distill(work, "live", args.data, args.iterations, "off")
+    if args.only is not None:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        path = RESULTS_DIR / f"{datetime.date.today().isoformat()}_distill-t91_{args.only}-only.json"
+        path.write_text(json.dumps({"torch": torch.__version__, "iterations": args.iterations, "runs": runs},
+                                   indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
     ratio = runs["live teacher"]["seconds"] / runs["cached (build included)"]["seconds"]
     stamp = datetime.date.today().isoformat()
     payload = {"date": stamp, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -143,7 +143,13 @@ def uses_channels_last(requested: Optional[bool], device: torch.device, model: n
     layers, a transformer (SwinIR: its attention and MLPs run slower on channels_last tensors)."""
     if requested is not None:
         return requested
-    return device.type == "cuda" or not any(isinstance(m, nn.Linear) for m in model.modules())
+    if device.type == "cuda":
+        return True
+    # Multi-process CPU runs (gloo) stay contiguous: DDP's initial broadcast of channels_last EDSR
+    # parameters fails there ("refer to a single memory location", torch 2.13).
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return False
+    return not any(isinstance(m, nn.Linear) for m in model.modules())
 
 
 def _to_device(batch, device: torch.device, channels_last: bool):
