@@ -1,6 +1,6 @@
 """Runs every benchmark case on every device here and prints one table per device.
 
-    python -m benchmarks [--quick] [--hot] [--device cpu|cuda] [--only GROUP ...] [--no-save]
+    python -m benchmarks [--quick] [--hot] [--device cpu|cuda] [--only GROUP ...] [--threads N] [--no-save]
 
 Results go to benchmarks/results/<date>_<device>_torch-<version>[_hot].{json,md}.
 """
@@ -17,7 +17,7 @@ from .harness import Measurement, copy_bandwidth, device_label, format_table, me
 
 
 def run_device(device: torch.device, quick: bool, only: list[str] | None, save_results: bool,
-               hot: bool = False) -> None:
+               hot: bool = False, tag: str | None = None) -> None:
     bandwidth = copy_bandwidth(device)
     inputs = inputs_note(hot)
     print(f"\n## {device_label(device)} (torch {torch.__version__}; copy {bandwidth / 1e9:.1f} GB/s; {inputs})\n",
@@ -47,7 +47,7 @@ def run_device(device: torch.device, quick: bool, only: list[str] | None, save_r
     table = format_table(rows, bandwidth)
     print("\n" + table)
     if save_results and rows:
-        print(f"\nsaved {save(rows, device, bandwidth, table, inputs, hot)}")
+        print(f"\nsaved {save(rows, device, bandwidth, table, inputs, hot, tag)}")
 
 
 def inputs_note(hot: bool) -> str:
@@ -61,14 +61,18 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer runs")
     parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
                         help="devices to run (default: cpu, and cuda when visible)")
-    parser.add_argument("--only", nargs="+", choices=("losses", "attention", "optimizer", "models"))
+    parser.add_argument("--only", nargs="+", choices=("losses", "attention", "optimizer", "models", "distill"))
     parser.add_argument("--hot", action="store_true",
                         help="memory-bound cases reuse one input set (cache-resident) instead of rotating copies")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--tag", help="appended to the result files' names (runs of other groups on one day)")
+    parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     for name in devices:
-        run_device(torch.device(name), args.quick, args.only, not args.no_save, args.hot)
+        run_device(torch.device(name), args.quick, args.only, not args.no_save, args.hot, args.tag)
     return 0
 
 

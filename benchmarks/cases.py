@@ -2,8 +2,11 @@
 
 A case builds its inputs once and returns one zero-argument callable per
 backend: the op's own backends that can run here, ``compile`` (the reference
-under ``torch.compile``), and named baselines (``foreach`` for the optimizer
-update, ``sdpa`` for attention with a materialised bias + mask).
+under ``torch.compile``), and named baselines (``foreach`` and torch's fused
+SGD for the optimizer update, ``sdpa`` for attention with a materialised bias +
+mask, ``flex`` for FlexAttention with the bias and mask in its ``score_mod``).
+The ``distill`` group times a stage-3 training step with the live teacher
+against the same step reading the teacher's cached output.
 
 Memory-bound cases (losses, optimizer) rotate among copies of their inputs that
 add up to :data:`ROTATION_BYTES`: run after run on one set would time a cache
@@ -39,11 +42,15 @@ class Case:
 ROTATION_BYTES = 1 << 30
 
 
-def rotation(make_set: Callable[[], tuple], set_bytes: int, hot: bool) -> Callable[[], tuple]:
-    """A callable returning, call after call, the next of the input sets that ``make_set``
-    builds, ceil(ROTATION_BYTES / set_bytes) of them (one when ``hot``), in turn."""
+def rotation_sets(make_set: Callable[[], tuple], set_bytes: int, hot: bool) -> list[tuple]:
+    """ceil(ROTATION_BYTES / set_bytes) input sets that ``make_set`` builds (one when ``hot``)."""
     count = 1 if hot else max(1, -(-ROTATION_BYTES // set_bytes))
-    return itertools.cycle([make_set() for _ in range(count)]).__next__
+    return [make_set() for _ in range(count)]
+
+
+def rotation(make_set: Callable[[], tuple], set_bytes: int, hot: bool) -> Callable[[], tuple]:
+    """A callable returning, call after call, the next of the :func:`rotation_sets`, in turn."""
+    return itertools.cycle(rotation_sets(make_set, set_bytes, hot)).__next__
 
 
 def _backends(op_name: str, device: torch.device) -> list[str]:
@@ -130,12 +137,62 @@ def _sdpa_attention(q, k, v, table, window_size, shift_size, hw):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
+def _flex_attention(compiled: bool = False) -> Callable:
+    """Anchor: torch's FlexAttention, the gathered relative-position bias and the shifted-window mask
+    added in its ``score_mod`` (nothing materialised per window)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from cdism_fast.ops.window_attention import relative_position_index, shift_window_mask
+
+    attend = torch.compile(flex_attention, fullgraph=True) if compiled else flex_attention
+
+    def run(q, k, v, table, window_size, shift_size, hw):
+        index = relative_position_index(window_size, q.device)
+        mask = shift_window_mask(hw, window_size, shift_size, q.device) if shift_size else None
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            score = score + table[index[q_idx, kv_idx], h]
+            if mask is not None:
+                score = score + mask[b % mask.shape[0], q_idx, kv_idx]
+            return score
+
+        return attend(q, k, v, score_mod=score_mod)
+    return run
+
+
 def attention_cases(device: torch.device, images: int, grid: int) -> list[Case]:
-    """SwinIR_LW (head dim 10) and SwinIRmini (head dim 4): 6 heads, 8x8 windows, shifted."""
+    """SwinIR_LW (head dim 10) and SwinIRmini (head dim 4): 6 heads, 8x8 windows, shifted; fwd+bwd
+    (FlexAttention eager and compiled: on the CPU torch refuses its backward, and the runner says so)
+    and forward alone (FlexAttention compiled, the CPU's inference-only path)."""
     window, heads = 8, 6
     windows = images * (grid // window) ** 2
-    return [_attention_case(device, label, windows, heads, window, dim, grid, images)
-            for label, dim in (("SwinIR_LW", 10), ("SwinIRmini", 4))]
+    cases = []
+    for label, dim in (("SwinIR_LW", 10), ("SwinIRmini", 4)):
+        cases.append(_attention_case(device, label, windows, heads, window, dim, grid, images))
+        cases.append(_attention_forward_case(device, label, windows, heads, window, dim, grid, images))
+    return cases
+
+
+def _attention_forward_case(device, label, windows, heads, window, dim, grid, images) -> Case:
+    shift = window // 2
+    q, k, v = (torch.randn(windows, heads, window * window, dim, device=device) for _ in range(3))
+    table = torch.randn((2 * window - 1) ** 2, heads, device=device)
+
+    def forward(fn):
+        def run():
+            with torch.no_grad():
+                fn(q, k, v, table, window, shift, (grid, grid))
+        return run
+
+    def op(b):
+        return lambda *a: ops.window_attention(*a[:5], hw=a[6], shift_size=a[5], backend=b)
+
+    runners = _with_compile("window_attention", device, lambda b: forward(op(b)),
+                            forward(torch.compile(op("reference"))))
+    runners["sdpa"] = forward(_sdpa_attention)
+    runners["flex-compile"] = forward(_flex_attention(compiled=True))
+    moved = 4 * q.numel() * q.element_size()
+    return Case("window_attention", f"{label} {windows}x{heads}x64x{dim}", "fwd", runners, moved, images)
 
 
 def _attention_case(device, label, windows, heads, window, dim, grid, images) -> Case:
@@ -157,6 +214,9 @@ def _attention_case(device, label, windows, heads, window, dim, grid, images) ->
 
     runners = _with_compile("window_attention", device, lambda b: step(op(b)), step(torch.compile(op("reference"))))
     runners["sdpa"] = step(_sdpa_attention)
+    runners["flex"] = step(_flex_attention())
+    # On the CPU torch refuses to compile FlexAttention's backward: the runner reports what it says.
+    runners["flex-compile"] = step(_flex_attention(compiled=True))
     moved = 8 * q.numel() * q.element_size()
     return Case("window_attention", f"{label} {windows}x{heads}x64x{dim}", "fwd+bwd", runners, moved, images)
 
@@ -200,25 +260,36 @@ def optimizer_cases(device: torch.device, models=("edsr_baseline", "swinir_light
         shapes = parameter_shapes(model)
         count = sum(torch.Size(s).numel() for s in shapes)
         # (params, grads) sets, shared by both phases; the update writes the params in place
-        sets = rotation(lambda shapes=shapes: tuple([torch.randn(s, device=device) for s in shapes] for _ in range(2)),
-                        8 * count, hot)
-        cases += [_optimizer_case(device, f"{model} ({count / 1e6:.2f}M)", sets, count, orthant)
+        set_list = rotation_sets(lambda shapes=shapes: tuple([torch.randn(s, device=device) for s in shapes]
+                                                          for _ in range(2)), 8 * count, hot)
+        sgd = itertools.cycle([_fused_sgd(*pair) for pair in set_list]).__next__
+        sets = itertools.cycle(set_list).__next__
+        cases += [_optimizer_case(device, f"{model} ({count / 1e6:.2f}M)", sets, count, orthant, sgd)
                   for orthant in (False, True)]
     return cases
 
 
-def _optimizer_case(device, label, sets, count, orthant) -> Case:
+def _fused_sgd(params, grads) -> torch.optim.SGD:
+    """Anchor: torch's fused SGD (no momentum) on the same tensors; it too reads p and g and writes p."""
+    for param, grad in zip(params, grads):
+        param.grad = grad
+    return torch.optim.SGD(params, lr=1e-4, fused=True)
+
+
+def _optimizer_case(device, label, sets, count, orthant, sgd) -> Case:
     def make(backend):
         return lambda: ops.obproxsg_step(*sets(), 1e-4, 1e-4, orthant, backend=backend)
 
     runners = {name: make(name) for name in _backends("obproxsg_step", device)}
     runners["foreach"] = lambda: _foreach_obproxsg(*sets(), 1e-4, 1e-4, orthant)
+    runners["fused-sgd"] = lambda: sgd().step()
     phase = "orthant" if orthant else "prox-sg"
     return Case("obproxsg_step", label, phase, runners, 12 * count, None)
 
 
-def model_cases(device: torch.device, lr_hw: int, batch: dict) -> list[Case]:
-    """End to end: SwinIR_LW forward, and one stage-3 training step per preset pair."""
+def model_cases(device: torch.device, lr_hw: int, batch: dict, compiled: bool = True) -> list[Case]:
+    """End to end: SwinIR_LW forward (eager, and compiled with the C++/CUDA attention inside unless
+    ``compiled`` is False), and one stage-3 training step per preset pair."""
     from cdism_fast.models import build
     from cdism_fast.ops import distillation_loss
 
@@ -232,8 +303,17 @@ def model_cases(device: torch.device, lr_hw: int, batch: dict) -> list[Case]:
                 swinir(image)
         return run
 
-    cases.append(Case("swinir_lightweight forward", "1x3x128x128", "fwd",
-                      {"reference": forward("reference"), "auto": forward("auto")}, None, 1))
+    runners = {"reference": forward("reference"), "auto": forward("auto")}
+    if compiled:
+        kernel = "cuda" if device.type == "cuda" else "cpp"
+        fused = torch.compile(build("swinir_lightweight", scale=2, attention_backend=kernel).to(device).eval(),
+                              fullgraph=True)
+
+        def compiled_forward():
+            with torch.no_grad():
+                fused(image)
+        runners[f"compile-{kernel}"] = compiled_forward
+    cases.append(Case("swinir_lightweight forward", "1x3x128x128", "fwd", runners, None, 1))
     for teacher_name, student_name in (("edsr_baseline", "edsr_mini"), ("swinir_lightweight", "swinir_mini")):
         teacher = build(teacher_name, scale=2).to(device).eval()
         student = build(student_name, scale=2).to(device)
@@ -255,6 +335,83 @@ def model_cases(device: torch.device, lr_hw: int, batch: dict) -> list[Case]:
         cases.append(Case("stage-3 step", f"{student_name}<-{teacher_name} {n}x3x{lr_hw}x{lr_hw}", "train",
                           {"reference": step("reference"), "auto": step("auto")}, None, n))
     return cases
+
+
+#: Stage-3 pairs of the distill group: (student, teacher, patches per batch, LR patch side).
+DISTILL_PAIRS = (("edsr_mini", "edsr_baseline", 16, 48), ("swinir_mini", "swinir_lightweight", 4, 64),
+                 # Needs the IMDN family (cdism_fast.models preset "imdn"); skipped, with a line, until it is there.
+                 ("edsr_mini", "imdn", 16, 48))
+
+
+def distill_cases(device: torch.device, quick: bool = False) -> list[Case]:
+    """A stage-3 step (student forward, distillation loss, backward, AdaMax) with the teacher run on the
+    patch ("live") against the same step reading the teacher's float16 output from the cache
+    ("cached"), each model in its default layout; and the cache's build time for one image."""
+    from cdism_fast.models import PRESETS, build
+    from cdism_fast.ops import distillation_loss
+    from cdism_fast.training.engine import uses_channels_last
+
+    def layout(model):
+        return torch.channels_last if uses_channels_last(None, device, model) else torch.contiguous_format
+
+    cases = []
+    for student_name, teacher_name, n, lr_hw in DISTILL_PAIRS:
+        if teacher_name not in PRESETS:
+            print(f"[distill] {student_name}<-{teacher_name} skipped: no {teacher_name!r} model preset here")
+            continue
+        n = max(1, n // 4) if quick else n
+        student = build(student_name, scale=2).to(device)
+        student = student.to(memory_format=layout(student))
+        teacher = build(teacher_name, scale=2).to(device).eval().requires_grad_(False)
+        teacher = teacher.to(memory_format=layout(teacher))
+        optimizer = torch.optim.Adamax(student.parameters(), lr=1e-4, betas=(0.9, 0.99))
+        lr = torch.rand(n, 3, lr_hw, lr_hw, device=device).contiguous(memory_format=layout(student))
+        gt = torch.rand(n, 3, 2 * lr_hw, 2 * lr_hw, device=device)
+        with torch.no_grad():
+            cached = teacher(lr).half()
+
+        def step(target_of, student=student, optimizer=optimizer, lr=lr, gt=gt):
+            def run():
+                target = target_of(lr)
+                optimizer.zero_grad(set_to_none=True)
+                distillation_loss(student(lr).float(), target, gt).backward()
+                optimizer.step()
+            return run
+
+        def live(x, teacher=teacher, amp=None):
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                return teacher(x).float()
+
+        runners = {"live": step(live), "cached": step(lambda x, cached=cached: cached.float())}
+        if device.type == "cuda":
+            runners["live-bf16"] = step(lambda x, teacher=teacher: live(x, teacher, torch.bfloat16))
+        cases.append(Case("stage-3 step", f"{student_name}<-{teacher_name} {n}x3x{lr_hw}x{lr_hw}", "train",
+                          runners, None, n))
+    cases.append(_cache_build_case(device, 128 if quick else 256))
+    return cases
+
+
+def _cache_build_case(device: torch.device, side: int) -> Case:
+    """The teacher cache's work for one LR image of side x side: EDSR_baseline over it in tiles, the
+    float16 entry and its record written (to a temporary folder)."""
+    import tempfile
+    import types
+
+    import numpy as np
+
+    from cdism_fast.models import build
+    from cdism_fast.training.teacher_cache import TeacherCache
+
+    teacher = build("edsr_baseline", scale=2).to(device).eval().requires_grad_(False)
+    image = np.random.default_rng(0).integers(0, 256, (3, side, side), dtype=np.uint8)
+    patches = types.SimpleNamespace(scale=2, sources=[0], names=["benchmark"], lr_image=lambda index: image)
+    pairs = types.SimpleNamespace(cache_key=lambda index: "benchmark image")
+    folder = tempfile.mkdtemp(prefix="teacher-cache-benchmark-")
+    cache = TeacherCache(folder, teacher, patches, pairs, progress=False)
+    cache.paths[0].parent.mkdir(parents=True, exist_ok=True)
+    megapixels = side * side / 1e6
+    return Case("teacher cache build", f"edsr_baseline x2, LR {side}x{side} ({megapixels:.3f} MP)", "build",
+                {"tiled": lambda: cache.build_entry(0, suffix=".partial")}, None, 1)
 
 
 @contextlib.contextmanager
@@ -284,5 +441,6 @@ def all_cases(device: torch.device, quick: bool = False, hot: bool = False
         ("optimizer", lambda: optimizer_cases(device, ("edsr_baseline",) if quick else
                                               ("edsr_baseline", "swinir_lightweight", "10M"), hot)),
         ("models", lambda: model_cases(device, lr_hw=48 if cpu else 64,
-                                       batch={"edsr": 16, "swinir": 2 if cpu else 16})),
+                                       batch={"edsr": 16, "swinir": 2 if cpu else 16}, compiled=not quick)),
+        ("distill", lambda: distill_cases(device, quick)),
     ]

@@ -4,7 +4,8 @@
 #   2. run the GPU tests (the `gpu` cases of the op test modules: every CUDA and Triton
 #      kernel against the float64 reference at training shapes, fp32/fp16/bf16),
 #   3. run the benchmark suite on cuda, one case group at a time while time is left
-#      (optimizer, attention, losses, models).
+#      (optimizer, attention, losses, models, distill: the stage-3 step with the live
+#      teacher, also under bf16 autocast, against the step reading cached teacher outputs).
 # Writes benchmarks/results/<date>_<gpu>_gpu-check.{json,md} (tests summary and
 # every benchmark table) and, when $OUT is set (the device tool), copies them and
 # the full log there.
@@ -67,7 +68,7 @@ if [ $rc -ne 0 ] && ! { [ "$DEVICE" = cpu ] && [ $rc -eq 5 ]; }; then TESTS_OK=0
 
 step "benchmarks"
 # Each group saves into its own folder (the runner names files by date, device and torch only).
-for group in optimizer attention losses models; do
+for group in optimizer attention losses models distill; do
   remaining=$(left)
   if [ "$remaining" -lt 45 ]; then echo "[$group] skipped: ${remaining} s left of the ${BUDGET_S} s budget"; continue; fi
   timeout $((remaining - 15)) $PY -c "import sys; from pathlib import Path; import benchmarks.harness as h

@@ -1,7 +1,7 @@
 """Timing and reporting shared by the benchmark runner and the pytest-benchmark suite.
 
-Times are medians over repeated runs after a warm-up (device-synchronised on
-CUDA). Bandwidth is reported against a copy measured on the same machine in the
+Times are medians over repeated runs after a warm-up (``torch.utils.benchmark``
+on the CPU, ``triton.testing.do_bench`` or CUDA events on CUDA). Bandwidth is reported against a copy measured on the same machine in the
 same run, counting bytes read plus bytes written.
 """
 from __future__ import annotations
@@ -29,17 +29,48 @@ def synchronize(device: torch.device) -> None:
 
 def median_time(fn: Callable[[], object], device: torch.device, min_runs: int = 7,
                 min_seconds: float = 0.5, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in seconds: at least ``min_runs`` runs and ``min_seconds`` in all."""
+    """Median time of one ``fn()`` in seconds, after ``warmup`` calls.
+
+    CPU: ``torch.utils.benchmark.Timer`` (on torch's current thread count, not
+    its default of one thread), one call per sample, at least ``min_runs``
+    samples and ``min_seconds`` in all. CUDA: ``triton.testing.do_bench``
+    (median, CUDA events, L2 flushed between calls) when Triton is there, else
+    CUDA events around each call. The cases' input rotation works across
+    calls either way.
+    """
     for _ in range(warmup):
         fn()
     synchronize(device)
+    if device.type == "cuda":
+        return _cuda_median(fn, device, min_runs, min_seconds)
+    from torch.utils.benchmark import Timer
+
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     times: list[float] = []
     start_all = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - start_all < min_seconds:
-        start = time.perf_counter()
+        times.append(timer.timeit(1).median)
+        if len(times) >= 200:
+            break
+    return statistics.median(times)
+
+
+def _cuda_median(fn: Callable[[], object], device: torch.device, min_runs: int, min_seconds: float) -> float:
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        return do_bench(fn, warmup=0, rep=max(1, int(1e3 * min_seconds)), return_mode="median") / 1e3
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start_all < min_seconds:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1e3)
         if len(times) >= 200:
             break
     return statistics.median(times)
@@ -109,14 +140,14 @@ def format_table(rows: list[Measurement], bandwidth: float) -> str:
 
 
 def save(rows: list[Measurement], device: torch.device, bandwidth: float, table: str, inputs: str,
-         hot: bool = False) -> Path:
-    """Write JSON and markdown named with date, device, torch version (and ``_hot``);
+         hot: bool = False, tag: str | None = None) -> Path:
+    """Write JSON and markdown named with date, device, torch version (and ``_hot``, ``_<tag>``);
     ``inputs`` says how the cases' inputs were used."""
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.date.today().isoformat()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{device_label(device)}").strip("-").lower()
     torch_version = torch.__version__.replace("+", "-")
-    stem = f"{stamp}_{slug}_torch-{torch_version}" + ("_hot" if hot else "")
+    stem = f"{stamp}_{slug}_torch-{torch_version}" + ("_hot" if hot else "") + (f"_{tag}" if tag else "")
     payload = {
         "date": stamp,
         "device": device_label(device),

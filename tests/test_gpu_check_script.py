@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GROUPS = {"optimizer", "attention", "losses", "models"}
+GROUPS = {"optimizer", "attention", "losses", "models", "distill"}
 
 
 def test_dry_run_writes_every_group(tmp_path):
@@ -39,3 +39,4 @@ def test_dry_run_writes_every_group(tmp_path):
     for group in GROUPS:
         assert f"## {group} (" in table
     assert "| window_attention |" in table and "| obproxsg_step |" in table
+    assert "| stage-3 step |" in table and "| cached |" in table and "| live |" in table

@@ -176,9 +176,14 @@ def test_distill_teacher_is_frozen_in_eval_mode_without_grad(tmp_path, images):
     teacher.register_forward_hook(lambda module, inputs, output: seen.append(
         (module.training, torch.is_grad_enabled(), output.requires_grad)))
     before = [p.clone() for p in teacher.parameters()]
-    result = distill(teacher, student, tmp_path / "s", tiny(2), data=train)
+    result = distill(teacher, student, tmp_path / "s", tiny(2), data=train, teacher_cache=False)
     assert result.status == "completed"
-    assert seen == [(False, False, False)] * 2
+    assert seen == [(False, False, False)] * 2  # per patch: once per iteration
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    seen.clear()
+    result = distill(teacher, student, tmp_path / "cached", tiny(2), data=train, teacher_cache=tmp_path / "cache")
+    assert result.status == "completed"
+    assert seen == [(False, False, False)] * 3  # cached: once per training image, before training
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
 
 

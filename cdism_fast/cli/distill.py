@@ -12,7 +12,12 @@ def register(subparsers) -> None:
         description="Train the student of student.json from random initialisation with alpha*L_stu + "
                     "L_Lap(student, teacher) + L_Lap(HF(student), HF(teacher)) and AdaMax (betas 0.9, 0.99). "
                     "The teacher is frozen, in eval mode, under no_grad (and in the autocast dtype with --amp). "
-                    "--no-kd trains the same student on the ground truth alone with the same budget.")
+                    "--no-kd trains the same student on the ground truth alone with the same budget. "
+                    "By default the teacher runs once on each whole training image before training (tiled, "
+                    "float16 outputs kept in a cache folder and reused by later runs with the same teacher and "
+                    "images): the teacher then sees the whole image instead of the patch (no patch-border "
+                    "effects), and the random flips/transpose are applied to its output instead of its input. "
+                    "--teacher-cache off runs the teacher on every patch instead.")
     parser.add_argument("--teacher", help="teacher: any checkpoint `eval` reads (a run's model.pt, EDSR-PyTorch, "
                                           "BasicSR, SwinIR, IMDN, PAN files) or a preset; its family may differ "
                                           "from the student's (required unless --no-kd)")
@@ -29,6 +34,9 @@ def register(subparsers) -> None:
     parser.add_argument("--kd-reduction", choices=("mean", "sum"), default=None,
                         help="per pyramid level: mean (the authors' code; paper presets) or sum (Niklaus and Liu; "
                              "the demo preset)")
+    parser.add_argument("--teacher-cache", default=None, metavar="DIR|off",
+                        help="folder of the teacher-output cache (default: $CDISM_CACHE/teacher-outputs, "
+                             "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
     preset_argument(parser, "paper-edsr")
     add_data_arguments(parser)
     add_training_arguments(parser)
@@ -52,9 +60,10 @@ def _distill(args) -> str:
         raise ValueError("--teacher is required for distillation; pass --no-kd for the ground-truth-only ablation")
     teacher = load_model(args.teacher, args.scale) if args.teacher and not args.no_kd else None
     context = distributed.setup(args.device)
+    cache = True if args.teacher_cache is None else (False if args.teacher_cache == "off" else args.teacher_cache)
     result = distill(teacher, args.student, args.out, settings, args.data, args.val, kd=not args.no_kd,
-                     resume=args.resume, overwrite=args.overwrite, scale=args.scale, context=context,
-                     inputs={"--teacher": args.teacher}, **options)
+                     teacher_cache=cache, resume=args.resume, overwrite=args.overwrite, scale=args.scale,
+                     context=context, inputs={"--teacher": args.teacher}, **options)
     if context.is_main and result.status == "completed":
         print(f"student: {result.model_path}" + (f"  validation: {result.validation}" if result.validation else ""))
     return result.status

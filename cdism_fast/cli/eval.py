@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--tile", type=int, default=None, help="process images in tiles of this many LR pixels")
     parser.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels (default: 16)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cuda if present)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True) first")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results here")
     parser.set_defaults(func=run)
 
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.scale)
     model.to(device)
     scale = args.scale or infer_scale(model)
+    if args.compile:
+        model = torch.compile(model, fullgraph=True)
     data = [_data_source(text, scale) for text in args.data]
     results = evaluate(model, data, scale, crop_border=args.crop_border, y_channel=not args.rgb,
                        tile=args.tile, overlap=args.overlap)

@@ -21,6 +21,9 @@ def register(subparsers) -> None:
                         help="autocast to float16 on CUDA (bfloat16 on other devices)")
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile(model, fullgraph=True) first (pays off over many images or tiles "
+                             "of one size)")
     parser.set_defaults(func=run)
 
 
@@ -67,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale).to(device)
     scale = args.scale or infer_scale(model)
+    if args.compile:
+        model = torch.compile(model, fullgraph=True)
     amp_dtype = None
     if args.bf16:
         amp_dtype = torch.bfloat16

@@ -10,6 +10,10 @@ array views and one copy.
 The random choices for sample ``index`` come from ``(seed, epoch, index)``
 alone, so the patches do not depend on the number of workers, and a resumed
 run sees the same patches as an uninterrupted one.
+
+With :meth:`TrainingPatches.use_targets` (the distillation teacher's cached
+outputs, :mod:`cdism_fast.training.teacher_cache`), each sample also carries
+the target patch cut from the same place, with the same flips, as the HR patch.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ class TrainingPatches(Dataset):
     image ``index % len(images)``; ``repeat`` sets how many patches one epoch
     takes from each image. Images whose LR side is shorter than ``patch_size``
     are skipped with one warning that counts them.
+
+    ``sources[i]`` is the index in ``pairs`` of kept image ``i``.
     """
 
     def __init__(self, pairs: Dataset, patch_size: int = 48, augment: bool = True, repeat: int = 1,
@@ -61,6 +67,8 @@ class TrainingPatches(Dataset):
         self._mapped: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.skipped: list[str] = []
         self.names: list[str] = []
+        self.sources: list[int] = []
+        self._targets = None
         for index in tqdm(range(len(pairs)), desc=f"decoding {self.name}", unit="image",
                           disable=None if progress else True, leave=False):
             self._add(pairs, index)
@@ -80,10 +88,10 @@ class TrainingPatches(Dataset):
             if lr_file.is_file() and hr_file.is_file():
                 lr_height, lr_width = np.load(lr_file, mmap_mode="r").shape[-2:]
                 name = str(np.load(lr_file.with_name(f"{digest}_name.npy")))
-                self._keep(name, lr_height, lr_width, files=(lr_file, hr_file))
+                self._keep(index, name, lr_height, lr_width, files=(lr_file, hr_file))
                 return
         lr, hr, name = pairs[index]
-        if not self._keep(name, *lr.shape[-2:]):
+        if not self._keep(index, name, *lr.shape[-2:]):
             return
         if self.cache_dir is None:
             # In place when already contiguous: an LR image cached by the
@@ -99,11 +107,12 @@ class TrainingPatches(Dataset):
             partial.replace(target)
         self._cache_files.append((lr_file, hr_file))
 
-    def _keep(self, name: str, lr_height: int, lr_width: int, files=None) -> bool:
+    def _keep(self, source: int, name: str, lr_height: int, lr_width: int, files=None) -> bool:
         if min(lr_height, lr_width) < self.patch_size:
             self.skipped.append(name)
             return False
         self.names.append(name)
+        self.sources.append(source)
         if files is not None:
             self._cache_files.append(files)
         return True
@@ -123,6 +132,19 @@ class TrainingPatches(Dataset):
             self._mapped[image] = (np.load(lr_file, mmap_mode="r"), np.load(hr_file, mmap_mode="r"))
         return self._mapped[image]
 
+    def lr_image(self, image: int) -> np.ndarray:
+        """The whole uint8 LR image (3, h, w) of kept image ``image`` (a view, not a copy)."""
+        return self._arrays(image)[0]
+
+    def use_targets(self, targets) -> None:
+        """Let every sample carry a third patch cut from ``targets.target(image)``.
+
+        ``targets.target(image)`` returns a (C, h·scale, w·scale) array of kept
+        image ``image`` (float16), or None when it cannot be read; that sample's
+        target is then all NaN, for the trainer to notice (never to learn from).
+        """
+        self._targets = targets
+
     def set_epoch(self, epoch: int) -> None:
         """Draw new patches: call before iterating each epoch (as with DistributedSampler)."""
         self._epoch[0] = epoch
@@ -130,37 +152,42 @@ class TrainingPatches(Dataset):
     def __len__(self) -> int:
         return len(self.names) * self.repeat
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
-        lr, hr = self._arrays(index % len(self.names))
+        image = index % len(self.names)
+        lr, hr = self._arrays(image)
         rng = np.random.default_rng((self.seed, int(self._epoch[0]), index))
         patch, scale = self.patch_size, self.scale
         top = int(rng.integers(0, lr.shape[1] - patch + 1))
         left = int(rng.integers(0, lr.shape[2] - patch + 1))
-        lr = lr[:, top: top + patch, left: left + patch]
-        hr = hr[:, top * scale: (top + patch) * scale, left * scale: (left + patch) * scale]
+        hr_rows = slice(top * scale, (top + patch) * scale)
+        hr_cols = slice(left * scale, (left + patch) * scale)
+        crops = [lr[:, top: top + patch, left: left + patch], hr[:, hr_rows, hr_cols]]
+        if self._targets is not None:
+            target = self._targets.target(image)
+            crops.append(target[:, hr_rows, hr_cols] if target is not None
+                         else np.full((hr.shape[0], patch * scale, patch * scale), np.nan, np.float16))
         if self.augment:
             flip_horizontal, flip_vertical, transpose = rng.integers(0, 2, size=3)
             if flip_horizontal:
-                lr, hr = lr[:, :, ::-1], hr[:, :, ::-1]
+                crops = [crop[:, :, ::-1] for crop in crops]
             if flip_vertical:
-                lr, hr = lr[:, ::-1], hr[:, ::-1]
+                crops = [crop[:, ::-1] for crop in crops]
             if transpose:
-                lr, hr = lr.transpose(0, 2, 1), hr.transpose(0, 2, 1)
-        return torch.from_numpy(np.ascontiguousarray(lr)), torch.from_numpy(np.ascontiguousarray(hr))
+                crops = [crop.transpose(0, 2, 1) for crop in crops]
+        return tuple(torch.from_numpy(np.ascontiguousarray(crop)) for crop in crops)
 
 
-def collate_patch_pairs(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (lr, hr) pairs into two uint8 batches with numpy's single-threaded copy.
+def collate_patch_pairs(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Stack (lr, hr) pairs (or (lr, hr, target) triples) into batches with numpy's single-threaded copy.
 
     torch.stack would use the intra-op thread pool, which stalls when the
     cores are busy (measured 40x slower with 2 threads on a loaded 2-core
     machine); this matters when the DataLoader runs in the main process.
     """
-    lr = torch.from_numpy(np.stack([pair[0].numpy() for pair in batch]))
-    hr = torch.from_numpy(np.stack([pair[1].numpy() for pair in batch]))
-    return lr, hr
+    return tuple(torch.from_numpy(np.stack([sample[part].numpy() for sample in batch]))
+                 for part in range(len(batch[0])))
 
 
 def training_loader(patches: TrainingPatches, batch_size: int = 16, num_workers: int = 2, shuffle: bool = True,

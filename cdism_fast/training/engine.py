@@ -67,8 +67,9 @@ class TrainConfig:
     at the end and on interruption, and validation still runs at the end when
     a validation callable is given). ``amp``: ``"none"``, ``"bf16"`` or
     ``"fp16"`` autocast (fp16 also scales the loss; it needs CUDA).
-    ``channels_last``: ``None`` means on for CUDA, off elsewhere.
+    ``channels_last``: ``None`` picks the faster layout (see :func:`uses_channels_last`).
     ``ema_decay``: keep an exponential moving average of the weights.
+    ``compile``: train through ``torch.compile(model, fullgraph=True)``.
     """
     iterations: int
     batch_size: int = 16
@@ -136,6 +137,21 @@ class _StopRequest:
             signal.signal(signum, handler)
 
 
+def uses_channels_last(requested: Optional[bool], device: torch.device, model: nn.Module) -> bool:
+    """``requested``, or when None the layout measured faster (docs/benchmarks-cache.md): channels_last on
+    CUDA; on the CPU for a purely convolutional model (EDSR: 1.4x training step), not for one with linear
+    layers, a transformer (SwinIR: its attention and MLPs run slower on channels_last tensors)."""
+    if requested is not None:
+        return requested
+    if device.type == "cuda":
+        return True
+    # Multi-process CPU runs (gloo) stay contiguous: DDP's initial broadcast of channels_last EDSR
+    # parameters fails there ("refer to a single memory location", torch 2.13).
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return False
+    return not any(isinstance(m, nn.Linear) for m in model.modules())
+
+
 def _to_device(batch, device: torch.device, channels_last: bool):
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
@@ -176,17 +192,18 @@ class Trainer:
         if amp_dtype == torch.float16 and self.device.type != "cuda":
             raise ValueError(f"amp='fp16' needs a CUDA device (training runs on {self.device}); use 'bf16' or 'none'")
         self.amp_dtype = amp_dtype
-        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
+        self.channels_last = uses_channels_last(config.channels_last, self.device, model)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
-        step_model = self.model
+        # One graph for the whole model, custom ops inside (a graph break is an error, not a slow path).
+        step_model = torch.compile(self.model, fullgraph=True) if config.compile else self.model
         if self.context.enabled:
             step_model = nn.parallel.DistributedDataParallel(
                 step_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.step_model = torch.compile(step_model) if config.compile else step_model
+        self.step_model = step_model
         self.iteration = 0
         self.validation: dict = {}
 

@@ -33,7 +33,8 @@ from . import distributed
 from .artifacts import (build_from_spec, mark_stage, model_spec, prepare_run_folder, records_failure, save_model,
                         write_json)
 from .checkpoint import load_checkpoint
-from .engine import CHECKPOINT_NAME, LOG_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult
+from .engine import CHECKPOINT_NAME, LOG_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult, \
+    uses_channels_last
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator",
            "train_teacher", "prune", "compress", "distill", "density_report", "structure_table", "format_table",
@@ -473,7 +474,7 @@ def _describe(model: nn.Module) -> dict:
 @records_failure
 def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSettings, data=None, val=None, *,
             kd: bool = True, alpha: float = 0.1, student_loss: str = "l1", reduction: str = "mean",
-            resume: bool = False, overwrite: bool = False, scale: Optional[int] = None,
+            teacher_cache=True, resume: bool = False, overwrite: bool = False, scale: Optional[int] = None,
             context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
     """Stage 3: train ``student`` (re-initialised from ``settings.seed``) with AdaMax, betas (0.9, 0.99).
 
@@ -488,6 +489,13 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     teacher's, else 2). ``reduction``
     is the distillation loss's: ``"mean"`` per pyramid level (the authors'
     released code) or ``"sum"`` (Niklaus and Liu's Laplacian loss).
+
+    ``teacher_cache``: True (default) runs the teacher once per whole training
+    image before training and trains on its stored outputs (see
+    :mod:`~cdism_fast.training.teacher_cache`: the teacher sees the whole
+    image, and flips are applied to its output instead of its input), in
+    :func:`~cdism_fast.training.teacher_cache.default_cache_folder`; a folder
+    puts the cache there; False runs the teacher on every patch.
     """
     from ..ops import charbonnier, distillation_loss
 
@@ -515,10 +523,12 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
                                                   if isinstance(student, (str, Path)) else None}))
     if teacher is not None and kd:
         teacher = copy.deepcopy(teacher).to(context.device).eval().requires_grad_(False)
-        if settings.channels_last or (settings.channels_last is None and context.device.type == "cuda"):
+        if uses_channels_last(settings.channels_last, context.device, teacher):
             teacher = teacher.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
-    patches = _patches(training_pairs(data, model.scale), settings)
+    pairs = training_pairs(data, model.scale)
+    patches = _patches(pairs, settings)
+    cache = _teacher_cache(teacher, patches, pairs, teacher_cache, settings) if kd and teacher_cache else None
 
     def gt_loss(output, hr):
         if student_loss == "l1":
@@ -526,12 +536,15 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
         return charbonnier(output, hr)
 
     def step_loss(net, batch):
-        lr, hr = _unit(batch)
+        lr, hr = _unit(batch[:2])
         output = net(lr).float()
         if not kd:
             return gt_loss(output, hr)
-        with torch.no_grad():
-            target = teacher(lr).float()
+        if cache is not None:
+            target = cache.targets_for(batch[2], lr)
+        else:
+            with torch.no_grad():
+                target = teacher(lr).float()
         return distillation_loss(output, target, hr, alpha=alpha, student_loss=student_loss, reduction=reduction)
 
     trainer = Trainer(model, step_loss, optimizer, patches,
@@ -539,8 +552,20 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
                       scheduler=_scheduler(optimizer, settings), context=context, kind=kind,
                       validate=make_validator(validation_sets(val, data, model.scale), model.scale),
                       metadata={"student": model_spec(model), "kd": kd, "alpha": alpha, "student_loss": student_loss,
-                                "reduction": reduction})
+                                "reduction": reduction, "teacher_cache": str(cache.folder) if cache else None})
     return _finish(_fit(trainer, out_dir, resume), trainer, out_dir, extra_info={"kd": kd})
+
+
+def _teacher_cache(teacher: nn.Module, patches, pairs, folder, settings: StageSettings):
+    """The teacher's outputs on every training image, checked and built before training (see distill)."""
+    from .engine import _AMP_DTYPES
+    from .teacher_cache import TeacherCache, default_cache_folder
+
+    cache = TeacherCache(default_cache_folder() if folder is True else folder, teacher, patches, pairs,
+                         amp_dtype=_AMP_DTYPES[settings.amp], progress=settings.progress)
+    cache.prepare()
+    patches.use_targets(cache)
+    return cache
 
 
 def load_stage_model(folder) -> nn.Module:

@@ -1,0 +1,71 @@
+"""The default memory layout per device and model, and torch.compile(fullgraph=True) of the models."""
+import pytest
+import torch
+
+from cdism_fast import models
+from cdism_fast.training.engine import TrainConfig, Trainer, uses_channels_last
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def _tiny(family):
+    options = {"num_heads": 3, "window_size": 4, "drop_path_rate": 0.0} if family == "swinir" else {}
+    torch.manual_seed(0)
+    return models.from_structure(family, 12, 2, 1, 2, **options)
+
+
+def test_default_layout_is_the_one_measured_faster():
+    edsr, swinir = _tiny("edsr"), _tiny("swinir")
+    assert uses_channels_last(None, CPU, edsr) and not uses_channels_last(None, CPU, swinir)
+    assert uses_channels_last(None, CUDA, edsr) and uses_channels_last(None, CUDA, swinir)
+    assert not uses_channels_last(False, CPU, edsr) and uses_channels_last(True, CPU, swinir)
+
+
+def test_trainer_applies_the_default_layout(tmp_path):
+    model = _tiny("edsr")
+    trainer = Trainer(model, lambda m, b: m(b).mean(), torch.optim.SGD(model.parameters(), lr=0.1), [None],
+                      TrainConfig(iterations=1, progress=False), tmp_path)
+    assert trainer.channels_last
+    weight = next(p for p in trainer.model.parameters() if p.dim() == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("family", ["edsr", "swinir"])
+def test_compiled_model_is_one_graph_with_the_custom_ops_and_equals_eager(family):
+    from cdism_fast.ops import available_backends, distillation_loss
+
+    options = {}
+    if family == "swinir":
+        if "cpp" not in available_backends("window_attention", CPU):
+            pytest.skip("the C++ extension is not built: no cpp window attention to compile")
+        options = {"attention_backend": "cpp"}
+    # One block of one layer: inductor's code generation, not the model, is what this test waits for.
+    model = models.from_structure(family, 12, 1, 1, 2, **({"num_heads": 3, "window_size": 4, "drop_path_rate": 0.0,
+                                                           **options} if family == "swinir" else {}))
+    compiled = torch.compile(model, fullgraph=True)  # inductor, as --compile runs it
+    x, teacher, gt = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+    def gradients(net):
+        loss = distillation_loss(net(x), teacher, gt)
+        return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    for got, want in zip(gradients(compiled), gradients(model)):
+        torch.testing.assert_close(got, want)
+
+
+def test_compile_option_trains_like_eager(tmp_path):
+    results = []
+    for compile_model in (False, True):
+        model = _tiny("edsr")
+        data = [(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(i)),
+                 torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i + 9))) for i in range(4)]
+        trainer = Trainer(model, lambda m, b: (m(b[0]) - b[1]).abs().mean(),
+                          torch.optim.Adam(model.parameters(), lr=1e-3), data,
+                          TrainConfig(iterations=2, batch_size=2, compile=compile_model, progress=False,
+                                      checkpoint_every=0), tmp_path / str(compile_model))
+        assert trainer.fit().status == "completed"
+        results.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+    torch.testing.assert_close(results[1], results[0])
