@@ -2,7 +2,7 @@
 # live outside the clone (they are large and survive fresh clones):
 #   $(VENV)       CPU build of torch: tests, benchmarks, the demo
 #   $(VENV_CUDA)  CUDA build of torch: compile checks of the CUDA extension
-#   $(VENV_GPU)   the lent GPU machines' stack (Python 3.12, torch 2.11 + CUDA 13.0,
+#   $(VENV_GPU)   the oldest supported GPU stack (Python 3.12, torch 2.11 + CUDA 13.0,
 #                 Triton 3.6), for everything benchmarks/gpu_check.sh does but run it on a GPU
 PYTHON      ?= python3
 CACHE       ?= $(HOME)/.cache/cdism-fast
@@ -22,7 +22,7 @@ CUDA_BUILD  ?= $(CACHE)/cuda-build-check
 # Where nvcc is a wrapper script outside its toolkit, torch would guess CUDA_HOME wrong.
 CUDA_HOME   ?= $(firstword $(wildcard /usr/local/cuda) $(patsubst %/bin/nvcc,%,$(shell command -v nvcc)))
 
-# The GPU machines' software, as their image holds it (device tool, KINDS.md).
+# The oldest supported GPU stack.
 VENV_GPU    ?= $(CACHE)/venv-gpu-stack
 GPU_STACK   ?= torch==2.11.0 triton==3.6.0
 GPU_TREE    ?= $(CACHE)/gpu-stack-tree
@@ -46,6 +46,7 @@ install: venv
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 bench: install
@@ -91,7 +92,7 @@ $(GPU_STAMP):
 	$(VENV_GPU)/bin/python -m pip install -q $(GPU_STACK) "numpy<2.4" pillow tqdm pytest expecttest
 	touch $@
 
-# gpu_check.sh's build step and the op-level tests on the GPU machines' stack, on a copy of
+# gpu_check.sh's build step and the op-level tests on the oldest supported GPU stack, on a copy of
 # the tree (its in-place build must not replace the one `make install` made for $(VENV)):
 # builds _C and _C_cuda for sm_86/sm_90 and loads them, then runs every test of the ops,
 # the optimizer and the models, the Triton interpreter suite and the sm_86/sm_90 Triton

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of one short GPU session, in one go (within 8 minutes on an H100):
+# The GPU checks in one go (within 8 minutes on an H100):
 #   1. build cdism_fast._C and _C_cuda in place for the visible GPU,
 #   2. run the GPU tests (the `gpu` cases of the op test modules: every CUDA and Triton
 #      kernel against the float64 reference at training shapes, fp32/fp16/bf16),
@@ -7,7 +7,7 @@
 #      (optimizer, attention, losses, models, distill: the stage-3 step with the live
 #      teacher, also under bf16 autocast, against the step reading cached teacher outputs).
 # Writes benchmarks/results/<date>_<gpu>_gpu-check.{json,md} (tests summary and
-# every benchmark table) and, when $OUT is set (the device tool), copies them and
+# every benchmark table) and, when $OUT is set (a folder to collect them in), copies them and
 # the full log there.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 and BUDGET_S=480 by default

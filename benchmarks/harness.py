@@ -1,7 +1,8 @@
 """Timing and reporting shared by the benchmark runner and the pytest-benchmark suite.
 
 Times are medians over repeated runs after a warm-up (``torch.utils.benchmark``
-on the CPU, ``triton.testing.do_bench`` or CUDA events on CUDA). Bandwidth is reported against a copy measured on the same machine in the
+on the CPU, ``triton.testing.do_bench`` or CUDA events on CUDA). Bandwidth is reported against a copy measured on
+the same machine in the
 same run, counting bytes read plus bytes written.
 """
 from __future__ import annotations

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ def _reference_ops() -> Iterator[None]:
             os.environ["CDISM_BACKEND"] = previous
 
 
-def _has_free_size(program: "torch.export.ExportedProgram") -> bool:
+def _has_free_size(program: torch.export.ExportedProgram) -> bool:
     """Whether the traced image input kept symbolic height and width."""
     name = program.graph_signature.user_inputs[0]
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)

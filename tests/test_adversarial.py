@@ -264,7 +264,8 @@ def test_damaged_empty_and_foreign_files_give_one_line(tmp_path, images, trained
     torch.save({"params": {"encoder.weight": torch.zeros(3, 3)}}, state_dict)
     for command in ("prune", "compress", "distill"):
         argv = [command, "--teacher", str(state_dict), "--out", str(tmp_path / command)]
-        argv += {"compress": ["--density", "0.5"], "distill": ["--no-kd", "--student", str(state_dict)]}.get(command, [])
+        extra = {"compress": ["--density", "0.5"], "distill": ["--no-kd", "--student", str(state_dict)]}
+        argv += extra.get(command, [])
         assert main(argv) == 2
         line = one_error_line(capsys, command)
         assert str(state_dict) in line and "the given state dict" not in line, line
@@ -301,7 +302,8 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, images, capsys):
     train, val = images
     for command, argv in (("train", ["train", *TINY, "--data", str(train), "--out", str(tmp_path / "t"),
                                      "--device", "cuda"]),
-                          ("eval", ["eval", "--model", "bicubic", "--scale", "2", "--data", str(val), "--device", "cuda"]),
+                          ("eval", ["eval", "--model", "bicubic", "--scale", "2", "--data", str(val),
+                                    "--device", "cuda"]),
                           ("upscale", ["upscale", "--model", "bicubic", "--scale", "2", str(val / "img0.png"),
                                        str(tmp_path / "u.png"), "--device", "cuda"])):
         assert main(argv) == 2
@@ -312,7 +314,8 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, images, capsys):
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch, capsys):
     folder = write_images(tmp_path / "in", 1, seed=4)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 40x48 image is then a "bomb" (> 2x the limit)
-    assert main(["upscale", "--model", "bicubic", "--scale", "2", str(folder / "img0.png"), str(tmp_path / "o.png")]) == 2
+    assert main(["upscale", "--model", "bicubic", "--scale", "2", str(folder / "img0.png"),
+                 str(tmp_path / "o.png")]) == 2
     assert "likely a decompression bomb" in one_error_line(capsys, "upscale")
 
 
@@ -605,8 +608,8 @@ def test_fuzz_window_attention_against_the_reference():
         expected_grads = torch.autograd.grad(expected, exact, grad_out.double())
         described = f"window_attention case {case}: window {window}, heads {heads}, dim {dim}, {dtype}"
 
-        def run(backend):
-            leaves = [t.clone().requires_grad_() for t in (q, k, v, table)]
+        def run(backend, inputs=(q, k, v, table), window=window, grad_out=grad_out):
+            leaves = [t.clone().requires_grad_() for t in inputs]
             out = window_attention(*leaves, window, backend=backend)
             return (out, *torch.autograd.grad(out, leaves, grad_out))
 

@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from cdism_fast.training import (CHECKPOINT_NAME, CheckpointError, TrainConfig, Trainer, atomic_save,
-                                 capture_rng_state, load_checkpoint, restore_rng_state)
 from cdism_fast import safe_io
+from cdism_fast.training import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
 from cdism_fast.training import checkpoint as checkpoint_module
 
 

@@ -5,6 +5,7 @@ import torch
 
 from cdism_fast import models
 from cdism_fast.models import CheckpointMismatch, load_pretrained
+
 from model_references import edsr_pytorch_forward, swinir_official_forward, to_edsr_pytorch, with_official_buffers
 from tolerances import assert_close
 

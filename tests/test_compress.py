@@ -7,8 +7,14 @@ import torch
 from torch import nn
 
 from cdism_fast import models
-from cdism_fast.compress import Compressible, Structure, achieved_density, compact_model, compress_config, \
-    deep_feature_weights
+from cdism_fast.compress import (
+    Compressible,
+    Structure,
+    achieved_density,
+    compact_model,
+    compress_config,
+    deep_feature_weights,
+)
 
 
 def meta_preset(name, **overrides):

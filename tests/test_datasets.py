@@ -9,9 +9,20 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import cdism_fast.data.io as image_io
-from cdism_fast.data import (BUILTIN_SPLITS, HRFolderDataset, PairedFolderDataset, TrainingPatches,
-                             builtin_dataset, builtin_image_paths, folder_dataset, imresize, read_image,
-                             resolve_layout, training_loader, write_image)
+from cdism_fast.data import (
+    BUILTIN_SPLITS,
+    HRFolderDataset,
+    PairedFolderDataset,
+    TrainingPatches,
+    builtin_dataset,
+    builtin_image_paths,
+    folder_dataset,
+    imresize,
+    read_image,
+    resolve_layout,
+    training_loader,
+    write_image,
+)
 
 
 def _random_image(height, width, seed=0):

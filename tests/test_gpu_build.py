@@ -6,7 +6,7 @@ builds cdism_fast._C and _C_cuda with ``setup.py build_ext`` for
 ``TORCH_CUDA_ARCH_LIST="8.6;9.0"`` out of the tree, loads both with that torch and
 checks the CUDA kernels are registered and hold sm_86 and sm_90 machine code,
 then runs the Triton interpreter suite and compiles on the Triton it pins (3.8).
-``make gpu-stack-check``: the same on the GPU machines' own stack (below).
+``make gpu-stack-check``: the same on the oldest supported GPU stack (below).
 """
 import os
 import shutil
@@ -43,7 +43,7 @@ def test_cuda_extension_builds_for_sm86_and_sm90():
 
 
 def test_gpu_machine_stack_builds_and_passes():
-    """``make gpu-stack-check``: the lent GPU machines' Python 3.12, torch 2.11.0+cu130 and
+    """``make gpu-stack-check``: the oldest supported GPU stack: Python 3.12, torch 2.11.0+cu130 and
     Triton 3.6.0 (a venv outside the clone, about 3 GB from PyPI): gpu_check.sh's build of
     both extensions for sm_86/sm_90, then the op, optimizer, model and Triton tests on it."""
     output = _make("gpu-stack-check")

@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh end to end on the CPU (``DEVICE=cpu``: quick benchmark shapes).
 
-A lent GPU gives minutes, not hours: the script must not first fail on its own
+A GPU run is short: the script must not first fail on its own
 plumbing (build step, test run, each benchmark group, the JSON and markdown it
 assembles) when it finally meets a GPU. This runs all of it here; only the
 device, the CUDA build flag and the benchmark sizes differ.

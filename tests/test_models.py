@@ -8,6 +8,7 @@ from cdism_fast import models
 from cdism_fast.compress import Compressible, Structure
 from cdism_fast.models.common import reflect_pad_to_multiple
 from cdism_fast.ops import available_backends
+
 from float64_references import layouts
 from model_references import edsr_pytorch_forward, swinir_official_forward, to_edsr_pytorch
 from tolerances import assert_close

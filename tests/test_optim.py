@@ -5,15 +5,16 @@ import io
 
 import pytest
 import torch
+from test_obproxsg import expected_step
 from torch import nn
 
 from cdism_fast.ops import available_backends
 from cdism_fast.optim import OBProxSG, density
-from test_obproxsg import expected_step
+
 from tolerances import assert_close
 
 BACKENDS = available_backends("obproxsg_step")
-P, O = "prox_sg", "orthant"
+PROX, ORTHANT = "prox_sg", "orthant"
 
 
 def _params(dtype=torch.float32):
@@ -28,9 +29,9 @@ def _set_grads(params, seed):
 
 @pytest.mark.parametrize("n_o, expected", [
     # steps_per_epoch = 3, n_p = 2: phase epochs of three steps.
-    (1, [P] * 6 + [O] * 3 + [P] * 6 + [O] * 3 + [P]),
-    (None, [P] * 6 + [O] * 13),
-    (0, [P] * 19),
+    (1, [PROX] * 6 + [ORTHANT] * 3 + [PROX] * 6 + [ORTHANT] * 3 + [PROX]),
+    (None, [PROX] * 6 + [ORTHANT] * 13),
+    (0, [PROX] * 19),
 ])
 def test_phases_switch_at_the_exact_step(n_o, expected):
     params = _params()
@@ -46,7 +47,7 @@ def test_phases_switch_at_the_exact_step(n_o, expected):
 
 def test_orthant_from_the_start_when_n_p_is_zero():
     opt = OBProxSG(_params(), lr=0.01, n_p=0, n_o=None, steps_per_epoch=5)
-    assert opt.phase == O
+    assert opt.phase == ORTHANT
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -56,7 +57,7 @@ def test_steps_follow_the_definitions_and_l1_false_is_sgd(backend):
     opt = OBProxSG([{"params": penalised}, {"params": plain, "l1": False}], lr=lr, lam=lam, n_p=1, n_o=1,
                    steps_per_epoch=2, eps=eps, backend=backend)
     for step in range(6):
-        orthant = opt.phase == O
+        orthant = opt.phase == ORTHANT
         _set_grads(penalised + plain, step)
         expected = [expected_step(p.detach(), p.grad, lr, lam, orthant, eps) for p in penalised]
         expected += [p.detach().double() - lr * p.grad.double() for p in plain]
@@ -118,13 +119,13 @@ def test_state_dict_round_trip_mid_run_continues_identically(backend):
     saved_params = copy.deepcopy([p.detach() for p in params])
     buffer = io.BytesIO()
     torch.save(run.state_dict(), buffer)
-    assert run.state_dict()["obproxsg"] == dict(steps=5, phase=O, n_p=2, n_o=1, steps_per_epoch=2)
+    assert run.state_dict()["obproxsg"] == dict(steps=5, phase=ORTHANT, n_p=2, n_o=1, steps_per_epoch=2)
 
     resumed_params = [nn.Parameter(t.clone()) for t in saved_params]
     resumed = make(resumed_params, n_p=7, n_o=None, steps_per_epoch=9)  # the checkpoint's schedule wins
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    assert (resumed.steps, resumed.phase, resumed.n_p, resumed.n_o, resumed.steps_per_epoch) == (5, O, 2, 1, 2)
+    assert (resumed.steps, resumed.phase, resumed.n_p, resumed.n_o, resumed.steps_per_epoch) == (5, ORTHANT, 2, 1, 2)
     assert resumed.param_groups[1]["lr"] == 0.02 and resumed.param_groups[1]["l1"] is False
     for step in range(5, 12):
         assert resumed.phase == run.phase
@@ -166,7 +167,7 @@ def test_recovers_a_sparse_linear_model():
         opt.zero_grad()
         ((x[batch] @ w).squeeze(1) - y[batch]).pow(2).mean().div(2).backward()
         opt.step()
-    assert opt.phase == O
+    assert opt.phase == ORTHANT
     assert torch.equal(w.detach().squeeze(1) != 0, truth != 0)
     assert density(w) == 4 / 20
     assert_close(w.detach().squeeze(1)[truth != 0], truth[truth != 0], torch.bfloat16)

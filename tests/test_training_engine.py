@@ -8,9 +8,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from cdism_fast.training import (CHECKPOINT_NAME, LOG_NAME, CheckpointError, NonFiniteLossError, ShardedStreamSampler,
-                                 TrainConfig, Trainer, load_checkpoint, read_log)
-
+from cdism_fast.training import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    CheckpointError,
+    NonFiniteLossError,
+    ShardedStreamSampler,
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    read_log,
+)
 
 # Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         "compress", help="stage 2: compact structure from the density, before/after table",
         description="Map the density d to (N_b, N_l, N_c): N_b and N_l by the paper's eq. (6), N_c as the "
                     "channel count whose deep-feature module has the weight count closest to d times the "
-                    "teacher's (--channels eq7: the paper's eq. (7)); write the student's architecture to student.json and print structure, parameters and FLOPs (multiply-"
+                    "teacher's (--channels eq7: the paper's eq. (7)); write the student's architecture to student.json "
+                    "and print structure, parameters and FLOPs (multiply-"
                     "accumulates for a 1280x720 output) before and after.")
     parser.add_argument("--teacher", required=True, help="the pruned (or original) teacher's checkpoint")
     parser.add_argument("--density", required=True, type=_density,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     from ..ops import STUDENT_LOSSES
-    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, \
-        preset_argument
+    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, preset_argument
 
     parser = subparsers.add_parser(
         "distill", help="stage 3: distill the compact student (AdaMax), or --no-kd",

@@ -52,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import evaluate, infer_scale, load_model
-
     from ..training.distributed import check_device
 
     if args.scale is not None and args.scale < 1:

@@ -34,7 +34,7 @@ def run(args) -> int:
     else:
         print("GPU        none visible")
     print()
-    for kind, status in _extension.statuses().items():
+    for status in _extension.statuses().values():
         state = f"loaded ({status.how})" if status.loaded else f"MISSING: {status.error}"
         print(f"extension {status.name:<20} {state}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, \
-        preset_argument
+    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, preset_argument
 
     parser = subparsers.add_parser(
         "prune", help="stage 1: OBProx-SG pruning, writes density.json",

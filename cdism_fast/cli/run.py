@@ -30,11 +30,10 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> str:
+    from ..optional import available, install_hint
     from ..training import distributed
     from ..training.cli_support import overrides_from_args
     from ..training.workflow import run_workflow
-
-    from ..optional import available, install_hint
 
     context = distributed.setup(args.device)
     if context.is_main and not available("matplotlib"):

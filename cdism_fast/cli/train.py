@@ -13,8 +13,7 @@ def _structure(text: str) -> tuple[int, int, int]:
 
 
 def register(subparsers) -> None:
-    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, \
-        preset_argument
+    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, preset_argument
 
     parser = subparsers.add_parser(
         "train", help="stage 0: train a teacher from scratch (L1, Adam)",

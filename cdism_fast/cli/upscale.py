@@ -59,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import list_images, read_image, write_image
     from ..evaluation import infer_scale, load_model, upscale
-
     from ..training.distributed import check_device
 
     if not args.input.exists():

@@ -133,5 +133,6 @@ def write_image(path, img: torch.Tensor) -> Path:
         raise ValueError(f"write_image: cannot tell the format of {path}; use one of {', '.join(IMAGE_EXTENSIONS)}")
     array = to_uint8(img.detach()).cpu().permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format=Image.registered_extensions()[suffix])
+    image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    image.save(buffer, format=Image.registered_extensions()[suffix])
     return atomic_write(path, buffer.getvalue())  # never through a link planted at ``path``

@@ -12,7 +12,7 @@ attention matrix products (q·kᵀ and attn·v).
 from __future__ import annotations
 
 import itertools
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -87,7 +87,7 @@ def count_flops(model: nn.Module, out_hw: tuple[int, int] = (720, 1280), scale: 
 
 
 def _window_attention_ops() -> list:
-    namespace = getattr(torch.ops, "cdism_fast")
+    namespace = torch.ops.cdism_fast
     return [getattr(namespace, name) for name in WINDOW_ATTENTION_OPS if hasattr(namespace, name)]
 
 

@@ -20,8 +20,17 @@ import re
 import torch
 from torch import nn
 
-from .common import DIV2K_RGB_MEAN, MeanShift, check_positive_float, check_positive_int, check_rgb, \
-    check_shuffle_scale, construct, shuffle_upsampler, upsampler_scale
+from .common import (
+    DIV2K_RGB_MEAN,
+    MeanShift,
+    check_positive_float,
+    check_positive_int,
+    check_rgb,
+    check_shuffle_scale,
+    construct,
+    shuffle_upsampler,
+    upsampler_scale,
+)
 from .family import CheckpointFormat, CheckpointMismatch, Preset, SRModel, Structure, check_rgb_input, indices
 
 #: What N_c is kept a multiple of when compressing: friendly to 8-wide vector units.
@@ -157,7 +166,7 @@ class EDSR(SRModel):
         return self.mean_shift.value_range
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> "EDSR":
+    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> EDSR:
         """EDSR with N_c channels, N_b blocks of N_l + 1 convolutions; ``options``: res_scale, rgb_range,
         rgb_mean."""
         return construct(cls, "from_structure", options, scale=scale, n_c=n_c, n_l=n_l, n_b=n_b)

@@ -23,8 +23,9 @@ Its declaration is:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Iterator, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import ClassVar, NamedTuple, Optional, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -103,7 +104,7 @@ class SRModel(nn.Module):
     scale: int
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> "SRModel":
+    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> SRModel:
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -119,7 +120,7 @@ class SRModel(nn.Module):
         """The options ``from_structure`` takes besides the knobs: what a compressed student keeps."""
         return {k: v for k, v in self.config().items() if k not in self.structural_options}
 
-    def with_structure(self, n_b: int, n_l: int, n_c: int) -> "SRModel":
+    def with_structure(self, n_b: int, n_l: int, n_c: int) -> SRModel:
         return type(self).from_structure(n_c, n_l, n_b, self.scale, **self.structure_options())
 
     def deep_feature_parameters(self) -> Iterator[nn.Parameter]:

@@ -116,7 +116,7 @@ class IMDN(SRModel):
         return nn.ModuleList(getattr(self, f"IMDB{i + 1}") for i in range(self.n_b))
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> "IMDN":
+    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> IMDN:
         """IMDN with N_c channels and N_b blocks of N_l progressive convs (no other options)."""
         return construct(cls, "from_structure", options, scale=scale, n_c=n_c, n_l=n_l, n_b=n_b)
 

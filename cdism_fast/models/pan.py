@@ -22,8 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import check_positive_int, check_rgb, construct
-from .family import CheckpointFormat, CheckpointMismatch, Preset, SRModel, Structure, check_multiple, \
-    check_rgb_input, indices
+from .family import (
+    CheckpointFormat,
+    CheckpointMismatch,
+    Preset,
+    SRModel,
+    Structure,
+    check_multiple,
+    check_rgb_input,
+    indices,
+)
 
 #: Upscaling factors of the U-PA reconstruction: one ×2 or ×3 step, or two ×2 steps.
 PAN_SCALES = (2, 3, 4)
@@ -124,7 +132,7 @@ class PAN(SRModel):
         self.conv_last = nn.Conv2d(unf, 3, 3, padding=1)
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> "PAN":
+    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> PAN:
         """PAN with N_c channels and N_b SC-PA blocks of N_l plain convs; ``options``: ``unf``."""
         return construct(cls, "from_structure", options, scale=scale, n_c=n_c, n_l=n_l, n_b=n_b)
 

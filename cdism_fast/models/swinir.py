@@ -20,15 +20,25 @@ model (img_range = 1 for the released SR models).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..ops import window_attention
 from ..ops._dispatch import BACKEND_NAMES
-from .common import DIV2K_RGB_MEAN, MeanShift, check_positive_float, check_positive_int, check_rgb, \
-    check_shuffle_scale, construct, reflect_pad_to_multiple, shuffle_upsampler, upsampler_scale
+from .common import (
+    DIV2K_RGB_MEAN,
+    MeanShift,
+    check_positive_float,
+    check_positive_int,
+    check_rgb,
+    check_shuffle_scale,
+    construct,
+    reflect_pad_to_multiple,
+    shuffle_upsampler,
+    upsampler_scale,
+)
 from .family import CheckpointFormat, CheckpointMismatch, Preset, SRModel, Structure, check_rgb_input, indices
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
@@ -341,7 +351,7 @@ class SwinIR(SRModel):
 
     @classmethod
     def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, num_heads: int = 6,
-                       **options) -> "SwinIR":
+                       **options) -> SwinIR:
         """SwinIR with embed_dim N_c and N_b RSTBs of N_l Swin layers, ``num_heads`` heads in each;
         ``options``: the constructor's others (defaults: the lightweight model's window 8, MLP
         ratio 2, ``pixelshuffledirect``)."""
@@ -388,7 +398,7 @@ class SwinIR(SRModel):
     def structure(self) -> Structure:
         return Structure(len(self.depths), self._uniform("depths", self.depths), self.embed_dim)
 
-    def with_structure(self, n_b: int, n_l: int, n_c: int) -> "SwinIR":
+    def with_structure(self, n_b: int, n_l: int, n_c: int) -> SwinIR:
         return SwinIR.from_structure(n_c, n_l, n_b, self.scale, self._uniform("num_heads", self.num_heads),
                                      **self.structure_options())
 

@@ -3,8 +3,7 @@
 The same functions as :mod:`cdism_fast.ops`, gathered beside the modules that
 wrap them (as ``torch.nn.functional`` sits beside ``torch.nn``).
 """
-from ..ops import (charbonnier, distillation_loss, gaussian_blur, gaussian_highpass, laplacian_loss,
-                   laplacian_pyramid)
+from ..ops import charbonnier, distillation_loss, gaussian_blur, gaussian_highpass, laplacian_loss, laplacian_pyramid
 
 __all__ = [
     "charbonnier",

@@ -1,7 +1,8 @@
 """How sparse a model is: the fraction of its weights that are not zero."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Union
+from collections.abc import Iterable, Mapping
+from typing import Union
 
 import torch
 from torch import nn

@@ -69,7 +69,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels_last memory format (default: the faster one measured: on for CUDA, and "
                             "on the CPU for convolutional models such as EDSR, off for SwinIR)")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile(model, fullgraph=True): the first steps compile, the later ones run faster")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile(model, fullgraph=True): the first steps compile, the later ones run faster")
     group.add_argument("--ema", type=float, help="EMA decay of the weights (e.g. 0.999)")
     group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available)")
     group.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice; on a machine "

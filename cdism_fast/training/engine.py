@@ -29,9 +29,10 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -54,7 +55,8 @@ _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the iteration and the checkpoint that was kept."""
 
-    exit_code = 2  # a setting to change (the message says which): the command line prints it alone (cdism_fast.cli.main)
+    # A setting to change (the message says which): the command line prints it alone (cdism_fast.cli.main).
+    exit_code = 2
 
 
 @dataclass

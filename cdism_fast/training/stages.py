@@ -21,20 +21,27 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..ops import CHARBONNIER_EPS, STUDENT_LOSSES
 from . import distributed
-from .artifacts import (build_from_spec, mark_stage, model_spec, prepare_run_folder, records_failure, save_model,
-                        write_json)
+from .artifacts import (
+    build_from_spec,
+    mark_stage,
+    model_spec,
+    prepare_run_folder,
+    records_failure,
+    save_model,
+    write_json,
+)
 from .checkpoint import load_checkpoint
-from .engine import CHECKPOINT_NAME, LOG_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult, \
-    uses_channels_last
+from .engine import CHECKPOINT_NAME, LOG_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult, uses_channels_last
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator",
            "train_teacher", "prune", "compress", "distill", "density_report", "structure_table", "format_table",
@@ -96,7 +103,7 @@ class StageSettings:
         values.update(description=description, ema_decay=self.ema_decay if ema else None)
         return TrainConfig(**values)
 
-    def replace(self, **changes) -> "StageSettings":
+    def replace(self, **changes) -> StageSettings:
         return StageSettings(**{**asdict(self), **changes})
 
 
@@ -283,8 +290,8 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, data=None, val=N
     ``penalty``: ``"all"`` parameters (the paper) or only the ``"deep"``
     feature module (the rest gets plain SGD steps). Writes ``density.json``.
     """
-    from ..optim import OBProxSG
     from ..ops import charbonnier
+    from ..optim import OBProxSG
 
     if penalty not in ("all", "deep"):
         raise ValueError(f"penalty must be 'all' or 'deep', got {penalty!r}")

@@ -155,7 +155,8 @@ class TeacherCache:
         return array
 
     def target(self, image: int) -> Optional[np.ndarray]:
-        """The mapped output of image ``image``, or None when its entry is damaged (re-checked when the file changes)."""
+        """The mapped output of image ``image``, or None when its entry is damaged (re-checked when the
+        file changes)."""
         path = self.paths[image]
         try:
             stat = path.stat()

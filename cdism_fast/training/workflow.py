@@ -18,9 +18,24 @@ from torch import nn
 from . import distributed
 from .artifacts import mark_stage, prepare_run_folder, read_stage, records_failure, write_json
 from .presets import PRESETS, WorkflowPreset
-from .stages import (DENSITY_FILE, STUDENT_FILE, StageResult, StageSettings, compress, distill, format_table,
-                     load_stage_model, prune, structure_table, train_teacher, training_pairs, validation_sets,
-                     _inputs, _on_main, _source)
+from .stages import (
+    DENSITY_FILE,
+    STUDENT_FILE,
+    StageResult,
+    StageSettings,
+    _inputs,
+    _on_main,
+    _source,
+    compress,
+    distill,
+    format_table,
+    load_stage_model,
+    prune,
+    structure_table,
+    train_teacher,
+    training_pairs,
+    validation_sets,
+)
 
 __all__ = ["run_workflow", "WorkflowResult", "evaluate_models", "EVALUATION_FILE", "CROP_SIZE"]
 
