@@ -27,6 +27,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _teacher_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Distillation in tests caches teacher outputs under pytest's temporary folder, never in the
+    user's ~/.cache (tests that choose a folder themselves still pass their own)."""
+    from cdism_fast.training import teacher_cache
+
+    folder = tmp_path_factory.getbasetemp() / "teacher-outputs"
+    monkeypatch.setattr(teacher_cache, "default_cache_folder", lambda: folder)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tests on one intra-op thread: on a shared 2-core machine, OpenMP

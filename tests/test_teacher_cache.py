@@ -170,6 +170,7 @@ def _tiny_run(tmp_path):
 
 
 def test_distill_uses_the_cache_by_default_and_resumes_bit_identically(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real default folder (tests/conftest.py points it at pytest's temporary folder)
     monkeypatch.setenv("CDISM_CACHE", str(tmp_path / "home-cache"))
     data = tmp_path / "data"
     nearest_pairs(data, [(30, 36), (28, 28)])
