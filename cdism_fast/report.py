@@ -27,7 +27,12 @@ __all__ = ["build_report", "PAPER_POINTS", "REPORT_MODELS"]
 
 #: Report entries in display order, with their labels.
 REPORT_MODELS = {"teacher": "teacher", "pruned": "pruned teacher", "student": "student (KD)",
-                 "student_no_kd": "student (no KD)", "bicubic": "bicubic"}
+                 "student_no_kd": "student (no KD)", "edsr_mini": "EDSRmini (KD)",
+                 "edsr_mini_no_kd": "EDSRmini (no KD)", "bicubic": "bicubic"}
+#: The folder suffix of a student's no-KD twin (as the workflow names them).
+NO_KD_SUFFIX = "_no_kd"
+#: The sets whose mean PSNR the paper's Fig. 4 plots.
+FIGURE_SETS = ("Set5", "Set14")
 
 #: Published ×2 results drawn for reference in the PSNR-vs-cost figure: (params, FLOPs in MACs at 1280×720,
 #: mean of Set5 and Set14 PSNR in dB or None when not published where we could check).
@@ -41,9 +46,14 @@ PAPER_POINTS = {
     "SwinIRmini": {"params": 98_868, "flops": 22.0e9, "psnr": None},
 }
 
+#: The paper's Table I rows at ×2 drawn beside a run's benchmark table: params, FLOPs (MACs at 1280×720) and
+#: (PSNR, SSIM) per set, Y channel.
+PAPER_TABLE: dict = {}
+PAPER_TABLE_SOURCE = "Jiang et al., Compressing Deep Image Super-resolution Models, Table I (×2)."
+
 
 def _checks(models: dict) -> dict:
-    """The demo's claims, measured: size ratio, margin over bicubic, KD against no KD."""
+    """The run's claims, measured: size ratio, margin over bicubic, each distilled student against its no-KD twin."""
     checks = {}
     teacher, student, bicubic = models.get("teacher"), models.get("student"), models.get("bicubic")
     if teacher and student:
@@ -54,7 +64,29 @@ def _checks(models: dict) -> dict:
     if student and models.get("student_no_kd"):
         checks["kd_minus_no_kd_psnr"] = student["psnr"] - models["student_no_kd"]["psnr"]
         checks["kd_beats_no_kd"] = checks["kd_minus_no_kd_psnr"] > 0
+    pairs = {name: (entry, models[name + NO_KD_SUFFIX]) for name, entry in models.items()
+             if name + NO_KD_SUFFIX in models}
+    if pairs:
+        # Per set, and the mean of the set means (each benchmark counts once, whatever its size).
+        checks["kd_minus_no_kd"] = {}
+        for name, (kd, no_kd) in pairs.items():
+            per_set = {set_name: kd["sets"][set_name]["psnr"] - no_kd["sets"][set_name]["psnr"]
+                       for set_name in kd["sets"]}
+            checks["kd_minus_no_kd"][name] = {"sets": per_set, "mean_of_sets": sum(per_set.values()) / len(per_set)}
     return checks
+
+
+def label(name: str) -> str:
+    return REPORT_MODELS.get(name, name)
+
+
+def figure_psnr(entry: dict) -> float:
+    """The PSNR a model is drawn at: the mean of its Set5 and Set14 means when it has both (the paper's Fig. 4),
+    else its mean over every evaluation image."""
+    sets = entry.get("sets") or {}
+    if all(name in sets for name in FIGURE_SETS):
+        return sum(sets[name]["psnr"] for name in FIGURE_SETS) / len(FIGURE_SETS)
+    return entry["psnr"]
 
 
 def _save_figure(figure, path: Path) -> Path:
@@ -77,20 +109,19 @@ def _figure_cost(models: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, key, label in ((axes[0], "params", "parameters"), (axes[1], "flops", "FLOPs (MACs, 1280×720 output)")):
+    for axis, key, axis_label in ((axes[0], "params", "parameters"),
+                                  (axes[1], "flops", "FLOPs (MACs, 1280×720 output)")):
         for name, entry in models.items():
+            psnr = figure_psnr(entry)
             if name == "bicubic":
-                axis.axhline(entry["psnr"], color="grey", linestyle="--", linewidth=1)
-                axis.annotate("bicubic", (0.02, entry["psnr"]), xycoords=("axes fraction", "data"),
-                              va="bottom", color="grey")
+                axis.axhline(psnr, color="grey", linestyle="--", linewidth=1)
+                axis.annotate("bicubic", (0.02, psnr), xycoords=("axes fraction", "data"), va="bottom", color="grey")
                 continue
-            axis.scatter(entry[key], entry["psnr"], s=60, zorder=3,
-                         marker="*" if name.startswith("student") else "o")
-            axis.annotate(REPORT_MODELS.get(name, name), (entry[key], entry["psnr"]), textcoords="offset points",
-                          xytext=(6, 4))
+            axis.scatter(entry[key], psnr, s=60, zorder=3, marker="o" if name in ("teacher", "pruned") else "*")
+            axis.annotate(label(name), (entry[key], psnr), textcoords="offset points", xytext=(6, 4))
         axis.set_xscale("log")
-        axis.set_xlabel(label)
-        axis.set_ylabel("PSNR (dB, Y) on this run's evaluation images")
+        axis.set_xlabel(axis_label)
+        axis.set_ylabel(f"PSNR (dB, Y): mean of {' and '.join(FIGURE_SETS)} when evaluated, else of every image")
         axis.grid(True, which="both", alpha=0.3)
         reference = axis.twinx()
         for name, point in PAPER_POINTS.items():
@@ -116,16 +147,16 @@ def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, pat
 
     from .data import read_image
 
-    panels = [("hr", "HR")] + [(n, REPORT_MODELS.get(n, n)) for n in ["bicubic", *names]]
-    panels = [(n, label) for n, label in panels if (run_dir / "crops" / f"{n}.png").is_file()]
+    panels = [("hr", "HR")] + [(n, label(n)) for n in ["bicubic", *names]]
+    panels = [(n, text) for n, text in panels if (run_dir / "crops" / f"{n}.png").is_file()]
     if len(panels) < 2:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.9))
-    for axis, (name, label) in zip(axes, panels):
+    for axis, (name, text) in zip(axes, panels):
         image = read_image(run_dir / "crops" / f"{name}.png").permute(1, 2, 0).numpy()
         axis.imshow(image, interpolation="nearest")
         score = models.get(name)
-        axis.set_title(label + (f"\n{score['psnr']:.2f} dB" if score else "\n"), fontsize=9)
+        axis.set_title(text + (f"\n{score['psnr']:.2f} dB" if score else "\n"), fontsize=9)
         axis.axis("off")
     figure.suptitle(f"{crop['image']}, {crop['size']}×{crop['size']} crop at ({crop['top']}, {crop['left']}) "
                     "(style of the paper's Fig. 3; dB: mean over the evaluation images)", fontsize=9)
@@ -133,31 +164,49 @@ def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, pat
     return _save_figure(figure, path)
 
 
+def _benchmark_lines(report: dict) -> list[str]:
+    """Per set PSNR/SSIM with sizes and costs, ours beside the paper's Table I rows (style of that table)."""
+    teacher = report.get("teacher")
+    if not teacher or not teacher.get("sets"):
+        return []
+    sets = list(teacher["sets"])
+    lines = ["## Benchmarks (style of the paper's Table I)", "",
+             "| model | params | FLOPs (1280×720) | " + " | ".join(sets) + " |", "|---|---|---|" + "---|" * len(sets)]
+    for name in report["models"]:
+        entry = report[name]
+        scores = " | ".join(f"{entry['sets'][s]['psnr']:.2f} / {entry['sets'][s]['ssim']:.4f}" if s in entry["sets"]
+                            else "–" for s in sets)
+        size = f"{entry['params'] / 1e3:.1f}K | {entry['flops'] / 1e9:.1f}G" if entry["params"] else "– | –"
+        lines.append(f"| {label(name)} | {size} | {scores} |")
+    for name, row in PAPER_TABLE.items():
+        scores = " | ".join(f"{row['sets'][s][0]:.2f} / {row['sets'][s][1]:.4f}" if s in row["sets"] else "–"
+                            for s in sets)
+        lines.append(f"| *paper: {name}* | {row['params'] / 1e3:.1f}K | {row['flops'] / 1e9:.1f}G | {scores} |")
+    lines += ["", "PSNR (dB) / SSIM on Y, border of `scale` pixels removed, mean per set. Paper rows: "
+              f"{PAPER_TABLE_SOURCE}", ""]
+    compression = report.get("compression") or {}
+    student = report.get("student")
+    if student and compression.get("density") is not None:
+        lines += [f"Density reached by pruning: d = {compression['density']:.4f}; the compressed student has "
+                  f"{student['params']:,} parameters, {100 * student['params'] / teacher['params']:.1f}% of the "
+                  f"teacher's ({teacher['params'] / student['params']:.1f}x fewer).", ""]
+    return lines
+
+
 def _markdown(report: dict, figures: dict) -> str:
     lines = [f"# cdism-fast report: {report['preset']}", "", f"Command: `{' '.join(report['command'])}`", ""]
     lines += ["| model | N_b | N_l | N_c | params | FLOPs (1280×720) | d | PSNR | SSIM |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for name, label in REPORT_MODELS.items():
-        entry = report.get(name)
-        if entry is None:
-            continue
+    for name in report["models"]:
+        entry = report[name]
         structure = entry.get("structure") or {}
         density = f"{entry['density']:.4f}" if entry.get("density") is not None else "–"
-        lines.append(f"| {label} | {structure.get('n_b', '–')} | {structure.get('n_l', '–')} | "
+        lines.append(f"| {label(name)} | {structure.get('n_b', '–')} | {structure.get('n_l', '–')} | "
                      f"{structure.get('n_c', '–')} | {entry['params'] / 1e3:.1f}K | {entry['flops'] / 1e9:.2f}G | "
                      f"{density} | {entry['psnr']:.3f} | {entry['ssim']:.4f} |")
     lines += ["", "PSNR/SSIM: Y channel, border of `scale` pixels removed, means over the evaluation images.",
               "FLOPs: multiply-accumulates for one 1280×720 output image (the paper's Table I convention).", ""]
-    sets = next(iter(report["teacher"]["sets"])) if report.get("teacher") else None
-    if sets:
-        lines += ["## Per set", "", "| model | " + " | ".join(report["teacher"]["sets"]) + " |",
-                  "|---|" + "---|" * len(report["teacher"]["sets"])]
-        for name, label in REPORT_MODELS.items():
-            entry = report.get(name)
-            if entry is not None:
-                lines.append(f"| {label} | " + " | ".join(f"{s['psnr']:.3f} / {s['ssim']:.4f}"
-                                                          for s in entry["sets"].values()) + " |")
-        lines.append("")
+    lines += _benchmark_lines(report)
     if report.get("density"):
         lines += ["## Pruning", "", f"Density d of the deep-feature weights: **{report['density']['density']:.4f}** "
                   f"(all weights: {report['density']['all_weights']:.4f}).", ""]
@@ -171,7 +220,18 @@ def _markdown(report: dict, figures: dict) -> str:
             lines.append(f"- student PSNR minus bicubic: {checks['student_minus_bicubic_psnr']:+.3f} dB")
         if "kd_minus_no_kd_psnr" in checks:
             lines.append(f"- distilled minus no-KD student (same budget): {checks['kd_minus_no_kd_psnr']:+.3f} dB")
+        for name, difference in checks.get("kd_minus_no_kd", {}).items():
+            per_set = ", ".join(f"{set_name} {value:+.3f}" for set_name, value in difference["sets"].items())
+            lines.append(f"- {label(name)} minus its no-KD twin: {difference['mean_of_sets']:+.3f} dB on the mean of "
+                         f"the sets ({per_set})")
         lines.append("")
+    if report.get("timings"):
+        total = sum(report["timings"].values())
+        lines += ["## Wall time", "", "| stage | minutes |", "|---|---|"]
+        lines += [f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in report["timings"].items()]
+        lines += [f"| **all** | **{total / 60:.1f}** |", "",
+                  "Summed over the run and its resumes; distillation includes building the teacher-output cache "
+                  "(once per teacher: later runs reuse it).", ""]
     for title, name in (("PSNR against size and cost", "cost"), ("Crops", "crops")):
         if figures.get(name):
             lines += [f"## {title}", "", f"![{title}]({figures[name]})", ""]
@@ -205,7 +265,7 @@ def build_report(run_dir) -> dict:
                          "evaluation.json and resume the run to evaluate again") from None
     if available("matplotlib"):
         figures = {"cost": _figure_cost(models, run_dir / "psnr_vs_cost.png").name}
-        crops = _figure_crops(run_dir, [n for n in REPORT_MODELS if n in models and n != "bicubic"],
+        crops = _figure_crops(run_dir, [n for n in report["models"] if n != "bicubic"],
                               evaluation["crop"], models, run_dir / "crops.png")
         figures["crops"] = crops.name if crops is not None else None
     else:
@@ -223,7 +283,8 @@ def _collect(run_dir: Path, evaluation: dict, stage: dict, read_json) -> tuple[d
     models = evaluation["models"]
     if not isinstance(models, dict) or not all(isinstance(entry, dict) for entry in models.values()):
         raise TypeError("'models' must map model names to their scores")
-    report = {name: models[name] for name in REPORT_MODELS if name in models}
+    order = [name for name in REPORT_MODELS if name in models] + [name for name in models if name not in REPORT_MODELS]
+    report = {name: models[name] for name in order}
     settings = stage.get("settings") if isinstance(stage, dict) else None
     report.update(
         preset=settings.get("preset") if isinstance(settings, dict) else None,
@@ -235,5 +296,7 @@ def _collect(run_dir: Path, evaluation: dict, stage: dict, read_json) -> tuple[d
         compression=read_json(run_dir / "compress" / "student.json", "student file"),
         checks=_checks(models),
         paper_points=PAPER_POINTS,
+        models=order,
+        timings=read_json(run_dir / "timings.json", "timings file") or {},
     )
     return report, models

@@ -13,21 +13,20 @@ def register(subparsers) -> None:
 
 def print_summary(report: dict, run_dir) -> None:
     """The report's models as a short table, its checks, and where the files are."""
-    from ..report import REPORT_MODELS
+    from ..report import label
 
     print(f"{'model':<18} {'params':>10} {'FLOPs@720p':>11} {'PSNR':>8} {'SSIM':>7}")
-    for name, label in REPORT_MODELS.items():
-        entry = report.get(name)
-        if entry is not None:
-            print(f"{label:<18} {entry['params'] / 1e3:>9.1f}K {entry['flops'] / 1e9:>10.2f}G "
-                  f"{entry['psnr']:>8.3f} {entry['ssim']:>7.4f}")
+    for name in report["models"]:
+        entry = report[name]
+        print(f"{label(name):<18} {entry['params'] / 1e3:>9.1f}K {entry['flops'] / 1e9:>10.2f}G "
+              f"{entry['psnr']:>8.3f} {entry['ssim']:>7.4f}")
     checks = report.get("checks", {})
     if "student_params_fraction" in checks:
         print(f"student/teacher parameters: {100 * checks['student_params_fraction']:.2f}%")
     if "student_minus_bicubic_psnr" in checks:
         print(f"student - bicubic: {checks['student_minus_bicubic_psnr']:+.3f} dB")
-    if "kd_minus_no_kd_psnr" in checks:
-        print(f"KD - no-KD student: {checks['kd_minus_no_kd_psnr']:+.3f} dB")
+    for name, difference in checks.get("kd_minus_no_kd", {}).items():
+        print(f"{label(name)} - its no-KD twin: {difference['mean_of_sets']:+.3f} dB (mean of the sets)")
     print(f"report: {run_dir}/report.md")
 
 

@@ -5,7 +5,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from ..training.cli_support import add_output_arguments, add_training_arguments, preset_argument
+    from ..training.cli_support import add_output_arguments, add_training_arguments, data_argument, preset_argument
 
     parser = subparsers.add_parser(
         "run", help="all stages (teacher, prune, compress, distill, no-KD baseline), evaluation and report",
@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                     "students and bicubic and write report.md/report.json with the figures. --resume skips "
                     "completed stages and resumes the interrupted one.")
     preset_argument(parser, "demo")
-    parser.add_argument("--data", help="training data (default: the built-in photographs; paper presets: DIV2K)")
+    data_argument(parser, "the built-in photographs; paper presets: DIV2K; cpu-291: T91 and BSD200")
     parser.add_argument("--val", action="append", help="evaluation set (repeatable; default: the built-in "
                                                       "held-out photographs when --data is not given)")
     parser.add_argument("--teacher", help="pretrained teacher checkpoint (any format load_pretrained reads); "

@@ -1,13 +1,22 @@
 """Data: MATLAB-exact resizing, image files, paired datasets, training patches, built-in images."""
 from .builtin import BUILTIN_SPLITS, builtin_dataset, builtin_image_paths
-from .datasets import HRFolderDataset, ImagePair, PairedFolderDataset, folder_dataset, mod_crop, resolve_layout
+from .datasets import (
+    CombinedPairs,
+    HRFolderDataset,
+    ImagePair,
+    PairedFolderDataset,
+    folder_dataset,
+    mod_crop,
+    resolve_layout,
+)
 from .imresize import imresize, resized_length
 from .io import IMAGE_EXTENSIONS, image_size, list_images, read_image, to_uint8, write_image
 from .patches import TrainingPatches, collate_patch_pairs, training_loader
 
 __all__ = [
     "BUILTIN_SPLITS", "builtin_dataset", "builtin_image_paths",
-    "HRFolderDataset", "ImagePair", "PairedFolderDataset", "folder_dataset", "mod_crop", "resolve_layout",
+    "CombinedPairs", "HRFolderDataset", "ImagePair", "PairedFolderDataset", "folder_dataset", "mod_crop",
+    "resolve_layout",
     "imresize", "resized_length",
     "IMAGE_EXTENSIONS", "image_size", "list_images", "read_image", "to_uint8", "write_image",
     "TrainingPatches", "collate_patch_pairs", "training_loader",

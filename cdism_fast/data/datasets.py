@@ -13,7 +13,9 @@ is how published results pair them.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -25,7 +27,8 @@ from ._checks import check_int
 from .imresize import imresize
 from .io import image_size, list_images, read_image, write_image
 
-__all__ = ["ImagePair", "PairedFolderDataset", "HRFolderDataset", "resolve_layout", "folder_dataset", "mod_crop"]
+__all__ = ["ImagePair", "PairedFolderDataset", "HRFolderDataset", "CombinedPairs", "resolve_layout", "folder_dataset",
+           "mod_crop"]
 
 
 class ImagePair(NamedTuple):
@@ -210,12 +213,55 @@ def resolve_layout(path, scale: int) -> tuple[Path, Path | None]:
     return hr_dir, _lr_folder_for(hr_dir, check_int("scale", scale))
 
 
-def folder_dataset(path, scale: int, cache_dir=None) -> PairedFolderDataset | HRFolderDataset:
-    """The dataset for a data folder in either layout (see :func:`resolve_layout`).
+class CombinedPairs(Dataset):
+    """Several image-pair datasets of one scale read as one (e.g. T91 and BSD200, the 291 images)."""
+
+    def __init__(self, datasets: Sequence[Dataset]):
+        self.datasets = list(datasets)
+        if not self.datasets:
+            raise ValueError("CombinedPairs needs at least one dataset")
+        scales = {dataset.scale for dataset in self.datasets}
+        if len(scales) != 1:
+            raise ValueError(f"the datasets to combine are at different scales ({sorted(scales)}); combine sets "
+                             "of one scale")
+        self.scale = scales.pop()
+        self.name = "+".join(dataset.name for dataset in self.datasets)
+        self._ends = list(itertools.accumulate(len(dataset) for dataset in self.datasets))
+        self._length = self._ends[-1]
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _locate(self, index: int) -> tuple[Dataset, int]:
+        if not 0 <= index < self._length:
+            raise IndexError(f"index {index} is out of range for {self._length} images")
+        which = bisect.bisect_right(self._ends, index)
+        return self.datasets[which], index - (self._ends[which - 1] if which else 0)
+
+    def __getitem__(self, index: int) -> ImagePair:
+        dataset, local = self._locate(index)
+        return dataset[local]
+
+    def cache_key(self, index: int) -> str:
+        dataset, local = self._locate(index)
+        return dataset.cache_key(local)
+
+
+def folder_dataset(path, scale: int, cache_dir=None) -> PairedFolderDataset | HRFolderDataset | CombinedPairs:
+    """The dataset for a data folder in either layout (see :func:`resolve_layout`), or for a
+    list of folders (read as one :class:`CombinedPairs`).
 
     Uses the folder's own LR images for ``scale`` when it has them, as published
     results do, else makes them with ``imresize``.
     """
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            return folder_dataset(path[0], scale, cache_dir)
+        resolved = [Path(folder).resolve() for folder in path]
+        repeated = next((folder for i, folder in enumerate(path) if resolved[i] in resolved[:i]), None)
+        if repeated is not None:
+            raise ValueError(f"data folder {repeated} is given twice; pass each folder once")
+        return CombinedPairs([folder_dataset(folder, scale, cache_dir) for folder in path])
     hr_dir, lr_dir = resolve_layout(path, scale)
     name = Path(path).name if hr_dir != Path(path) else None
     if lr_dir is not None:

@@ -45,7 +45,10 @@ class ContrastChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)
-        std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()  # the population std
+        variance = (x - mean).square().mean(dim=(2, 3), keepdim=True)
+        # The population std. A constant channel (all of a pruned filter's weights zero) has variance 0,
+        # where sqrt's gradient is infinite and makes the step NaN: the clamp gives it gradient 0 instead.
+        std = variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt()
         return x * self.conv_du(std + mean)
 
 

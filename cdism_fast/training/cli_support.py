@@ -15,8 +15,8 @@ from dataclasses import fields
 
 from .stages import StageSettings
 
-__all__ = ["add_data_arguments", "add_output_arguments", "add_training_arguments", "settings_from_args",
-           "overrides_from_args", "run_safely", "EXIT_INTERRUPTED", "preset_argument"]
+__all__ = ["add_data_arguments", "data_argument", "add_output_arguments", "add_training_arguments",
+           "settings_from_args", "overrides_from_args", "run_safely", "EXIT_INTERRUPTED", "preset_argument"]
 
 EXIT_INTERRUPTED = 130
 #: CLI option → StageSettings field.
@@ -45,11 +45,17 @@ def preset_argument(parser: argparse.ArgumentParser, default: str | None) -> Non
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", help="training images: a folder of HR images, or a dataset root in the DIV2K or "
-                                      "HR/LR_bicubic layout (default: the built-in photographs)")
+    data_argument(group)
     group.add_argument("--val", action="append", help="held-out set for validation and evaluation (repeatable; "
                                                       "default: the built-in held-out photographs when --data "
                                                       "is not given)")
+
+
+def data_argument(parser, default_text: str = "the built-in photographs") -> None:
+    """``--data``, repeatable: several folders are read as one training set (e.g. T91 and BSD200)."""
+    parser.add_argument("--data", action="append", metavar="DIR",
+                        help="training images: a folder of HR images, or a dataset root in the DIV2K or HR/LR_bicubic "
+                             f"layout; repeat it to train on several folders as one set (default: {default_text})")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:

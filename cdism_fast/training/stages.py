@@ -119,7 +119,8 @@ class StageResult:
 
 # ------------------------------------------------------------------------------------------------ data
 def training_pairs(data, scale: int):
-    """The training images: a data folder (either layout), or the built-in photographs when ``data`` is None."""
+    """The training images: a data folder (either layout) or a list of them, or the built-in photographs when
+    ``data`` is None."""
     from ..data import builtin_dataset, folder_dataset
 
     return builtin_dataset("train", scale) if data is None else folder_dataset(data, scale)
@@ -199,11 +200,15 @@ def _start(folder, stage: str, settings: dict, resume: bool, overwrite: bool, in
 def _inputs(data, val, given: dict | None) -> dict:
     """``{option: path}`` of what a stage reads (``--overwrite`` never deletes them)."""
     vals = [val] if isinstance(val, (str, Path)) else list(val or ())
-    return {"--data": data, **{f"--val {v}": v for v in vals}, **(given or {})}
+    folders = {"--data": data} if not isinstance(data, (list, tuple)) else {f"--data {d}": d for d in data}
+    return {**folders, **{f"--val {v}": v for v in vals}, **(given or {})}
 
 
-def _source(path) -> str | None:
-    """A data folder as recorded in ``stage.json`` (absolute, so that a resume from elsewhere compares equal)."""
+def _source(path) -> str | list[str] | None:
+    """A data folder (or list of folders) as recorded in ``stage.json`` (absolute, so that a resume from
+    elsewhere compares equal)."""
+    if isinstance(path, (list, tuple)):
+        return [str(Path(p).resolve()) for p in path] if len(path) > 1 else _source(path[0])
     return str(Path(path).resolve()) if path is not None else None
 
 

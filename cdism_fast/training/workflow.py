@@ -8,6 +8,7 @@ that completed and resumes the one that was interrupted.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -37,14 +38,21 @@ from .stages import (
     validation_sets,
 )
 
-__all__ = ["run_workflow", "WorkflowResult", "evaluate_models", "EVALUATION_FILE", "CROP_SIZE"]
+__all__ = ["run_workflow", "WorkflowResult", "evaluate_models", "stage_folders", "EVALUATION_FILE", "TIMINGS_FILE",
+           "CROP_SIZE"]
 
 EVALUATION_FILE = "evaluation.json"
+#: Wall time of each stage in seconds, summed over the run and its resumes.
+TIMINGS_FILE = "timings.json"
 #: Side (HR pixels) of the Fig. 3-style crops.
 CROP_SIZE = 96
-#: The stage folders of a run, and the files the run writes beside them (``--overwrite`` removes only these).
+#: The stage folders of a run (besides the students', see :func:`stage_folders`), and the files the run
+#: writes beside them (``--overwrite`` removes only these).
 STAGE_FOLDERS = ("teacher", "prune", "compress", "student", "student_no_kd")
-RUN_FILES = (EVALUATION_FILE, "report.json", "report.md", "psnr_vs_cost.png", "crops.png", "crops/*.png")
+RUN_FILES = (EVALUATION_FILE, TIMINGS_FILE, "report.json", "report.md", "psnr_vs_cost.png", "crops.png",
+             "crops/*.png")
+#: The folder of a student's no-KD twin.
+NO_KD_SUFFIX = "_no_kd"
 
 
 @dataclass
@@ -55,21 +63,103 @@ class WorkflowResult:
     report: Optional[dict] = None
 
 
+def stage_folders(preset: WorkflowPreset) -> tuple[str, ...]:
+    """Every sub-folder a run of ``preset`` may write."""
+    students = [f"{name}{suffix}" for name in preset.students for suffix in ("", NO_KD_SUFFIX)]
+    return tuple(dict.fromkeys((*STAGE_FOLDERS, *students)))
+
+
 def _completed(folder: Path) -> bool:
     record = read_stage(folder)
     return record is not None and record.get("status") == "completed"
 
 
-def _stage(folder: Path, run, *, loads=True):
-    """Run a stage unless its folder says it completed; returns (status, model)."""
+def _add_time(out_dir: Path, stage: str, seconds: float) -> None:
+    from .artifacts import read_json
+
+    timings = read_json(out_dir / TIMINGS_FILE, "timings file") or {}
+    timings[stage] = round(float(timings.get(stage, 0.0)) + seconds, 1)
+    write_json(out_dir / TIMINGS_FILE, timings)
+
+
+def _timed(out_dir: Path, stage: str, run):
+    """``run()``, its wall time added to the run's timings.json."""
+    started = time.perf_counter()
+    try:
+        return run()
+    finally:
+        _on_main(_add_time, out_dir, stage, time.perf_counter() - started)
+
+
+def _stage(out_dir: Path, name: str, run, *, loads=True):
+    """Run stage ``name`` unless its folder says it completed; returns (status, model)."""
+    folder = out_dir / name
     if _completed(folder):
         return "completed", load_stage_model(folder) if loads else None
-    result: StageResult = run(resume=folder.is_dir())
+    result: StageResult = _timed(out_dir, name, lambda: run(resume=folder.is_dir()))
     return result.status, result.model
 
 
 def _settings(base: StageSettings, overrides: dict) -> StageSettings:
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _preset(preset: str | WorkflowPreset, data, teacher) -> WorkflowPreset:
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        preset = PRESETS[preset]
+    if preset.needs_data and data is None:
+        raise ValueError(f"preset {preset.name!r} needs training data: pass --data DIR (DIV2K: the folder holding "
+                         "DIV2K_train_HR and DIV2K_train_LR_bicubic; cpu-291: --data T91 --data BSD200), and --val "
+                         "for the evaluation sets")
+    if preset.needs_teacher and teacher is None:
+        raise ValueError(f"preset {preset.name!r} compresses a pretrained model: pass --teacher FILE (e.g. the "
+                         "published IMDN_x2.pth)")
+    return preset
+
+
+def _teacher(preset: WorkflowPreset, teacher, out_dir: Path, overrides: dict, data, val, context):
+    """Stage 0: the given teacher, or one trained by the preset's recipe; (status, model)."""
+    if teacher is None:
+        def train(resume):
+            torch.manual_seed(_settings(preset.teacher, overrides).seed)
+            from ..models import build
+
+            model = build(preset.teacher_model, scale=preset.scale)
+            if preset.teacher_structure is not None:
+                model = model.with_structure(*preset.teacher_structure)
+            return train_teacher(model, out_dir / "teacher", _settings(preset.teacher, overrides), data, val,
+                                 resume=resume, context=context)
+
+        return _stage(out_dir, "teacher", train)
+    if isinstance(teacher, nn.Module):
+        model = teacher
+    else:
+        from .artifacts import load_model
+
+        model = load_model(teacher)
+    if getattr(model, "scale", preset.scale) != preset.scale:
+        raise ValueError(f"the teacher is a x{model.scale} model but preset {preset.name!r} is x{preset.scale}")
+    return "completed", model
+
+
+def _students(preset: WorkflowPreset, teacher_model, out_dir: Path, overrides: dict, data, val, context,
+              no_kd_baseline: bool) -> tuple[str, dict]:
+    """Stage 3: every student of the preset distilled, and its no-KD twin at the same budget."""
+    trained = {}
+    for name, spec in preset.students.items():
+        student = out_dir / "compress" / STUDENT_FILE if spec is None else spec
+        runs = {name: True, f"{name}{NO_KD_SUFFIX}": False} if no_kd_baseline else {name: True}
+        for folder, kd in runs.items():
+            status, trained[folder] = _stage(out_dir, folder, lambda resume, kd=kd, folder=folder, student=student:
+                                             distill(teacher_model if kd else None, student, out_dir / folder,
+                                                     _settings(preset.distill, overrides), data, val, kd=kd,
+                                                     scale=preset.scale, resume=resume, context=context,
+                                                     **preset.distill_options))
+            if status != "completed":
+                return folder, trained
+    return "completed", trained
 
 
 @records_failure
@@ -79,19 +169,15 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
                  context: distributed.DistributedContext | None = None) -> WorkflowResult:
     """Run every stage of ``preset`` into ``out_dir`` and write the report.
 
-    ``teacher``: a model file (any format :func:`~cdism_fast.training.artifacts.load_model`
+    ``data``: a training folder or a list of them (read as one set). ``teacher``:
+    a model file (any format :func:`~cdism_fast.training.artifacts.load_model`
     reads) or model; None trains one (stage 0). ``settings_overrides`` replace
-    fields of every stage's settings (e.g. ``num_workers``, ``amp``).
+    fields of every stage's settings (e.g. ``num_workers``, ``amp``). Each
+    stage's wall time is kept in ``timings.json``.
     """
     from ..report import build_report
 
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        preset = PRESETS[preset]
-    if preset.needs_data and data is None:
-        raise ValueError(f"preset {preset.name!r} needs training data: pass --data DIR (DIV2K: the folder holding "
-                         "DIV2K_train_HR and DIV2K_train_LR_bicubic), and --val for the evaluation sets")
+    preset = _preset(preset, data, teacher)
     context = context or distributed.setup()
     out_dir = Path(out_dir)
     overrides = {**(settings_overrides or {}), "progress": progress}
@@ -99,12 +185,11 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
               "val": [str(v) for v in val] if val else None, "teacher": str(teacher) if teacher else None,
               "no_kd_baseline": no_kd_baseline, "overrides": {k: v for k, v in overrides.items() if v is not None}}
     _on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
-             runs=STAGE_FOLDERS, inputs=_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path))
-                                                            else None}))
-    scale = preset.scale
+             runs=stage_folders(preset),
+             inputs=_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
     # Fail on bad data now, before any training.
-    training_pairs(data, scale)
-    eval_sets = validation_sets(val, data, scale)
+    training_pairs(data, preset.scale)
+    eval_sets = validation_sets(val, data, preset.scale)
     if not eval_sets:
         raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
 
@@ -112,55 +197,30 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         _on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
         return WorkflowResult("interrupted", out_dir)
 
-    # Stage 0: the teacher.
-    if teacher is None:
-        def train(resume):
-            torch.manual_seed(_settings(preset.teacher, overrides).seed)
-            from ..models import build
-
-            model = build(preset.teacher_model, scale=scale)
-            if preset.teacher_structure is not None:
-                model = model.with_structure(*preset.teacher_structure)
-            return train_teacher(model, out_dir / "teacher", _settings(preset.teacher, overrides), data, val,
-                                 resume=resume, context=context)
-
-        status, teacher_model = _stage(out_dir / "teacher", train)
-        if status != "completed":
-            return interrupted("teacher")
-    elif isinstance(teacher, nn.Module):
-        teacher_model = teacher
-    else:
-        from .artifacts import load_model
-
-        teacher_model = load_model(teacher)
-    if getattr(teacher_model, "scale", scale) != scale:
-        raise ValueError(f"the teacher is a x{teacher_model.scale} model but preset {preset.name!r} is x{scale}")
+    status, teacher_model = _teacher(preset, teacher, out_dir, overrides, data, val, context)
+    if status != "completed":
+        return interrupted("teacher")
 
     # Stage 1: prune.
-    status, pruned = _stage(out_dir / "prune", lambda resume: prune(
+    status, pruned = _stage(out_dir, "prune", lambda resume: prune(
         teacher_model, out_dir / "prune", _settings(preset.prune, overrides), data, val, resume=resume,
         context=context, **preset.prune_options))
     if status != "completed":
         return interrupted("prune")
 
     # Stage 2: compress.
-    compressed = compress(pruned, out_dir / "prune" / DENSITY_FILE, out_dir / "compress", overwrite=True)
+    compressed = _timed(out_dir, "compress", lambda: compress(pruned, out_dir / "prune" / DENSITY_FILE,
+                                                              out_dir / "compress", overwrite=True))
     if context.is_main:
         print(format_table(compressed.extra["table"]))
 
-    # Stage 3: distill, and the same budget without the teacher.
-    student_file = out_dir / "compress" / STUDENT_FILE
-    students = {"student": True, "student_no_kd": False} if no_kd_baseline else {"student": True}
-    trained = {}
-    for name, kd in students.items():
-        status, trained[name] = _stage(out_dir / name, lambda resume, kd=kd, name=name: distill(
-            teacher_model if kd else None, student_file, out_dir / name, _settings(preset.distill, overrides),
-            data, val, kd=kd, resume=resume, context=context, **preset.distill_options))
-        if status != "completed":
-            return interrupted(name)
+    stopped_in, trained = _students(preset, teacher_model, out_dir, overrides, data, val, context, no_kd_baseline)
+    if stopped_in != "completed":
+        return interrupted(stopped_in)
 
     models = {"teacher": teacher_model, "pruned": pruned, **trained}
-    evaluation = _on_main(evaluate_models, models, eval_sets, scale, out_dir, progress)
+    evaluation = _timed(out_dir, "evaluation",
+                        lambda: _on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
     report = _on_main(build_report, out_dir)
     _on_main(mark_stage, out_dir, status="completed")
     return WorkflowResult("completed", out_dir, evaluation, report)
