@@ -170,7 +170,8 @@ def infer_scale(model: nn.Module) -> int:
 
 
 def load_model(spec: str, scale: int | None = None) -> nn.Module:
-    """The model a command line names: ``bicubic``, a checkpoint file, or a preset name of ``cdism_fast.models``.
+    """The model a command line names: ``bicubic``, a checkpoint file, a shipped trained model
+    (:data:`cdism_fast.models.PRETRAINED`, e.g. ``edsr_mini_291``) or a preset name of ``cdism_fast.models``.
 
     Files go to :func:`cdism_fast.models.load_pretrained`, the one loader of every command: a
     run's ``model.pt`` comes back with every option it was built with, official files
@@ -190,8 +191,15 @@ def load_model(spec: str, scale: int | None = None) -> nn.Module:
     path = Path(spec)
     if path.is_file():
         return models.load_pretrained(path, scale=scale)
+    if spec in models.PRETRAINED:
+        model = models.pretrained(spec)
+        if scale is not None and scale != model.scale:
+            raise ValueError(f"--model {spec} is a x{model.scale} model, not x{scale}: drop --scale or pass "
+                             f"--scale {model.scale}")
+        return model
     if path.suffix or len(path.parts) > 1:
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint file or a preset name")
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint file, a shipped model "
+                                f"({', '.join(models.PRETRAINED) or 'none'}) or a preset name")
     model = models.build(spec, scale=scale if scale is not None else 2)
     warnings.warn(f"--model {spec} is a preset name: its weights are random, not trained", stacklevel=2)
     return model

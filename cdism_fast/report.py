@@ -283,7 +283,9 @@ def _collect(run_dir: Path, evaluation: dict, stage: dict, read_json) -> tuple[d
     models = evaluation["models"]
     if not isinstance(models, dict) or not all(isinstance(entry, dict) for entry in models.values()):
         raise TypeError("'models' must map model names to their scores")
-    order = [name for name in REPORT_MODELS if name in models] + [name for name in models if name not in REPORT_MODELS]
+    known = [name for name in REPORT_MODELS if name in models]
+    order = [*known, *(name for name in models if name not in REPORT_MODELS)]
+    order.sort(key=lambda name: name == "bicubic")  # the reference last
     report = {name: models[name] for name in order}
     settings = stage.get("settings") if isinstance(stage, dict) else None
     report.update(

@@ -132,6 +132,24 @@ def test_imdn_compiles_fullgraph_with_the_same_gradients():
     assert all(g.abs().sum() > 0 for g in grads)
 
 
+def test_imdn_gradients_stay_finite_when_pruning_zeroes_a_filter():
+    # A zeroed filter gives a constant channel, whose population std is sqrt(0): its gradient must not be NaN
+    # (OBProx-SG zeroes whole filters while pruning, which stopped a pruning run on the published IMDN).
+    model = randomize(models.from_structure("imdn", 12, 2, 1, 2))
+    with torch.no_grad():
+        model.IMDB1.c1.weight[0].zero_()
+        model.IMDB1.c1.bias[0] = 0.5
+    x = torch.rand(2, 3, 6, 5)
+    grads = torch.autograd.grad(model(x).square().mean(), list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    attention = model.IMDB1.cca
+    channels = torch.rand(1, attention.conv_du[0].in_channels, 4, 4)
+    channels[:, 3] = 0.25
+    expected_std = channels.std(dim=(2, 3), unbiased=False, keepdim=True)  # an independent formulation
+    mean = channels.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(attention(channels), channels * attention.conv_du(expected_std + mean))
+
+
 def test_unknown_options_are_named():
     with pytest.raises(ValueError, match="got options \\['res_scale'\\].*IMDN accepts"):
         models.from_structure("imdn", 16, 1, 2, res_scale=0.1)

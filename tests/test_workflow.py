@@ -242,3 +242,60 @@ def test_exit_codes_of_stopped_runs():
     assert exit_code(CheckpointError("disk full")) == 2 and exit_code(FileExistsError("out")) == 2
     assert exit_code(NonFiniteLossError("loss is nan at iteration 7")) == 2
     assert exit_code(RuntimeError("a bug")) is None  # exit 1, the traceback under --debug
+
+
+TWO_STUDENTS = WorkflowPreset(
+    name="two-students", description="test", teacher_model="edsr_baseline", scale=2, needs_data=True,
+    needs_teacher=True, teacher=tiny(4), prune=tiny(3, lr=1e-2), distill=tiny(2),
+    prune_options={"lam": 0.5, "n_p": 2, "n_o": None, "steps_per_epoch": 1, "eps": 0.0, "penalty": "all"},
+    students={"student": None, "mini": "edsr:1,1,8"})
+
+
+def test_workflow_of_a_given_teacher_on_two_folders_distils_every_student_and_times_every_stage(tmp_path, images):
+    train, val = images
+    second = write_images(tmp_path / "more", 2, seed=3)
+    with pytest.raises(ValueError, match="pass --teacher FILE"):
+        run_workflow(TWO_STUDENTS, tmp_path / "refused", data=[train, second], val=[val], progress=False)
+    assert not (tmp_path / "refused").exists()
+    teacher = tiny_teacher()
+    result = run_workflow(TWO_STUDENTS, tmp_path / "run", data=[train, second], val=[val], teacher=teacher,
+                          progress=False)
+    assert result.status == "completed"
+    run = tmp_path / "run"
+    for folder in ("student", "student_no_kd", "mini", "mini_no_kd"):
+        assert json.loads((run / folder / "stage.json").read_text())["status"] == "completed", folder
+    assert json.loads((run / "mini" / "stage.json").read_text())["settings"]["student"]["config"]["n_c"] == 8
+    stage = json.loads((run / "prune" / "stage.json").read_text())
+    assert stage["settings"]["data"] == [str(train.resolve()), str(second.resolve())]
+    timings = json.loads((run / "timings.json").read_text())
+    assert set(timings) == {"prune", "compress", "student", "student_no_kd", "mini", "mini_no_kd", "evaluation"}
+    assert all(seconds >= 0 for seconds in timings.values())
+    report = json.loads((run / "report.json").read_text())
+    assert report["models"] == ["teacher", "pruned", "student", "student_no_kd", "mini", "mini_no_kd", "bicubic"]
+    differences = report["checks"]["kd_minus_no_kd"]
+    for name in ("student", "mini"):
+        expected = report[name]["sets"]["val"]["psnr"] - report[f"{name}_no_kd"]["sets"]["val"]["psnr"]
+        assert differences[name]["sets"]["val"] == pytest.approx(expected)
+        assert differences[name]["mean_of_sets"] == pytest.approx(expected)
+    markdown = (run / "report.md").read_text()
+    assert "## Benchmarks (style of the paper's Table I)" in markdown and "| mini |" in markdown
+    assert "## Wall time" in markdown and "| mini_no_kd |" in markdown
+
+
+def test_combined_folders_read_as_one_set_and_a_repeated_folder_is_refused(tmp_path, images):
+    from cdism_fast.data import CombinedPairs, folder_dataset
+
+    train, _ = images
+    second = write_images(tmp_path / "more", 2, seed=3)
+    combined = folder_dataset([train, second], 2)
+    assert isinstance(combined, CombinedPairs) and len(combined) == 5 and combined.name == "train+more"
+    singles = [folder_dataset(train, 2), folder_dataset(second, 2)]
+    expected = [pair for dataset in singles for pair in (dataset[i] for i in range(len(dataset)))]
+    for index, pair in enumerate(expected):
+        assert torch.equal(combined[index].hr, pair.hr) and torch.equal(combined[index].lr, pair.lr)
+    assert combined.cache_key(4) == singles[1].cache_key(1)
+    with pytest.raises(IndexError):
+        combined[5]
+    with pytest.raises(ValueError, match="is given twice"):
+        folder_dataset([train, tmp_path / ".." / tmp_path.name / "more", second], 2)
+    assert not isinstance(folder_dataset([train], 2), CombinedPairs)

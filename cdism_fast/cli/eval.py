@@ -14,8 +14,9 @@ def register(subparsers) -> None:
                     "`scale` pixels cropped). A folder's own LR images for the scale are used when it has them "
                     "(HR/ + LR_bicubic/X2/, or DIV2K_*_HR + DIV2K_*_LR_bicubic/X2), else they are made with "
                     "MATLAB-exact bicubic.")
-    parser.add_argument("--model", required=True, metavar="CKPT_OR_PRESET",
-                        help="checkpoint file, preset name of cdism_fast.models, or 'bicubic'")
+    parser.add_argument("--model", required=True, metavar="CKPT_OR_NAME",
+                        help="checkpoint file, shipped trained model (e.g. edsr_mini_291; `cdism-fast models` lists "
+                             "them), preset name of cdism_fast.models (untrained), or 'bicubic'")
     parser.add_argument("--data", required=True, action="append", metavar="DIR",
                         help="data folder; repeat for several sets; 'builtin:heldout' or 'builtin:train' "
                              "for the built-in photographs")

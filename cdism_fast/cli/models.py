@@ -57,4 +57,25 @@ def run(args) -> int:
         print(f"{name:<20} {preset.family:<7} {structure.n_b:>4} {structure.n_l:>4} {structure.n_c:>4} "
               f"{count_params(model):>12,} {count_params(model, exclude=('relative_position_bias_table',)):>15,} "
               f"{macs['total'] / 1e9:>9.1f} {macs['total_without_attention'] / 1e9:>9.1f}")
+    _print_shipped()
     return 0
+
+
+def _print_shipped() -> None:
+    """The trained models inside the package, with the scores measured on them (x2, Y channel)."""
+    from cdism_fast.models import PRETRAINED
+
+    if not PRETRAINED:
+        return
+    sets = list(dict.fromkeys(name for info in PRETRAINED.values() for name in info["scores"]))
+    print()
+    print("shipped trained models (cdism_fast.models.pretrained(NAME), --model NAME in eval and upscale); "
+          "PSNR / SSIM on Y measured on them:")
+    header = f"{'name':<20} {'x':>2} {'params':>9} " + " ".join(f"{name:>16}" for name in sets)
+    print(header)
+    print("-" * len(header))
+    for name, info in PRETRAINED.items():
+        scores = " ".join(f"{info['scores'][s]['psnr']:>7.2f} / {info['scores'][s]['ssim']:.4f}"
+                          if s in info["scores"] else f"{'–':>16}" for s in sets)
+        print(f"{name:<20} {info['model']['config']['scale']:>2} {info['params']:>9,} {scores}")
+        print(f"{'':<20} {info['summary']}")

@@ -12,7 +12,9 @@ def register(subparsers) -> None:
                     "receives one PNG per image). Large images are processed in overlapping tiles with --tile.")
     parser.add_argument("input", type=Path, metavar="IN", help="image file or folder of images")
     parser.add_argument("output", type=Path, metavar="OUT", help="output file, or folder when IN is a folder")
-    parser.add_argument("--model", required=True, metavar="CKPT", help="checkpoint file, preset name, or 'bicubic'")
+    parser.add_argument("--model", required=True, metavar="CKPT_OR_NAME",
+                        help="checkpoint file, shipped trained model (e.g. edsr_mini_291; `cdism-fast models` lists "
+                             "them), preset name (untrained), or 'bicubic'")
     parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
     parser.add_argument("--tile", type=int, default=None,
                         help="tile size in input pixels, e.g. 256 (default: the whole image at once)")

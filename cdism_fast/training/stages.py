@@ -200,7 +200,8 @@ def _start(folder, stage: str, settings: dict, resume: bool, overwrite: bool, in
 def _inputs(data, val, given: dict | None) -> dict:
     """``{option: path}`` of what a stage reads (``--overwrite`` never deletes them)."""
     vals = [val] if isinstance(val, (str, Path)) else list(val or ())
-    folders = {"--data": data} if not isinstance(data, (list, tuple)) else {f"--data {d}": d for d in data}
+    folders = list(data) if isinstance(data, (list, tuple)) else [data]
+    folders = {"--data": folders[0]} if len(folders) == 1 else {f"--data {d}": d for d in folders}
     return {**folders, **{f"--val {v}": v for v in vals}, **(given or {})}
 
 
