@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["build_report", "PAPER_POINTS", "REPORT_MODELS"]
+__all__ = ["build_report", "PAPER_POINTS", "PUBLISHED", "REPORT_MODELS"]
 
 #: Report entries in display order, with their labels.
 REPORT_MODELS = {"teacher": "teacher", "pruned": "pruned teacher", "student": "student (KD)",
@@ -34,22 +34,29 @@ NO_KD_SUFFIX = "_no_kd"
 #: The sets whose mean PSNR the paper's Fig. 4 plots.
 FIGURE_SETS = ("Set5", "Set14")
 
-#: Published ×2 results drawn for reference in the PSNR-vs-cost figure: (params, FLOPs in MACs at 1280×720,
-#: mean of Set5 and Set14 PSNR in dB or None when not published where we could check).
-#: PSNR: EDSR baseline Set5 37.99 / Set14 33.57 (Lim et al. 2017); SwinIR lightweight Set5 38.14 / Set14
-#: 33.86 (Liang et al. 2021). Sizes and FLOPs: the paper's Table I. The paper's own compact models are drawn
-#: as lines at their size: their PSNR is in the paper's Table I, which was not at hand when this was written.
-PAPER_POINTS = {
-    "EDSR_baseline": {"params": 1_369_859, "flops": 316.3e9, "psnr": (37.99 + 33.57) / 2},
-    "SwinIR_LW": {"params": 877_752, "flops": 195.6e9, "psnr": (38.14 + 33.86) / 2},
-    "EDSRmini": {"params": 49_603, "flops": 11.7e9, "psnr": None},
-    "SwinIRmini": {"params": 98_868, "flops": 22.0e9, "psnr": None},
+#: Published ×2 models, drawn beside a run's results (benchmark table and PSNR-vs-cost figure): params,
+#: FLOPs (MACs at 1280×720 output) and (PSNR, SSIM or None) per set on Y, with the source of each row. Only
+#: values read in the sources are here; the rest of the paper's Table I was not at hand when this was written.
+PUBLISHED = {
+    "EDSR_baseline": {"params": 1_369_859, "flops": 316.3e9, "sets": {"Set5": (37.99, None), "Set14": (33.57, None)},
+                      "source": "PSNR: Lim et al. 2017; size and FLOPs: Jiang et al., Table I"},
+    "SwinIR_LW": {"params": 877_752, "flops": 195.6e9, "sets": {"Set5": (38.14, None), "Set14": (33.86, None)},
+                  "source": "PSNR: Liang et al. 2021; size and FLOPs: Jiang et al., Table I"},
+    "EDSRmini (paper)": {"params": 49_603, "flops": 11.7e9, "sets": {"Set5": (37.67, None)},
+                         "source": "Jiang et al., Table I (DIV2K, 800k iterations)"},
+    "SwinIRmini (paper)": {"params": 98_868, "flops": 22.0e9, "sets": {},
+                           "source": "Jiang et al., Table I (size and FLOPs)"},
+    "IMDN": {"params": 694_404, "flops": 158.8e9, "sets": {"Set5": (38.00, 0.9605), "Set14": (33.63, 0.9177)},
+             "source": "Hui et al. 2019, Table 4; FLOPs counted here"},
 }
-
-#: The paper's Table I rows at ×2 drawn beside a run's benchmark table: params, FLOPs (MACs at 1280×720) and
-#: (PSNR, SSIM) per set, Y channel.
-PAPER_TABLE: dict = {}
-PAPER_TABLE_SOURCE = "Jiang et al., Compressing Deep Image Super-resolution Models, Table I (×2)."
+#: The published points of the figure: the mean of Set5 and Set14 PSNR (the paper's Fig. 4), None where
+#: one is missing (drawn as a line at the model's size).
+PAPER_POINTS = {
+    name: {"params": row["params"], "flops": row["flops"],
+           "psnr": (sum(row["sets"][s][0] for s in ("Set5", "Set14")) / 2
+                    if all(s in row["sets"] for s in ("Set5", "Set14")) else None)}
+    for name, row in PUBLISHED.items()
+}
 
 
 def _checks(models: dict) -> dict:
@@ -164,6 +171,13 @@ def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, pat
     return _save_figure(figure, path)
 
 
+def _published_score(score) -> str:
+    if score is None:
+        return "–"
+    psnr, ssim = score
+    return f"{psnr:.2f} / {ssim:.4f}" if ssim is not None else f"{psnr:.2f} / –"
+
+
 def _benchmark_lines(report: dict) -> list[str]:
     """Per set PSNR/SSIM with sizes and costs, ours beside the paper's Table I rows (style of that table)."""
     teacher = report.get("teacher")
@@ -178,12 +192,12 @@ def _benchmark_lines(report: dict) -> list[str]:
                             else "–" for s in sets)
         size = f"{entry['params'] / 1e3:.1f}K | {entry['flops'] / 1e9:.1f}G" if entry["params"] else "– | –"
         lines.append(f"| {label(name)} | {size} | {scores} |")
-    for name, row in PAPER_TABLE.items():
-        scores = " | ".join(f"{row['sets'][s][0]:.2f} / {row['sets'][s][1]:.4f}" if s in row["sets"] else "–"
-                            for s in sets)
-        lines.append(f"| *paper: {name}* | {row['params'] / 1e3:.1f}K | {row['flops'] / 1e9:.1f}G | {scores} |")
-    lines += ["", "PSNR (dB) / SSIM on Y, border of `scale` pixels removed, mean per set. Paper rows: "
-              f"{PAPER_TABLE_SOURCE}", ""]
+    for name, row in PUBLISHED.items():
+        scores = " | ".join(_published_score(row["sets"].get(s)) for s in sets)
+        lines.append(f"| *published: {name}* | {row['params'] / 1e3:.1f}K | {row['flops'] / 1e9:.1f}G | {scores} |")
+    lines += ["", "PSNR (dB) / SSIM on Y, border of `scale` pixels removed, mean per set. Published rows (in "
+              "italics; – where not at hand): " + "; ".join(f"{n}: {r['source']}" for n, r in PUBLISHED.items()),
+              ""]
     compression = report.get("compression") or {}
     student = report.get("student")
     if student and compression.get("density") is not None:

@@ -1,0 +1,76 @@
+"""The trained students shipped inside the package: they load by name, run, and score what is recorded beside them."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cdism_fast import models
+from cdism_fast.cli import main
+from cdism_fast.evaluation import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHIPPED = list(models.PRETRAINED)
+#: The sets every shipped model records (the cpu-291 preset evaluates on all three).
+RECORDED_SETS = ("Set5", "Set14", "B100")
+
+
+def test_the_package_ships_the_students_of_the_291_image_run():
+    assert {"edsr_mini_291", "imdn_mini_291"} <= set(SHIPPED)
+    for name in SHIPPED:
+        info = models.pretrained_info(name)
+        assert set(RECORDED_SETS) <= set(info["scores"]), name
+        assert info["licence"] and "research" in info["licence"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_loads_and_runs(name):
+    info = models.pretrained_info(name)
+    model = models.pretrained(name)
+    assert not model.training
+    assert models.count_params(model) == info["params"]
+    assert models.model_spec(model) == info["model"]
+    x = torch.rand(1, 3, 11, 14)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, 3, 11 * model.scale, 14 * model.scale) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_scores_what_is_recorded_on_set5(name, shared_data):
+    info = models.pretrained_info(name)
+    model = models.pretrained(name)
+    scores = evaluate(model, shared_data / "benchmarks" / "Set5", model.scale, progress=False)
+    recorded = info["scores"]["Set5"]
+    # Recorded by the run that trained it: the same model, images and metric (summation order may differ).
+    assert scores["psnr"] == pytest.approx(recorded["psnr"], abs=2e-3)
+    assert scores["ssim"] == pytest.approx(recorded["ssim"], abs=2e-5)
+
+
+def test_a_changed_weights_file_or_an_unknown_name_is_refused(monkeypatch):
+    name = SHIPPED[0]
+    monkeypatch.setitem(models.PRETRAINED, name, {**models.PRETRAINED[name], "sha256": "0" * 64})
+    with pytest.raises(ValueError, match="does not match its recorded sha256"):
+        models.pretrained(name)
+    with pytest.raises(ValueError, match="the shipped models are: "):
+        models.pretrained("edsr_mini_9000")
+
+
+def test_shipped_names_work_in_upscale_eval_and_models(tmp_path, capsys):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(image)
+    assert main(["upscale", str(image), str(tmp_path / "out.png"), "--model", "edsr_mini_291", "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "out.png").size == (48, 40)
+    assert main(["eval", "--model", "edsr_mini_291", "--data", str(tmp_path), "--device", "cpu",
+                 "--json", str(tmp_path / "scores.json")]) == 0
+    assert json.loads((tmp_path / "scores.json").read_text())["scale"] == 2
+    assert main(["eval", "--model", "edsr_mini_291", "--scale", "3", "--data", str(tmp_path)]) == 2
+    assert "is a x2 model, not x3" in capsys.readouterr().err
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    for name in SHIPPED:
+        assert name in listing
+    set5 = models.pretrained_info("edsr_mini_291")["scores"]["Set5"]
+    assert f"{set5['psnr']:.2f} / {set5['ssim']:.4f}" in listing
