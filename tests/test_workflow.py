@@ -299,3 +299,20 @@ def test_combined_folders_read_as_one_set_and_a_repeated_folder_is_refused(tmp_p
     with pytest.raises(ValueError, match="is given twice"):
         folder_dataset([train, tmp_path / ".." / tmp_path.name / "more", second], 2)
     assert not isinstance(folder_dataset([train], 2), CombinedPairs)
+
+
+def test_the_291_image_preset_names_what_it_needs_in_one_line_before_making_the_folder(tmp_path, images, capsys):
+    train, val = images
+    out = tmp_path / "run"
+    given = ["run", "--preset", "cpu-291", "--val", str(val), "--out", str(out)]
+    teacher = tmp_path / "teacher.pt"
+    save_model(teacher, tiny_teacher())
+    for extra, message in (([], "needs training data: pass --data DIR"),
+                           (["--data", str(train)], "pass --teacher FILE"),
+                           (["--data", str(train), "--teacher", str(tmp_path / "missing.pth")],
+                            "missing.pth does not exist"),
+                           (["--data", str(train), "--data", str(train), "--teacher", str(teacher)],
+                            "is given twice")):
+        assert main(given + extra) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()

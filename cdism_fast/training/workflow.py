@@ -184,14 +184,17 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     record = {"preset": preset.name, "data": _source(data) if data is not None else "built-in",
               "val": [str(v) for v in val] if val else None, "teacher": str(teacher) if teacher else None,
               "no_kd_baseline": no_kd_baseline, "overrides": {k: v for k, v in overrides.items() if v is not None}}
-    _on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
-             runs=stage_folders(preset),
-             inputs=_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
-    # Fail on bad data now, before any training.
+    # Fail on bad input now, before the run folder is made.
+    if isinstance(teacher, (str, Path)) and not Path(teacher).is_file():
+        raise FileNotFoundError(f"--teacher {teacher} does not exist; pass a model file (a run's model.pt or a "
+                                "published checkpoint)")
     training_pairs(data, preset.scale)
     eval_sets = validation_sets(val, data, preset.scale)
     if not eval_sets:
         raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
+    _on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
+             runs=stage_folders(preset),
+             inputs=_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
 
     def interrupted(stage: str) -> WorkflowResult:
         _on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
