@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
-__all__ = ["EXPORT_FORMATS", "export"]
+__all__ = ["EXPORT_FORMATS", "export", "format_for"]
 
 EXPORT_FORMATS = {"safetensors": (".safetensors",), "pth": (".pth", ".pt"), "onnx": (".onnx",)}
 
 
-def _format_for(path: Path, format: str | None) -> str:
+def format_for(path: Path, format: str | None) -> str:
     if format is None:
         for name, suffixes in EXPORT_FORMATS.items():
             if path.suffix.lower() in suffixes:
@@ -113,7 +113,7 @@ def export(model: nn.Module, path, format: str | None = None, scale: int | None 
     free, and so are height and width with ``dynamic``.
     """
     path = Path(path)
-    format = _format_for(path, format)
+    format = format_for(path, format)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "safetensors":
         from safetensors.torch import save_model

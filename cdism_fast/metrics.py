@@ -22,8 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data._checks import check_int
-from .data.io import to_uint8
+from .data import check_int, to_uint8
 
 __all__ = ["psnr", "ssim", "rgb_to_y"]
 

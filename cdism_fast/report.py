@@ -23,14 +23,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .run_evaluation import EVALUATION_FILE
+
 __all__ = ["build_report", "PAPER_POINTS", "PUBLISHED", "REPORT_MODELS"]
 
 #: Report entries in display order, with their labels.
 REPORT_MODELS = {"teacher": "teacher", "pruned": "pruned teacher", "student": "student (KD)",
                  "student_no_kd": "student (no KD)", "edsr_mini": "EDSRmini (KD)",
                  "edsr_mini_no_kd": "EDSRmini (no KD)", "bicubic": "bicubic"}
-#: The folder suffix of a student's no-KD twin (as the workflow names them).
+#: The folder suffix of a student's no-KD twin (the workflow names its folders so).
 NO_KD_SUFFIX = "_no_kd"
+#: The run's wall time of each stage in seconds, summed over the run and its resumes (written by the workflow).
+TIMINGS_FILE = "timings.json"
 #: The sets whose mean PSNR the paper's Fig. 4 plots.
 FIGURE_SETS = ("Set5", "Set14")
 
@@ -270,9 +274,9 @@ def build_report(run_dir) -> dict:
     from .training.artifacts import read_json, write_json
 
     run_dir = Path(run_dir)
-    evaluation = read_json(run_dir / "evaluation.json", "evaluation file")
+    evaluation = read_json(run_dir / EVALUATION_FILE, "evaluation file")
     if evaluation is None:
-        raise FileNotFoundError(f"{run_dir / 'evaluation.json'} does not exist: {run_dir} is not a completed "
+        raise FileNotFoundError(f"{run_dir / EVALUATION_FILE} does not exist: {run_dir} is not a completed "
                                 "`cdism-fast run` folder (resume the run to finish it)")
     stage = read_json(run_dir / "stage.json", "stage record") or {}
     try:
@@ -319,6 +323,6 @@ def _collect(run_dir: Path, evaluation: dict, stage: dict, read_json) -> tuple[d
         checks=_checks(models),
         paper_points=PAPER_POINTS,
         models=order,
-        timings=read_json(run_dir / "timings.json", "timings file") or {},
+        timings=read_json(run_dir / TIMINGS_FILE, "timings file") or {},
     )
     return report, models

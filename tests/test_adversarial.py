@@ -158,7 +158,7 @@ def test_overwrite_removes_only_the_stage_files_and_refuses_foreign_ones(tmp_pat
 
 def test_overwrite_of_a_workflow_run_removes_its_stage_folders_and_nothing_else(tmp_path):
     from cdism_fast.training.artifacts import prepare_run_folder
-    from cdism_fast.training.workflow import RUN_FILES, STAGE_FOLDERS
+    from cdism_fast.workflow import RUN_FILES, STAGE_FOLDERS
 
     run = tmp_path / "run"
     prepare_run_folder(run, "run", {}, files=RUN_FILES, runs=STAGE_FOLDERS)

@@ -15,7 +15,7 @@ from cdism_fast.training import read_log
 from cdism_fast.training.artifacts import load_model, model_spec, save_model
 from cdism_fast.training.presets import PRESETS, WorkflowPreset
 from cdism_fast.training.stages import StageSettings, compress, distill, prune
-from cdism_fast.training.workflow import run_workflow
+from cdism_fast.workflow import run_workflow
 
 # Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 
-from ..ops._dispatch import BackendUnavailable
+from ..ops import BackendUnavailable
 
 # Order is the order shown in ``cdism-fast --help``.
 COMMANDS = ("info", "eval", "upscale", "export", "models", "train", "prune", "compress", "distill", "run", "report")

@@ -27,11 +27,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import infer_scale, load_model
-    from ..export import _format_for, export
+    from ..export import export, format_for
     from ..optional import require
 
     needs = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript")}
-    require(f"export to {args.output}", *needs.get(_format_for(args.output, args.format), ()))
+    require(f"export to {args.output}", *needs.get(format_for(args.output, args.format), ()))
 
     model = load_model(args.model, args.scale)
     scale = args.scale or infer_scale(model)

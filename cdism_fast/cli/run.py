@@ -33,7 +33,7 @@ def _run(args) -> str:
     from ..optional import available, install_hint
     from ..training import distributed
     from ..training.cli_support import overrides_from_args
-    from ..training.workflow import run_workflow
+    from ..workflow import run_workflow
 
     context = distributed.setup(args.device)
     if context.is_main and not available("matplotlib"):

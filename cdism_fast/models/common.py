@@ -6,7 +6,7 @@ import inspect
 import torch
 from torch import nn
 
-from ..ops._checks import check_image
+from ..ops import check_image
 
 #: RGB mean of DIV2K on a [0, 1] range, subtracted by EDSR and SwinIR before the network.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)

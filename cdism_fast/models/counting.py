@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
-from .. import _extension
+from ..ops import on_extension_load
 
 _aten = torch.ops.aten
 #: aten ops by category; the counter's FLOPs are 2 per multiply-accumulate.
@@ -97,8 +97,8 @@ def _window_attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **
     return 2 * 2 * windows * heads * tokens * tokens * head_dim
 
 
-@_extension.on_load("cpp")
-@_extension.on_load("cuda")
+@on_extension_load("cpp")
+@on_extension_load("cuda")
 def _register_window_attention_formula() -> None:
     # Compiled kernels are opaque to torch's FLOP counter: give it the formula (once).
     for op in _window_attention_ops():

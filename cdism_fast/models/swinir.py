@@ -25,8 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..ops import window_attention
-from ..ops._dispatch import BACKEND_NAMES
+from ..ops import BACKEND_NAMES, window_attention
 from .common import (
     DIV2K_RGB_MEAN,
     MeanShift,

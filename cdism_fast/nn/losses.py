@@ -14,9 +14,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops import CHARBONNIER_EPS, STUDENT_LOSSES, charbonnier, distillation_loss, gaussian_highpass, laplacian_loss
-from ..ops._checks import check_nonnegative, check_reduction
-from ..ops.laplacian import check_levels
+from ..ops import (
+    CHARBONNIER_EPS,
+    STUDENT_LOSSES,
+    charbonnier,
+    check_levels,
+    check_nonnegative,
+    check_reduction,
+    distillation_loss,
+    gaussian_highpass,
+    laplacian_loss,
+)
 
 
 def _check_loss_weight(loss_weight) -> float:

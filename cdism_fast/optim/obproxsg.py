@@ -12,8 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..ops._checks import check_nonnegative
-from ..ops.obproxsg import obproxsg_step
+from ..ops import check_nonnegative, obproxsg_step
 
 PROX_SG = "prox_sg"
 ORTHANT = "orthant"

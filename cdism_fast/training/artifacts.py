@@ -30,7 +30,8 @@ from .checkpoint import atomic_save
 
 __all__ = ["MODEL_FORMAT", "STAGE_FILE", "save_model", "load_model", "model_spec", "build_from_spec", "command_line",
            "prepare_run_folder", "write_json", "read_json", "read_stage", "mark_stage", "release_run_folder",
-           "records_failure", "one_line", "LOCK_FILE", "RESUMABLE_SETTINGS", "RunFolderLocked"]
+           "records_failure", "one_line", "LOCK_FILE", "RESUMABLE_SETTINGS", "RunFolderLocked", "stage_inputs",
+           "data_source"]
 
 STAGE_FILE = "stage.json"
 
@@ -94,6 +95,22 @@ def read_stage(folder) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------ run folders
+def stage_inputs(data, val, given: dict | None) -> dict:
+    """``{option: path}`` of what a stage reads (``--overwrite`` never deletes them)."""
+    vals = [val] if isinstance(val, (str, Path)) else list(val or ())
+    folders = list(data) if isinstance(data, (list, tuple)) else [data]
+    folders = {"--data": folders[0]} if len(folders) == 1 else {f"--data {d}": d for d in folders}
+    return {**folders, **{f"--val {v}": v for v in vals}, **(given or {})}
+
+
+def data_source(path) -> str | list[str] | None:
+    """A data folder (or list of folders) as recorded in ``stage.json`` (absolute, so that a resume from
+    elsewhere compares equal)."""
+    if isinstance(path, (list, tuple)):
+        return [str(Path(p).resolve()) for p in path] if len(path) > 1 else data_source(path[0])
+    return str(Path(path).resolve()) if path is not None else None
+
+
 #: Written while a process writes a run folder: its PID (see :func:`prepare_run_folder`).
 LOCK_FILE = ".cdism-fast.lock"
 #: Settings that a resumed run may change; any other change is refused (it would change what the run means).

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "setup", "check_device", "current", "barrier", "broadcast_object", "gather_objects"]
+__all__ = ["DistributedContext", "setup", "check_device", "current", "barrier", "broadcast_object", "gather_objects",
+           "on_main"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,18 @@ def gather_objects(value) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def on_main(function, *args, **kwargs):
+    """Run ``function`` on rank 0 only; every rank gets its result, or raises its error."""
+    context = current()
+    outcome = None
+    if context.is_main:
+        try:
+            outcome = ("ok", function(*args, **kwargs))
+        except Exception as error:  # re-raised on every rank below
+            outcome = ("error", error)
+    kind, value = broadcast_object(outcome)
+    if kind == "error":
+        raise value
+    return value

@@ -44,12 +44,13 @@ from .ema import ExponentialMovingAverage
 from .monitor import RunLog, drop_repeated_records
 from .sampler import ShardedStreamSampler
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME", "LOG_NAME"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME", "LOG_NAME",
+           "AMP_DTYPES"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 CHECKPOINT_FORMAT = "cdism_fast.training/1"
-_AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,8 +98,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0 (0 turns it off), got {value!r}")
-        if self.amp not in _AMP_DTYPES:
-            raise ValueError(f"amp must be one of {tuple(_AMP_DTYPES)}, got {self.amp!r}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
@@ -190,7 +191,7 @@ class Trainer:
         self.kind, self.metadata = kind, dict(metadata or {})
         self.step_loss, self.optimizer, self.scheduler, self.validate = step_loss, optimizer, scheduler, validate
         self.dataset = dataset
-        amp_dtype = _AMP_DTYPES[config.amp]
+        amp_dtype = AMP_DTYPES[config.amp]
         if amp_dtype == torch.float16 and self.device.type != "cuda":
             raise ValueError(f"amp='fp16' needs a CUDA device (training runs on {self.device}); use 'bf16' or 'none'")
         self.amp_dtype = amp_dtype

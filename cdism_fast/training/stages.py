@@ -33,14 +33,17 @@ from ..ops import CHARBONNIER_EPS, STUDENT_LOSSES
 from . import distributed
 from .artifacts import (
     build_from_spec,
+    data_source,
     mark_stage,
     model_spec,
     prepare_run_folder,
     records_failure,
     save_model,
+    stage_inputs,
     write_json,
 )
 from .checkpoint import load_checkpoint
+from .distributed import on_main
 from .engine import CHECKPOINT_NAME, LOG_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult, uses_channels_last
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator",
@@ -176,41 +179,10 @@ def _unit(batch):
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _on_main(function, *args, **kwargs):
-    """Run ``function`` on rank 0 only; every rank gets its result, or raises its error."""
-    context = distributed.current()
-    outcome = None
-    if context.is_main:
-        try:
-            outcome = ("ok", function(*args, **kwargs))
-        except Exception as error:  # re-raised on every rank below
-            outcome = ("error", error)
-    kind, value = distributed.broadcast_object(outcome)
-    if kind == "error":
-        raise value
-    return value
-
-
 def _start(folder, stage: str, settings: dict, resume: bool, overwrite: bool, inputs: dict | None,
            files=TRAINING_FILES) -> None:
-    _on_main(prepare_run_folder, folder, stage, settings, resume=resume, overwrite=overwrite, files=files,
+    on_main(prepare_run_folder, folder, stage, settings, resume=resume, overwrite=overwrite, files=files,
              inputs=inputs)
-
-
-def _inputs(data, val, given: dict | None) -> dict:
-    """``{option: path}`` of what a stage reads (``--overwrite`` never deletes them)."""
-    vals = [val] if isinstance(val, (str, Path)) else list(val or ())
-    folders = list(data) if isinstance(data, (list, tuple)) else [data]
-    folders = {"--data": folders[0]} if len(folders) == 1 else {f"--data {d}": d for d in folders}
-    return {**folders, **{f"--val {v}": v for v in vals}, **(given or {})}
-
-
-def _source(path) -> str | list[str] | None:
-    """A data folder (or list of folders) as recorded in ``stage.json`` (absolute, so that a resume from
-    elsewhere compares equal)."""
-    if isinstance(path, (list, tuple)):
-        return [str(Path(p).resolve()) for p in path] if len(path) > 1 else _source(path[0])
-    return str(Path(path).resolve()) if path is not None else None
 
 
 def _fit(trainer: Trainer, folder, resume: bool) -> TrainResult:
@@ -218,7 +190,7 @@ def _fit(trainer: Trainer, folder, resume: bool) -> TrainResult:
     try:
         return trainer.fit(resume=resume)
     except NonFiniteLossError as error:
-        _on_main(mark_stage, folder, status="failed", error=str(error))
+        on_main(mark_stage, folder, status="failed", error=str(error))
         raise
 
 
@@ -227,9 +199,9 @@ def _finish(result: TrainResult, trainer: Trainer, folder: Path, extra_info: dic
     model = trainer.eval_model
     path = Path(folder) / MODEL_FILE
     if result.status == "completed":
-        _on_main(save_model, path, model, iteration=result.iteration, validation=result.validation,
+        on_main(save_model, path, model, iteration=result.iteration, validation=result.validation,
                  **(extra_info or {}))
-    _on_main(mark_stage, folder, status=result.status, iteration=result.iteration, validation=result.validation,
+    on_main(mark_stage, folder, status=result.status, iteration=result.iteration, validation=result.validation,
              outputs={"model": MODEL_FILE if result.status == "completed" else None, "checkpoint": CHECKPOINT_NAME,
                       **(extra_outputs or {})})
     return StageResult(result.status, Path(folder), model, path if result.status == "completed" else None,
@@ -252,8 +224,8 @@ def train_teacher(model: nn.Module, out_dir, settings: StageSettings, data=None,
     """Stage 0: train ``model`` from its current weights with L1 loss and Adam (betas 0.9, 0.999)."""
     context = context or distributed.setup()
     scale = model.scale
-    _start(out_dir, "train", _settings_record(settings, model=model_spec(model), data=_source(data)), resume,
-           overwrite, _inputs(data, val, inputs))
+    _start(out_dir, "train", _settings_record(settings, model=model_spec(model), data=data_source(data)), resume,
+           overwrite, stage_inputs(data, val, inputs))
     patches = _patches(training_pairs(data, scale), settings)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
 
@@ -307,8 +279,9 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, data=None, val=N
     if n_p is None:
         n_p = max(1, math.ceil(settings.iterations / (10 * steps_per_epoch)))
     schedule = dict(lam=lam, n_p=n_p, n_o=n_o, steps_per_epoch=steps_per_epoch, eps=eps, penalty=penalty)
-    _start(out_dir, "prune", _settings_record(settings, **schedule, teacher=model_spec(teacher), data=_source(data)),
-           resume, overwrite, _inputs(data, val, inputs), files=(*TRAINING_FILES, DENSITY_FILE))
+    _start(out_dir, "prune",
+           _settings_record(settings, **schedule, teacher=model_spec(teacher), data=data_source(data)),
+           resume, overwrite, stage_inputs(data, val, inputs), files=(*TRAINING_FILES, DENSITY_FILE))
     model = copy.deepcopy(teacher).train().requires_grad_(True)
     if penalty == "all":
         groups = [{"params": list(model.parameters())}]
@@ -331,7 +304,7 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, data=None, val=N
     report = density_report(trainer.model)
     report.update(iteration=result.iteration, **schedule)
     if result.status == "completed":
-        _on_main(write_json, Path(out_dir) / DENSITY_FILE, report)
+        on_main(write_json, Path(out_dir) / DENSITY_FILE, report)
     stage = _finish(result, trainer, out_dir, extra_info={"density": report["density"]},
                     extra_outputs={"density": DENSITY_FILE if result.status == "completed" else None})
     stage.extra["density"] = report
@@ -422,7 +395,7 @@ def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, over
         write_json(Path(out_dir) / STUDENT_FILE, result)
         mark_stage(out_dir, status="completed", outputs={"student": STUDENT_FILE}, structure=structure._asdict())
 
-    _on_main(write)
+    on_main(write)
     return StageResult("completed", Path(out_dir), student, None, extra=result)
 
 
@@ -531,8 +504,8 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     _start(out_dir, kind, _settings_record(settings, kd=kd, alpha=alpha, student_loss=student_loss, reduction=reduction,
                                            student=model_spec(model),
                                            teacher=_describe(teacher) if teacher is not None else None,
-                                           data=_source(data)),
-           resume, overwrite, _inputs(data, val, {**(inputs or {}), "--student": student
+                                           data=data_source(data)),
+           resume, overwrite, stage_inputs(data, val, {**(inputs or {}), "--student": student
                                                   if isinstance(student, (str, Path)) else None}))
     if teacher is not None and kd:
         teacher = copy.deepcopy(teacher).to(context.device).eval().requires_grad_(False)
@@ -571,11 +544,11 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
 
 def _teacher_cache(teacher: nn.Module, patches, pairs, folder, settings: StageSettings):
     """The teacher's outputs on every training image, checked and built before training (see distill)."""
-    from .engine import _AMP_DTYPES
+    from .engine import AMP_DTYPES
     from .teacher_cache import TeacherCache, default_cache_folder
 
     cache = TeacherCache(default_cache_folder() if folder is True else folder, teacher, patches, pairs,
-                         amp_dtype=_AMP_DTYPES[settings.amp], progress=settings.progress)
+                         amp_dtype=AMP_DTYPES[settings.amp], progress=settings.progress)
     cache.prepare()
     patches.use_targets(cache)
     return cache

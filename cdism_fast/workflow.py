@@ -4,10 +4,13 @@ The run folder holds one sub-folder per stage (``teacher/``, ``prune/``,
 ``compress/``, ``student/``, ``student_no_kd/``), ``evaluation.json``,
 ``crops/`` (the Fig. 3-style crops) and the report. Resuming skips the stages
 that completed and resumes the one that was interrupted.
+
+This module sits above :mod:`cdism_fast.training` (the stages),
+:mod:`cdism_fast.run_evaluation` (the evaluation stage) and
+:mod:`cdism_fast.report`, and below the ``cdism-fast run`` command.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,23 +19,32 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import distributed
-from .artifacts import mark_stage, prepare_run_folder, read_stage, records_failure, write_json
-from .presets import PRESETS, WorkflowPreset
-from .stages import (
+from .report import NO_KD_SUFFIX, TIMINGS_FILE, build_report
+from .run_evaluation import CROP_SIZE, EVALUATION_FILE, evaluate_models
+from .training import distributed
+from .training.artifacts import (
+    data_source,
+    load_model,
+    mark_stage,
+    prepare_run_folder,
+    read_json,
+    read_stage,
+    records_failure,
+    stage_inputs,
+    write_json,
+)
+from .training.distributed import on_main
+from .training.presets import PRESETS, WorkflowPreset
+from .training.stages import (
     DENSITY_FILE,
     STUDENT_FILE,
     StageResult,
     StageSettings,
-    _inputs,
-    _on_main,
-    _source,
     compress,
     distill,
     format_table,
     load_stage_model,
     prune,
-    structure_table,
     train_teacher,
     training_pairs,
     validation_sets,
@@ -41,18 +53,11 @@ from .stages import (
 __all__ = ["run_workflow", "WorkflowResult", "evaluate_models", "stage_folders", "EVALUATION_FILE", "TIMINGS_FILE",
            "CROP_SIZE"]
 
-EVALUATION_FILE = "evaluation.json"
-#: Wall time of each stage in seconds, summed over the run and its resumes.
-TIMINGS_FILE = "timings.json"
-#: Side (HR pixels) of the Fig. 3-style crops.
-CROP_SIZE = 96
 #: The stage folders of a run (besides the students', see :func:`stage_folders`), and the files the run
 #: writes beside them (``--overwrite`` removes only these).
 STAGE_FOLDERS = ("teacher", "prune", "compress", "student", "student_no_kd")
 RUN_FILES = (EVALUATION_FILE, TIMINGS_FILE, "report.json", "report.md", "psnr_vs_cost.png", "crops.png",
              "crops/*.png")
-#: The folder of a student's no-KD twin.
-NO_KD_SUFFIX = "_no_kd"
 
 
 @dataclass
@@ -75,8 +80,6 @@ def _completed(folder: Path) -> bool:
 
 
 def _add_time(out_dir: Path, stage: str, seconds: float) -> None:
-    from .artifacts import read_json
-
     timings = read_json(out_dir / TIMINGS_FILE, "timings file") or {}
     timings[stage] = round(float(timings.get(stage, 0.0)) + seconds, 1)
     write_json(out_dir / TIMINGS_FILE, timings)
@@ -88,7 +91,7 @@ def _timed(out_dir: Path, stage: str, run):
     try:
         return run()
     finally:
-        _on_main(_add_time, out_dir, stage, time.perf_counter() - started)
+        on_main(_add_time, out_dir, stage, time.perf_counter() - started)
 
 
 def _stage(out_dir: Path, name: str, run, *, loads=True):
@@ -124,7 +127,7 @@ def _teacher(preset: WorkflowPreset, teacher, out_dir: Path, overrides: dict, da
     if teacher is None:
         def train(resume):
             torch.manual_seed(_settings(preset.teacher, overrides).seed)
-            from ..models import build
+            from .models import build
 
             model = build(preset.teacher_model, scale=preset.scale)
             if preset.teacher_structure is not None:
@@ -136,8 +139,6 @@ def _teacher(preset: WorkflowPreset, teacher, out_dir: Path, overrides: dict, da
     if isinstance(teacher, nn.Module):
         model = teacher
     else:
-        from .artifacts import load_model
-
         model = load_model(teacher)
     if getattr(model, "scale", preset.scale) != preset.scale:
         raise ValueError(f"the teacher is a x{model.scale} model but preset {preset.name!r} is x{preset.scale}")
@@ -175,13 +176,11 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     fields of every stage's settings (e.g. ``num_workers``, ``amp``). Each
     stage's wall time is kept in ``timings.json``.
     """
-    from ..report import build_report
-
     preset = _preset(preset, data, teacher)
     context = context or distributed.setup()
     out_dir = Path(out_dir)
     overrides = {**(settings_overrides or {}), "progress": progress}
-    record = {"preset": preset.name, "data": _source(data) if data is not None else "built-in",
+    record = {"preset": preset.name, "data": data_source(data) if data is not None else "built-in",
               "val": [str(v) for v in val] if val else None, "teacher": str(teacher) if teacher else None,
               "no_kd_baseline": no_kd_baseline, "overrides": {k: v for k, v in overrides.items() if v is not None}}
     # Fail on bad input now, before the run folder is made.
@@ -192,12 +191,12 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     eval_sets = validation_sets(val, data, preset.scale)
     if not eval_sets:
         raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
-    _on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
-             runs=stage_folders(preset),
-             inputs=_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
+    on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
+            runs=stage_folders(preset),
+            inputs=stage_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
 
     def interrupted(stage: str) -> WorkflowResult:
-        _on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
+        on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
         return WorkflowResult("interrupted", out_dir)
 
     status, teacher_model = _teacher(preset, teacher, out_dir, overrides, data, val, context)
@@ -223,68 +222,7 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
 
     models = {"teacher": teacher_model, "pruned": pruned, **trained}
     evaluation = _timed(out_dir, "evaluation",
-                        lambda: _on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
-    report = _on_main(build_report, out_dir)
-    _on_main(mark_stage, out_dir, status="completed")
+                        lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
+    report = on_main(build_report, out_dir)
+    on_main(mark_stage, out_dir, status="completed")
     return WorkflowResult("completed", out_dir, evaluation, report)
-
-
-def _pick_crop(hr: torch.Tensor, size: int) -> tuple[int, int]:
-    """Top-left corner of the most detailed ``size``² window (largest luminance variance on a coarse grid)."""
-    grey = hr.float().mean(0)
-    height, width = grey.shape
-    size = min(size, height, width)
-    best, corner = -1.0, (0, 0)
-    step = max(1, size // 2)
-    for top in range(0, height - size + 1, step):
-        for left in range(0, width - size + 1, step):
-            variance = float(grey[top: top + size, left: left + size].var())
-            if variance > best:
-                best, corner = variance, (top, left)
-    return corner
-
-
-def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, out_dir, progress: bool = True) -> dict:
-    """PSNR/SSIM of each model (and bicubic) on every set, sizes and costs, and the crops of one image.
-
-    Writes ``evaluation.json`` and ``crops/<model>.png`` (the same crop of the
-    first image of the first set for HR, bicubic and every model).
-    """
-    from ..data import write_image
-    from ..evaluation import Bicubic, evaluate, upscale
-    from ..models import count_flops, count_params
-    from .stages import FLOPS_SIZE, density_report
-
-    out_dir = Path(out_dir)
-    entries = {}
-    lr, hr, image_name = eval_sets[0][0]
-    top, left = _pick_crop(hr, CROP_SIZE)
-    crop = (slice(top, top + CROP_SIZE), slice(left, left + CROP_SIZE))
-    write_image(out_dir / "crops" / "hr.png", hr[:, crop[0], crop[1]])
-    for name, model in {**models, "bicubic": Bicubic(scale)}.items():
-        model = model.eval()
-        per_set = {}
-        for dataset in eval_sets:
-            scores = evaluate(model, dataset, scale, progress=progress)
-            per_set[scores["name"]] = {"psnr": scores["psnr"], "ssim": scores["ssim"], "images": scores["images"]}
-        images = [image for scores in per_set.values() for image in scores["images"]]
-        entry = {
-            "psnr": math.fsum(i["psnr"] for i in images) / len(images),
-            "ssim": math.fsum(i["ssim"] for i in images) / len(images),
-            "sets": per_set,
-        }
-        if name != "bicubic":
-            flops = count_flops(model, out_hw=FLOPS_SIZE)
-            entry.update(params=count_params(model), flops=flops["total"],
-                         flops_without_attention=flops["total_without_attention"],
-                         structure=model.structure()._asdict(), density=density_report(model)["density"])
-        else:
-            entry.update(params=0, flops=0, structure=None, density=None)
-        with torch.no_grad():
-            sr = upscale(model, lr, scale)
-        write_image(out_dir / "crops" / f"{name}.png", sr[:, crop[0], crop[1]])
-        entries[name] = entry
-    evaluation = {"scale": scale, "crop": {"image": image_name, "top": top, "left": left, "size": CROP_SIZE},
-                  "models": entries, "table": structure_table(models)}
-    write_json(out_dir / EVALUATION_FILE, evaluation)
-    return evaluation
