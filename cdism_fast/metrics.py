@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data._checks import check_int
+from ._checks import check_int
 from .data.io import to_uint8
 
 __all__ = ["psnr", "ssim", "rgb_to_y"]
