@@ -42,6 +42,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .models.common import check_positive_int
 from .models.family import Compressible, Structure
 
 ROUNDINGS = ("nearest", "down", "up")
@@ -131,12 +132,6 @@ def _check_density(density) -> float:
     return float(density)
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _round(value: float, rounding: str) -> int:
     if rounding == "nearest":
         return math.floor(value + 0.5)
@@ -162,14 +157,14 @@ def compress_config(model, density: float, rounding: str = "nearest", channel_mu
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if channels not in CHANNEL_RULES:
         raise ValueError(f"channels must be one of {CHANNEL_RULES}, got {channels!r}")
-    multiple = _check_count("channel_multiple",
+    multiple = check_positive_int("channel_multiple",
                             model.channel_multiple() if channel_multiple is None else channel_multiple)
     teacher = model.structure()
     r = density ** (1 / 6)
-    new_b = max(1, _round(teacher.n_b * r, rounding)) if n_b is None else _check_count("n_b", n_b)
-    new_l = max(2, _round((teacher.n_l + 1) * r, rounding)) - 1 if n_l is None else _check_count("n_l", n_l)
+    new_b = max(1, _round(teacher.n_b * r, rounding)) if n_b is None else check_positive_int("n_b", n_b)
+    new_l = max(2, _round((teacher.n_l + 1) * r, rounding)) - 1 if n_l is None else check_positive_int("n_l", n_l)
     if n_c is not None:
-        return Structure(new_b, new_l, _check_count("n_c", n_c))
+        return Structure(new_b, new_l, check_positive_int("n_c", n_c))
     estimate = teacher.n_c * math.sqrt(density * teacher.n_b * (teacher.n_l + 1) / (new_b * (new_l + 1)))
     new_c = multiple * max(1, _round(estimate / multiple, rounding))
     if channels == "count":

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import check_int, folder_dataset, imresize, to_uint8
+from ._checks import check_int
+from .data import folder_dataset, imresize, to_uint8
 from .metrics import psnr, ssim
 
 __all__ = ["upscale", "evaluate", "Bicubic", "infer_scale", "load_model", "model_device"]

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import check_int, to_uint8
+from ._checks import check_int
+from .data import to_uint8
 
 __all__ = ["psnr", "ssim", "rgb_to_y"]
 

@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 #: The layers, lowest first, each with its units: the top-level modules and subpackages of cdism_fast ("" is
 #: the package's own ``__init__``). A unit may import units of its own layer and of the layers below.
 LAYERS = (
-    ("shared helpers", ("_extension", "_C", "safe_io", "optional")),
+    ("shared helpers", ("_extension", "_C", "_checks", "safe_io", "optional")),
     ("ops", ("ops",)),
     ("nn and optim", ("nn", "optim")),
     ("models", ("models",)),
@@ -33,12 +33,11 @@ LAYERS = (
     ("workflow", ("workflow",)),
     ("entry points", ("cli", "__main__", "")),
 )
-#: Private modules directly under cdism_fast that any layer may import (the compiled extension and its loader).
-SHARED_PRIVATE_MODULES = frozenset({"_extension", "_C"})
+#: Private modules directly under cdism_fast that any layer may import (the compiled extension, its loader and
+#: the argument checks).
+SHARED_PRIVATE_MODULES = frozenset({"_extension", "_C", "_checks"})
 #: Modules not checked (as importers).
-EXCLUDED = frozenset({
-    "cdism_fast.training.cli_support",  # moves to cdism_fast/cli/, where it will be checked as part of the CLI
-})
+EXCLUDED: frozenset = frozenset()
 
 LAYER_OF = {unit: index for index, (_, units) in enumerate(LAYERS) for unit in units}
 

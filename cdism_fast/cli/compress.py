@@ -50,6 +50,6 @@ def _compress(args) -> str:
 
 
 def run(args) -> int:
-    from ..training.cli_support import run_safely
+    from .options import run_safely
 
     return run_safely(_compress, args)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     from ..ops import STUDENT_LOSSES
-    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, preset_argument
+    from .options import (
+        StageOptions,
+        add_data_arguments,
+        add_output_arguments,
+        add_training_arguments,
+        preset_argument,
+        stage_defaults,
+    )
 
     parser = subparsers.add_parser(
         "distill", help="stage 3: distill the compact student (AdaMax), or --no-kd",
@@ -27,18 +34,19 @@ def register(subparsers) -> None:
                         help="scale of a preset or family:n_b,n_l,n_c student, and of a teacher file that does not "
                              "tell it (default: the teacher's, else 2)")
     parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only, no teacher")
-    parser.add_argument("--alpha", type=float, default=None, help="weight of the student loss (default 0.1)")
-    parser.add_argument("--student-loss", choices=STUDENT_LOSSES, default=None,
-                        help="the teacher family's original loss (default l1: EDSR and SwinIR)")
-    parser.add_argument("--kd-reduction", choices=("mean", "sum"), default=None,
-                        help="per pyramid level: mean (the authors' code; paper presets) or sum (Niklaus and Liu; "
-                             "the demo preset)")
+    distillation = StageOptions(parser, "distillation (defaults: the preset's)")
+    distillation.add("--alpha", type=float, help="weight of the student loss (default 0.1)")
+    distillation.add("--student-loss", choices=STUDENT_LOSSES,
+                     help="the teacher family's original loss (default l1: EDSR and SwinIR)")
+    distillation.add("--reduction", "--kd-reduction", choices=("mean", "sum"),
+                     help="of the distillation loss, per pyramid level: mean (the authors' code; paper presets) "
+                          "or sum (Niklaus and Liu; the demo and cpu-291 presets)")
     parser.add_argument("--teacher-cache", default=None, metavar="DIR|off",
                         help="folder of the teacher-output cache (default: $CDISM_CACHE/teacher-outputs, "
                              "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
     preset_argument(parser, "paper-edsr")
     add_data_arguments(parser)
-    add_training_arguments(parser)
+    add_training_arguments(parser, stage_defaults("paper-edsr", "distill"), "paper-edsr")
     add_output_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -46,15 +54,13 @@ def register(subparsers) -> None:
 def _distill(args) -> str:
     from ..evaluation import load_model
     from ..training import distributed
-    from ..training.cli_support import settings_from_args
     from ..training.presets import PRESETS
     from ..training.stages import distill
+    from .options import settings_from_args, stage_options_from_args
 
     preset = PRESETS[args.preset]
     settings = settings_from_args(args, preset.distill)
-    options = dict(preset.distill_options)
-    given = {"alpha": args.alpha, "student_loss": args.student_loss, "reduction": args.kd_reduction}
-    options.update({k: v for k, v in given.items() if v is not None})
+    options = stage_options_from_args(args, preset.distill_options)
     if not args.no_kd and args.teacher is None:
         raise ValueError("--teacher is required for distillation; pass --no-kd for the ground-truth-only ablation")
     teacher = load_model(args.teacher, args.scale) if args.teacher and not args.no_kd else None
@@ -69,6 +75,6 @@ def _distill(args) -> str:
 
 
 def run(args) -> int:
-    from ..training.cli_support import run_safely
+    from .options import run_safely
 
     return run_safely(_distill, args)

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, preset_argument
+    from .options import (
+        StageOptions,
+        add_data_arguments,
+        add_output_arguments,
+        add_training_arguments,
+        preset_argument,
+        stage_defaults,
+    )
 
     parser = subparsers.add_parser(
         "prune", help="stage 1: OBProx-SG pruning, writes density.json",
@@ -13,19 +20,18 @@ def register(subparsers) -> None:
                     "deep-feature module's weights, the paper's d, and per-layer densities).")
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (model.pt of `train`, or an "
                                                          "EDSR-PyTorch / BasicSR / SwinIR file)")
-    parser.add_argument("--lam", type=float, default=None, help="l1 weight lambda (paper presets: 1e-4)")
-    parser.add_argument("--n-p", type=int, default=None,
-                        help="Prox-SG phase length in phase epochs (default: the preset's; without one, "
-                             "a tenth of the iterations)")
-    parser.add_argument("--n-o", type=int, default=None,
-                        help="orthant phase length in phase epochs per cycle (default: orthant to the end)")
-    parser.add_argument("--steps-per-epoch", type=int, default=None, help="optimizer steps per phase epoch")
-    parser.add_argument("--eps", type=float, default=None, help="orthant projection threshold")
-    parser.add_argument("--penalty", choices=("all", "deep"), default=None,
-                        help="penalise all parameters (the paper) or only the deep-feature module")
+    pruning = StageOptions(parser, "pruning (defaults: the preset's)")
+    pruning.add("--lam", type=float, help="l1 weight lambda (paper presets: 1e-4)")
+    pruning.add("--n-p", type=int, help="Prox-SG phase length in phase epochs (default: the preset's; without one, "
+                                        "a tenth of the iterations)")
+    pruning.add("--n-o", type=int, help="orthant phase length in phase epochs per cycle (default: orthant to the end)")
+    pruning.add("--steps-per-epoch", type=int, help="optimizer steps per phase epoch")
+    pruning.add("--eps", type=float, help="orthant projection threshold")
+    pruning.add("--penalty", choices=("all", "deep"),
+                help="penalise all parameters (the paper) or only the deep-feature module")
     preset_argument(parser, "paper-edsr")
     add_data_arguments(parser)
-    add_training_arguments(parser)
+    add_training_arguments(parser, stage_defaults("paper-edsr", "prune"), "paper-edsr")
     add_output_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -33,16 +39,13 @@ def register(subparsers) -> None:
 def _prune(args) -> str:
     from ..training import distributed
     from ..training.artifacts import load_model
-    from ..training.cli_support import settings_from_args
     from ..training.presets import PRESETS
     from ..training.stages import prune
+    from .options import settings_from_args, stage_options_from_args
 
     preset = PRESETS[args.preset]
     settings = settings_from_args(args, preset.prune)
-    options = dict(preset.prune_options)
-    given = {"lam": args.lam, "n_p": args.n_p, "n_o": args.n_o, "steps_per_epoch": args.steps_per_epoch,
-             "eps": args.eps, "penalty": args.penalty}
-    options.update({k: v for k, v in given.items() if v is not None})
+    options = stage_options_from_args(args, preset.prune_options)
     context = distributed.setup(args.device)
     result = prune(load_model(args.teacher), args.out, settings, args.data, args.val, resume=args.resume,
                    overwrite=args.overwrite, context=context, inputs={"--teacher": args.teacher}, **options)
@@ -54,6 +57,6 @@ def _prune(args) -> str:
 
 
 def run(args) -> int:
-    from ..training.cli_support import run_safely
+    from .options import run_safely
 
     return run_safely(_prune, args)

@@ -38,6 +38,6 @@ def _report(args) -> str:
 
 
 def run(args) -> int:
-    from ..training.cli_support import run_safely
+    from .options import run_safely
 
     return run_safely(_report, args)

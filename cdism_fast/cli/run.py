@@ -5,7 +5,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from ..training.cli_support import add_output_arguments, add_training_arguments, data_argument, preset_argument
+    from .options import add_output_arguments, add_training_arguments, data_argument, preset_argument, stage_defaults
 
     parser = subparsers.add_parser(
         "run", help="all stages (teacher, prune, compress, distill, no-KD baseline), evaluation and report",
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                           help="also train the student without distillation, same budget (default: on)")
     baseline.add_argument("--skip-no-kd-baseline", dest="no_kd_baseline", action="store_false",
                           help="do not train the no-KD baseline")
-    add_training_arguments(parser)
+    add_training_arguments(parser, stage_defaults("demo", "teacher", "prune", "distill"), "demo")
     add_output_arguments(parser, required=False)
     parser.set_defaults(func=run)
 
@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 def _run(args) -> str:
     from ..optional import available, install_hint
     from ..training import distributed
-    from ..training.cli_support import overrides_from_args
     from ..workflow import run_workflow
+    from .options import overrides_from_args
 
     context = distributed.setup(args.device)
     if context.is_main and not available("matplotlib"):
@@ -43,7 +43,7 @@ def _run(args) -> str:
     result = run_workflow(args.preset, out, data=args.data, val=args.val, teacher=args.teacher,
                           no_kd_baseline=args.no_kd_baseline is not False, resume=args.resume,
                           overwrite=args.overwrite, settings_overrides=overrides_from_args(args),
-                          progress=not args.no_progress, context=context)
+                          progress=args.progress is not False, context=context)
     if context.is_main and result.status == "completed":
         from .report import print_summary
 
@@ -52,6 +52,6 @@ def _run(args) -> str:
 
 
 def run(args) -> int:
-    from ..training.cli_support import run_safely
+    from .options import run_safely
 
     return run_safely(_run, args)

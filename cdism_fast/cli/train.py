@@ -13,7 +13,13 @@ def _structure(text: str) -> tuple[int, int, int]:
 
 
 def register(subparsers) -> None:
-    from ..training.cli_support import add_data_arguments, add_output_arguments, add_training_arguments, preset_argument
+    from .options import (
+        add_data_arguments,
+        add_output_arguments,
+        add_training_arguments,
+        preset_argument,
+        stage_defaults,
+    )
 
     parser = subparsers.add_parser(
         "train", help="stage 0: train a teacher from scratch (L1, Adam)",
@@ -27,7 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the preset's)")
     preset_argument(parser, "paper-edsr")
     add_data_arguments(parser)
-    add_training_arguments(parser)
+    add_training_arguments(parser, stage_defaults("paper-edsr", "teacher"), "paper-edsr")
     add_output_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -37,9 +43,9 @@ def _train(args) -> str:
 
     from ..models import build
     from ..training import distributed
-    from ..training.cli_support import settings_from_args
     from ..training.presets import PRESETS
     from ..training.stages import train_teacher
+    from .options import settings_from_args
 
     preset = PRESETS[args.preset]
     settings = settings_from_args(args, preset.teacher)
@@ -59,6 +65,6 @@ def _train(args) -> str:
 
 
 def run(args) -> int:
-    from ..training.cli_support import run_safely
+    from .options import run_safely
 
     return run_safely(_train, args)

@@ -1,5 +1,4 @@
 """Data: MATLAB-exact resizing, image files, paired datasets, training patches, built-in images."""
-from ._checks import check_int
 from .builtin import BUILTIN_SPLITS, builtin_dataset, builtin_image_paths
 from .datasets import (
     CombinedPairs,
@@ -21,5 +20,4 @@ __all__ = [
     "imresize", "resized_length",
     "IMAGE_EXTENSIONS", "image_size", "list_images", "read_image", "to_uint8", "write_image",
     "TrainingPatches", "collate_patch_pairs", "training_loader",
-    "check_int",
 ]

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import Dataset
 
-from ._checks import check_int
+from .._checks import check_int
 from .imresize import imresize
 from .io import image_size, list_images, read_image, write_image
 

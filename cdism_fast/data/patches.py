@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ._checks import check_int
+from .._checks import check_int
 
 __all__ = ["TrainingPatches", "collate_patch_pairs", "training_loader"]
 

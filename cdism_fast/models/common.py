@@ -6,6 +6,7 @@ import inspect
 import torch
 from torch import nn
 
+from .._checks import check_int
 from ..ops import check_image
 
 #: RGB mean of DIV2K on a [0, 1] range, subtracted by EDSR and SwinIR before the network.
@@ -13,9 +14,8 @@ DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    """:func:`cdism_fast._checks.check_int` in the models' wording ("n_c must be an int >= 1, got 0")."""
+    return check_int(name, value, minimum, expected=f"an int >= {minimum}")
 
 
 def check_positive_float(name: str, value) -> float:

@@ -30,7 +30,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -38,14 +38,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from . import distributed
 from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
 from .ema import ExponentialMovingAverage
 from .monitor import RunLog, drop_repeated_records
 from .sampler import ShardedStreamSampler
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME", "LOG_NAME",
-           "AMP_DTYPES"]
+__all__ = ["LoopSettings", "TrainConfig", "setting", "TrainResult", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME",
+           "LOG_NAME", "AMP_DTYPES"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -60,9 +61,25 @@ class NonFiniteLossError(FloatingPointError):
     exit_code = 2
 
 
+def setting(default=MISSING, *, help: str, unit: str | None = None, choices: tuple | None = None):
+    """A field of the training settings: its default and what ``--help`` says of it.
+
+    The command line (:mod:`cdism_fast.cli.options`) makes every such field an
+    option of the same name in kebab-case, with ``help``, ``unit`` and ``choices``
+    from here; nothing else lists the fields.
+    """
+    metadata = {"help": help, "unit": unit, "choices": choices}
+    return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
+
+
+def _check_off_or_more(name: str, value) -> None:
+    check_int(name, value, 0, expected="an integer >= 0 (0 turns it off)")
+
+
 @dataclass
-class TrainConfig:
-    """How long and how a :class:`Trainer` runs; every field is saved in the checkpoint.
+class LoopSettings:
+    """The training loop's settings, declared once: :class:`TrainConfig` (the engine's) and
+    :class:`~cdism_fast.training.stages.StageSettings` (a stage's) extend them.
 
     ``batch_size`` is per process (DDP multiplies it by the number of ranks).
     ``checkpoint_every`` / ``validate_every`` / ``log_every`` are in
@@ -73,37 +90,45 @@ class TrainConfig:
     ``channels_last``: ``None`` picks the faster layout (see :func:`uses_channels_last`).
     ``ema_decay``: keep an exponential moving average of the weights.
     ``compile``: train through ``torch.compile(model, fullgraph=True)``.
+    ``grad_clip``: clip the gradients' global L2 norm to this value before each step.
     """
-    iterations: int
-    batch_size: int = 16
-    seed: int = 0
-    checkpoint_every: int = 1000
-    validate_every: int = 0
-    log_every: int = 50
-    num_workers: int = 0
-    amp: str = "none"
-    channels_last: Optional[bool] = None
-    compile: bool = False
-    grad_clip: Optional[float] = None
-    ema_decay: Optional[float] = None
-    progress: bool = True
-    description: str = "train"
+    iterations: int = setting(help="optimizer steps of the stage", unit="iterations")
+    batch_size: int = setting(16, help="patches per optimizer step, per process")
+    seed: int = setting(0, help="seed of the initialisation, the patch stream and the data order")
+    checkpoint_every: int = setting(1000, help="interval between checkpoints (0: only at the end)", unit="iterations")
+    validate_every: int = setting(0, help="interval between validations (0: only at the end)", unit="iterations")
+    log_every: int = setting(50, help="interval between log lines", unit="iterations")
+    num_workers: int = setting(0, help="DataLoader worker processes (0: load in the training process)")
+    amp: str = setting("none", help="autocast precision (fp16 needs CUDA)", choices=tuple(AMP_DTYPES))
+    channels_last: Optional[bool] = setting(
+        None, help="channels_last memory format (unset: the faster one measured: on for CUDA, and on the CPU "
+                   "for convolutional models such as EDSR, off for SwinIR)")
+    compile: bool = setting(False, help="torch.compile(model, fullgraph=True): the first steps compile, the later "
+                                        "ones run faster")
+    grad_clip: Optional[float] = setting(None, help="clip the gradients' global L2 norm to this value before each "
+                                                    "step (unset: no clipping)")
+    ema_decay: Optional[float] = setting(None, help="EMA decay of the weights, e.g. 0.999 (unset: no EMA; never "
+                                                    "for pruning)")
+    progress: bool = setting(True, help="progress bars")
 
     def __post_init__(self):
         for name in ("iterations", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name), expected="a positive integer")
         for name in ("checkpoint_every", "validate_every", "log_every", "num_workers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0 (0 turns it off), got {value!r}")
+            _check_off_or_more(name, getattr(self, name))
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay!r}")
+
+
+@dataclass
+class TrainConfig(LoopSettings):
+    """How long and how a :class:`Trainer` runs (the fields of :class:`LoopSettings`) and the name its progress
+    bar shows; every field is saved in the checkpoint."""
+    description: str = "train"
 
 
 @dataclass

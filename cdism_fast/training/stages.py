@@ -19,6 +19,7 @@ settings, status), ``checkpoint.pt`` (resumable), ``log.jsonl`` and
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._checks import check_int
 from ..ops import CHARBONNIER_EPS, STUDENT_LOSSES
 from . import distributed
 from .artifacts import (
@@ -44,7 +46,17 @@ from .artifacts import (
 )
 from .checkpoint import load_checkpoint
 from .distributed import on_main
-from .engine import CHECKPOINT_NAME, LOG_NAME, NonFiniteLossError, TrainConfig, Trainer, TrainResult, uses_channels_last
+from .engine import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    LoopSettings,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    setting,
+    uses_channels_last,
+)
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator",
            "train_teacher", "prune", "compress", "distill", "density_report", "structure_table", "format_table",
@@ -62,8 +74,9 @@ TRAINING_FILES = (CHECKPOINT_NAME, LOG_NAME, MODEL_FILE, "tensorboard/events.out
 
 
 @dataclass
-class StageSettings:
-    """Budget and optimiser settings of one training stage.
+class StageSettings(LoopSettings):
+    """Budget and optimiser settings of one training stage: the loop's (:class:`~.engine.LoopSettings`)
+    and the data and learning-rate schedule's.
 
     ``batch_size`` is per process. ``patch_size`` is the LR patch side (HR is
     ``scale`` times larger). ``milestones`` (iterations) and ``gamma`` make a
@@ -71,22 +84,11 @@ class StageSettings:
     which is then what is validated and saved (never for pruning: an average
     of sparse weights is not sparse).
     """
-    iterations: int
-    batch_size: int = 16
-    patch_size: int = 48
-    lr: float = 1e-4
-    milestones: Sequence[int] = ()
-    gamma: float = 0.5
-    seed: int = 0
-    num_workers: int = 0
-    checkpoint_every: int = 1000
-    validate_every: int = 0
-    log_every: int = 50
-    amp: str = "none"
-    channels_last: Optional[bool] = None
-    compile: bool = False
-    ema_decay: Optional[float] = None
-    progress: bool = True
+    patch_size: int = setting(48, help="LR patch side (the HR patch is scale times larger)", unit="LR pixels")
+    lr: float = setting(1e-4, help="learning rate")
+    milestones: Sequence[int] = setting((), help="iterations at which the lr is multiplied by gamma, separated by "
+                                                 "commas (e.g. 200000,400000)", unit="iterations")
+    gamma: float = setting(0.5, help="factor of the lr at each milestone, in (0, 1]")
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -96,18 +98,16 @@ class StageSettings:
         self.milestones = tuple(self.milestones)
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be positive iteration counts, got {list(self.milestones)}")
-        if isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise ValueError(f"patch_size must be a positive integer (LR pixels), got {self.patch_size!r}")
-        self.train_config("check")  # validates the engine's fields
+        check_int("patch_size", self.patch_size, expected="a positive integer (LR pixels)")
+        super().__post_init__()  # the loop's fields
 
     def train_config(self, description: str, ema: bool = True) -> TrainConfig:
-        names = {f.name for f in fields(TrainConfig)}
-        values = {k: v for k, v in asdict(self).items() if k in names}
+        values = {f.name: getattr(self, f.name) for f in fields(LoopSettings)}
         values.update(description=description, ema_decay=self.ema_decay if ema else None)
         return TrainConfig(**values)
 
     def replace(self, **changes) -> StageSettings:
-        return StageSettings(**{**asdict(self), **changes})
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
