@@ -193,6 +193,28 @@ def _to_device(batch, device: torch.device, channels_last: bool):
     return batch
 
 
+
+class _Interval:
+    """Loss, steps and data-loading time since the last log line."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.count, self.start, self.data_seconds = 0.0, 0, time.perf_counter(), 0.0
+
+    def add(self, loss: float) -> None:
+        self.loss += loss
+        self.count += 1
+
+    def take(self) -> dict:
+        """The interval's mean loss, steps per second and data fraction; starts the next interval."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        measured = {"loss": self.loss / self.count, "iterations_per_second": self.count / elapsed,
+                    "data_fraction": self.data_seconds / elapsed}
+        self._reset()
+        return measured
+
 class Trainer:
     """Runs ``config.iterations`` steps of ``step_loss(model, batch)`` with ``optimizer``.
 
@@ -414,16 +436,10 @@ class Trainer:
             self._resume()
         if self.iteration >= config.iterations:
             return TrainResult("completed", self.iteration, self.checkpoint_path, self.validation, 0.0)
-        if self.context.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if resume:
-                drop_repeated_records(self.log_path, self.iteration)
-        log = RunLog(self.log_path) if self.context.is_main else None
-        distributed.barrier()
+        log = self._open_log(resume)
         self.model.train()
         bar = tqdm(total=config.iterations, initial=self.iteration, desc=config.description, unit="it",
                    dynamic_ncols=True, disable=not (config.progress and self.context.is_main))
-        interval_loss, interval_count, interval_start, data_seconds = 0.0, 0, time.perf_counter(), 0.0
         status, batches = "completed", None
         try:
             with _StopRequest() as stop:
@@ -431,56 +447,7 @@ class Trainer:
                 if log is not None:
                     log.write("start", self.iteration, kind=self.kind, iterations=config.iterations,
                               world_size=self.context.world_size, resumed=self.iteration > 0)
-                while self.iteration < config.iterations:
-                    rng_at_start = capture_rng_state()
-                    stepping = False
-                    try:
-                        fetch_start = time.perf_counter()
-                        batch = _to_device(next(batches), self.device, self.channels_last)
-                        data_seconds += time.perf_counter() - fetch_start
-                        loss = self._step(batch)
-                        loss_value = float(loss.detach().float())
-                        (not_finite,) = self._agree(not math.isfinite(loss_value))
-                        if not_finite:
-                            self._stop_on_non_finite(loss_value, log)
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.scaler.scale(loss).backward()
-                        stepping = True
-                        if config.grad_clip is not None:
-                            self.scaler.unscale_(self.optimizer)
-                            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        if self.scheduler is not None:
-                            self.scheduler.step()
-                        if self.ema is not None:
-                            self.ema.update(self.model)
-                        self.iteration += 1
-                        stepping = False
-                    except KeyboardInterrupt:
-                        self._interrupted_at_once(stepping, rng_at_start)
-                        status = "interrupted"
-                        break
-                    interval_loss += loss_value
-                    interval_count += 1
-                    bar.update(1)
-                    bar.set_postfix_str(f"loss={loss_value:.4g}", refresh=False)
-                    last = self.iteration == config.iterations
-                    if log is not None and config.log_every and (self.iteration % config.log_every == 0 or last):
-                        elapsed = time.perf_counter() - interval_start
-                        log.write("train", self.iteration, loss=interval_loss / interval_count,
-                                  lr=self.optimizer.param_groups[0]["lr"],
-                                  iterations_per_second=interval_count / max(elapsed, 1e-9),
-                                  data_fraction=data_seconds / max(elapsed, 1e-9))
-                        interval_loss, interval_count, interval_start, data_seconds = 0.0, 0, time.perf_counter(), 0.0
-                    if (config.validate_every and self.iteration % config.validate_every == 0) or last:
-                        self._run_validation(log)
-                    (stop_now,) = self._agree(stop.requested)
-                    if (config.checkpoint_every and self.iteration % config.checkpoint_every == 0) or last or stop_now:
-                        self.save_checkpoint()
-                    if stop_now and not last:
-                        status = "interrupted"
-                        break
+                status = self._loop(batches, stop, log, bar)
             if log is not None:
                 log.write("end", self.iteration, status=status, seconds=time.perf_counter() - started)
         finally:
@@ -490,6 +457,76 @@ class Trainer:
                 log.close()
         return TrainResult(status, self.iteration, self.checkpoint_path, self.validation,
                            time.perf_counter() - started)
+
+    def _open_log(self, resume: bool) -> Optional[RunLog]:
+        """The run's log on rank 0 (None elsewhere), without the records a resumed run repeats."""
+        if self.context.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if resume:
+                drop_repeated_records(self.log_path, self.iteration)
+        log = RunLog(self.log_path) if self.context.is_main else None
+        distributed.barrier()
+        return log
+
+    def _loop(self, batches, stop, log: Optional[RunLog], bar) -> str:
+        """Optimizer steps until the last iteration or a stop request; returns the status."""
+        interval = _Interval()
+        while self.iteration < self.config.iterations:
+            rng_at_start = capture_rng_state()
+            self._stepping = False
+            try:
+                loss_value = self._train_step(batches, interval, log)
+            except KeyboardInterrupt:
+                self._interrupted_at_once(self._stepping, rng_at_start)
+                return "interrupted"
+            interval.add(loss_value)
+            bar.update(1)
+            bar.set_postfix_str(f"loss={loss_value:.4g}", refresh=False)
+            if self._after_step(interval, stop, log):
+                return "interrupted"
+        return "completed"
+
+    def _train_step(self, batches, interval: _Interval, log: Optional[RunLog]) -> float:
+        """One optimizer step on the next batch (scheduler and EMA included); returns its loss."""
+        config = self.config
+        fetch_start = time.perf_counter()
+        batch = _to_device(next(batches), self.device, self.channels_last)
+        interval.data_seconds += time.perf_counter() - fetch_start
+        loss = self._step(batch)
+        loss_value = float(loss.detach().float())
+        (not_finite,) = self._agree(not math.isfinite(loss_value))
+        if not_finite:
+            self._stop_on_non_finite(loss_value, log)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._stepping = True  # from here to the end of the step, the weights are being updated
+        if config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.iteration += 1
+        self._stepping = False
+        return loss_value
+
+    def _after_step(self, interval: _Interval, stop, log: Optional[RunLog]) -> bool:
+        """Log, validate and checkpoint as scheduled; True when a stop request ends the run here."""
+        config = self.config
+        last = self.iteration == config.iterations
+        if log is not None and config.log_every and (self.iteration % config.log_every == 0 or last):
+            measured = interval.take()
+            log.write("train", self.iteration, loss=measured.pop("loss"), lr=self.optimizer.param_groups[0]["lr"],
+                      **measured)
+        if (config.validate_every and self.iteration % config.validate_every == 0) or last:
+            self._run_validation(log)
+        (stop_now,) = self._agree(stop.requested)
+        if (config.checkpoint_every and self.iteration % config.checkpoint_every == 0) or last or stop_now:
+            self.save_checkpoint()
+        return stop_now and not last
 
     def _interrupted_at_once(self, stepping: bool, rng_at_start: dict) -> None:
         """A second Ctrl-C: save when the weights are still those of the iteration's start."""

@@ -1,0 +1,43 @@
+"""The stages of the workflow as Python functions (the ``cdism-fast`` commands call these).
+
+* :func:`train_teacher` (stage 0): L1 loss and Adam, from scratch.
+* :func:`prune` (stage 1): Charbonnier loss back-propagated, λ‖θ‖₁ applied by
+  :class:`~cdism_fast.optim.OBProxSG`'s proximal and orthant steps (never added
+  to the loss, so it is not counted twice); writes ``density.json``.
+* :func:`compress` (stage 2): the compact structure from the density
+  (:func:`~cdism_fast.compress.compress_config`) and a before/after table.
+* :func:`distill` (stage 3): the compact student from random initialisation,
+  :func:`~cdism_fast.ops.distillation_loss` against the frozen teacher (eval
+  mode, ``no_grad``), AdaMax with betas (0.9, 0.99); ``kd=False`` trains the
+  same student on the ground truth alone, with the same budget.
+
+Every training stage writes into its own folder: ``stage.json`` (command,
+settings, status), ``checkpoint.pt`` (resumable), ``log.jsonl`` and
+``model.pt`` (the result, readable by :func:`load_model` and by
+:func:`cdism_fast.models.load_pretrained`).
+"""
+from .common import (
+    DENSITY_FILE,
+    FLOPS_SIZE,
+    MODEL_FILE,
+    SAMPLES_PER_EPOCH,
+    STUDENT_FILE,
+    TRAINING_FILES,
+    StageResult,
+    StageSettings,
+    load_stage_model,
+    make_validator,
+    training_pairs,
+    validation_sets,
+)
+from .stage0_teacher import train_teacher
+from .stage1_prune import density_report, prune
+from .stage2_compress import compress, format_table, structure_table
+from .stage3_distill import STRUCTURE_SPEC, distill, student_from
+
+__all__ = [
+    "StageSettings", "StageResult", "train_teacher", "prune", "compress", "distill", "student_from",
+    "density_report", "structure_table", "format_table", "training_pairs", "validation_sets", "make_validator",
+    "load_stage_model", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH",
+    "TRAINING_FILES", "STRUCTURE_SPEC",
+]

@@ -1,0 +1,204 @@
+"""What every stage shares: its settings and result, the training data and validation, the stage folder's
+life cycle (start, fit, finish) and reading a completed stage's model."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..._checks import check_int
+from ..artifacts import (
+    mark_stage,
+    prepare_run_folder,
+    save_model,
+)
+from ..checkpoint import load_checkpoint
+from ..distributed import on_main
+from ..engine import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    LoopSettings,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    setting,
+)
+
+__all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator", "stage_patches",
+           "to_unit", "start_stage", "fit_stage", "finish_stage", "step_scheduler", "settings_record",
+           "load_stage_model", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH",
+           "TRAINING_FILES"]
+
+MODEL_FILE = "model.pt"
+DENSITY_FILE = "density.json"
+STUDENT_FILE = "student.json"
+#: Output size (H, W) at which FLOPs (multiply-accumulates) are reported, as in the paper's Table I.
+FLOPS_SIZE = (720, 1280)
+#: Distinct random patches per epoch of the sample stream (see ``_patches``).
+SAMPLES_PER_EPOCH = 2 ** 20
+#: What a training stage writes in its folder (``--overwrite`` removes these and nothing else).
+TRAINING_FILES = (CHECKPOINT_NAME, LOG_NAME, MODEL_FILE, "tensorboard/events.out.tfevents.*")
+
+
+@dataclass
+class StageSettings(LoopSettings):
+    """Budget and optimiser settings of one training stage: the loop's (:class:`~.engine.LoopSettings`)
+    and the data and learning-rate schedule's.
+
+    ``batch_size`` is per process. ``patch_size`` is the LR patch side (HR is
+    ``scale`` times larger). ``milestones`` (iterations) and ``gamma`` make a
+    step learning-rate schedule. ``ema_decay`` keeps an EMA of the weights,
+    which is then what is validated and saved (never for pruning: an average
+    of sparse weights is not sparse).
+    """
+    patch_size: int = setting(48, help="LR patch side (the HR patch is scale times larger)", unit="LR pixels")
+    lr: float = setting(1e-4, help="learning rate")
+    milestones: Sequence[int] = setting((), help="iterations at which the lr is multiplied by gamma, separated by "
+                                                 "commas (e.g. 200000,400000)", unit="iterations")
+    gamma: float = setting(0.5, help="factor of the lr at each milestone, in (0, 1]")
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        self.milestones = tuple(self.milestones)
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be positive iteration counts, got {list(self.milestones)}")
+        check_int("patch_size", self.patch_size, expected="a positive integer (LR pixels)")
+        super().__post_init__()  # the loop's fields
+
+    def train_config(self, description: str, ema: bool = True) -> TrainConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(LoopSettings)}
+        values.update(description=description, ema_decay=self.ema_decay if ema else None)
+        return TrainConfig(**values)
+
+    def replace(self, **changes) -> StageSettings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class StageResult:
+    status: str
+    folder: Path
+    model: Optional[nn.Module] = None
+    model_path: Optional[Path] = None
+    validation: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def training_pairs(data, scale: int):
+    """The training images: a data folder (either layout) or a list of them, or the built-in photographs when
+    ``data`` is None."""
+    from ...data import builtin_dataset, folder_dataset
+
+    return builtin_dataset("train", scale) if data is None else folder_dataset(data, scale)
+
+
+def validation_sets(val, data, scale: int) -> list:
+    """Held-out sets: the ``val`` folders, or the built-in held-out photographs when no data was given."""
+    from ...data import builtin_dataset, folder_dataset
+
+    if val:
+        return [folder_dataset(path, scale) for path in ([val] if isinstance(val, (str, Path)) else val)]
+    return [builtin_dataset("heldout", scale)] if data is None else []
+
+
+def make_validator(sets: list, scale: int) -> Optional[Callable]:
+    """``validate(model)`` → PSNR/SSIM (Y channel, border = scale) per set and their means, or None without sets."""
+    if not sets:
+        return None
+    from ...evaluation import evaluate
+
+    def validate(model: nn.Module) -> dict:
+        results = {}
+        for dataset in sets:
+            scores = evaluate(model, dataset, scale, progress=False)
+            results[f"{scores['name']}/psnr"] = scores["psnr"]
+            results[f"{scores['name']}/ssim"] = scores["ssim"]
+        results["psnr"] = math.fsum(v for k, v in results.items() if k.endswith("/psnr")) / len(sets)
+        results["ssim"] = math.fsum(v for k, v in results.items() if k.endswith("/ssim")) / len(sets)
+        return results
+
+    return validate
+
+
+def stage_patches(pairs, settings: StageSettings):
+    """Random patch pairs whose crop depends on the sample index only (so runs resume exactly).
+
+    The index space is ``SAMPLES_PER_EPOCH`` samples wide (each image repeated
+    to fill it), so the sample stream sees about a million distinct crops
+    before an epoch repeats, and the dataset's length does not depend on the
+    number of iterations (which a resumed run may extend).
+    """
+    from ...data import TrainingPatches
+
+    repeat = max(1, math.ceil(SAMPLES_PER_EPOCH / len(pairs)))
+    return TrainingPatches(pairs, patch_size=settings.patch_size, augment=True, repeat=repeat, seed=settings.seed,
+                           progress=settings.progress)
+
+
+def to_unit(batch):
+    """uint8 patch pairs → float in [0, 1] (done on the training device: 4x less traffic)."""
+    lr, hr = batch
+    return lr.float().div_(255.0), hr.float().div_(255.0)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def start_stage(folder, stage: str, settings: dict, resume: bool, overwrite: bool, inputs: dict | None,
+           files=TRAINING_FILES) -> None:
+    on_main(prepare_run_folder, folder, stage, settings, resume=resume, overwrite=overwrite, files=files,
+             inputs=inputs)
+
+
+def fit_stage(trainer: Trainer, folder, resume: bool) -> TrainResult:
+    """``trainer.fit``, recording in ``stage.json`` when a non-finite loss stopped it."""
+    try:
+        return trainer.fit(resume=resume)
+    except NonFiniteLossError as error:
+        on_main(mark_stage, folder, status="failed", error=str(error))
+        raise
+
+
+def finish_stage(result: TrainResult, trainer: Trainer, folder: Path, extra_info: dict | None = None,
+            extra_outputs: dict | None = None) -> StageResult:
+    model = trainer.eval_model
+    path = Path(folder) / MODEL_FILE
+    if result.status == "completed":
+        on_main(save_model, path, model, iteration=result.iteration, validation=result.validation,
+                 **(extra_info or {}))
+    on_main(mark_stage, folder, status=result.status, iteration=result.iteration, validation=result.validation,
+             outputs={"model": MODEL_FILE if result.status == "completed" else None, "checkpoint": CHECKPOINT_NAME,
+                      **(extra_outputs or {})})
+    return StageResult(result.status, Path(folder), model, path if result.status == "completed" else None,
+                       result.validation)
+
+
+def step_scheduler(optimizer, settings: StageSettings):
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=settings.gamma)
+
+
+def settings_record(settings: StageSettings, **more) -> dict:
+    return {**asdict(settings), **more}
+
+
+
+def load_stage_model(folder) -> nn.Module:
+    """The model a completed stage folder holds (``model.pt``)."""
+    from ..artifacts import load_model
+
+    path = Path(folder) / MODEL_FILE
+    if not path.is_file():
+        state = load_checkpoint(Path(folder) / CHECKPOINT_NAME) if (Path(folder) / CHECKPOINT_NAME).is_file() else None
+        hint = (f" (its checkpoint is at iteration {state['iteration']}: resume the stage to finish it)"
+                if state else "")
+        raise FileNotFoundError(f"{path} does not exist: that stage has not completed{hint}")
+    return load_model(path)

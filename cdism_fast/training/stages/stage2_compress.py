@@ -1,0 +1,107 @@
+"""Stage 2: the compact student's structure from the density (the paper's eqs. 5-7)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..artifacts import (
+    mark_stage,
+    model_spec,
+    prepare_run_folder,
+    records_failure,
+    write_json,
+)
+from ..distributed import on_main
+from .common import (
+    FLOPS_SIZE,
+    STUDENT_FILE,
+    StageResult,
+)
+
+
+def structure_table(models: dict[str, nn.Module]) -> list[dict]:
+    """Rows of structure, parameters and FLOPs (MACs at 1280×720 output) for each named model."""
+    from ...models import count_flops, count_params
+
+    rows = []
+    for name, model in models.items():
+        structure = model.structure()
+        flops = count_flops(model, out_hw=FLOPS_SIZE)
+        rows.append({"model": name, "n_b": structure.n_b, "n_l": structure.n_l, "n_c": structure.n_c,
+                     "params": count_params(model), "flops": flops["total"],
+                     "flops_without_attention": flops["total_without_attention"]})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width text table of :func:`structure_table` rows (params in K, FLOPs in G)."""
+    lines = [f"{'model':<14} {'N_b':>4} {'N_l':>4} {'N_c':>5} {'params':>11} {'FLOPs@720p':>12}"]
+    for row in rows:
+        lines.append(f"{row['model']:<14} {row['n_b']:>4} {row['n_l']:>4} {row['n_c']:>5} "
+                     f"{row['params'] / 1e3:>10.1f}K {row['flops'] / 1e9:>11.2f}G")
+    return "\n".join(lines)
+
+
+def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
+    """The density as a number, from a number or a density.json of this very architecture."""
+    if isinstance(density, (int, float)) and not isinstance(density, bool):
+        return float(density), None
+    import json
+
+    path = Path(density)
+    if not path.is_file():
+        raise FileNotFoundError(f"density file {path} does not exist; pass the density.json that `cdism-fast "
+                                "prune` wrote, or a number")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        value = record["density"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"'density' is {value!r}, not a number")
+        value = float(value)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise ValueError(f"{path} is not a density file written by `cdism-fast prune` ({error!r}); pass that "
+                         "file, unedited, or a number") from None
+    if record.get("model") is not None and record["model"] != model_spec(teacher):
+        raise ValueError(f"density file {path} was measured on another model ({record['model']['family']} "
+                         f"{record['model']['config']}), not on this teacher ({model_spec(teacher)['config']}); "
+                         "pass the density.json of this teacher's pruning run")
+    return value, record
+
+
+@records_failure
+def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, overwrite: bool = False,
+             inputs: dict | None = None, **overrides) -> StageResult:
+    """Stage 2: the compact student's structure from ``density`` (a number or a density.json).
+
+    ``overrides``: :func:`~cdism_fast.compress.compress_config`'s keywords
+    (``n_b``, ``n_l``, ``n_c``, ``rounding``, ``channel_multiple``, ``channels``).
+    Writes ``student.json`` (the student's architecture, usable by :func:`distill`)
+    and returns the before/after table in ``extra["table"]`` and the deep-feature
+    weight ratio the student realises in ``extra["achieved_density"]``.
+    """
+    from ...compress import achieved_density, compress_config
+
+    value, record = _read_density(density, teacher)
+    if value == 0 and record is not None:
+        raise ValueError(f"the pruning run of {density} zeroed every deep-feature weight (d = 0), so no structure "
+                         "follows from it; prune again with a smaller --lam (or fewer Prox-SG epochs --n-p)")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    structure = compress_config(teacher, value, **overrides)
+    student = teacher.with_structure(*structure)
+    rows = structure_table({"teacher": teacher, "student": student})
+    spec = model_spec(student)
+    result = {"density": value, "achieved_density": achieved_density(teacher, student), "overrides": overrides,
+              "structure": structure._asdict(),
+              "teacher_structure": teacher.structure()._asdict(), "student": spec, "teacher": model_spec(teacher),
+              "table": rows, "density_source": str(density) if record is not None else None}
+
+    def write():
+        given = {**(inputs or {}), "--density": density if record is not None else None}
+        prepare_run_folder(out_dir, "compress", {"density": value, **overrides}, resume=resume, overwrite=overwrite,
+                           files=(STUDENT_FILE,), inputs=given)
+        write_json(Path(out_dir) / STUDENT_FILE, result)
+        mark_stage(out_dir, status="completed", outputs={"student": STUDENT_FILE}, structure=structure._asdict())
+
+    on_main(write)
+    return StageResult("completed", Path(out_dir), student, None, extra=result)
