@@ -31,7 +31,7 @@ GPU_PYTHON  ?= $(firstword $(foreach p,$(wildcard $(HOME)/.pyenv/versions/3.12*/
                  $(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)))
 GPU_STAMP   := $(VENV_GPU)/.stack-$(subst =,,$(subst $() ,_,$(GPU_STACK)))
 
-.PHONY: test install venv bench demo cmake info clean cuda-build-check gpu-stack-check
+.PHONY: test build-checks install venv bench demo cmake info clean cuda-build-check gpu-stack-check
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,12 @@ install: venv
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -m "not build_check" $(PYTEST_ARGS)
+
+# The CUDA extension built against the two CUDA builds of torch (about 8 GB of venvs the first time,
+# then only when csrc/ changes): kept out of `make test` so that it stays short; .ci/run runs both.
+build-checks: install
+	$(PY) -m pytest tests/test_gpu_build.py -q -m build_check $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m benchmarks

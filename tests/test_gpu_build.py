@@ -7,6 +7,7 @@ builds cdism_fast._C and _C_cuda with ``setup.py build_ext`` for
 checks the CUDA kernels are registered and hold sm_86 and sm_90 machine code,
 then runs the Triton interpreter suite and compiles on the Triton it pins (3.8).
 ``make gpu-stack-check``: the same on the oldest supported GPU stack (below).
+Both are ``build_check`` tests: ``make build-checks`` runs them (and ``.ci/run`` after ``make test``).
 """
 import os
 import shutil
@@ -37,11 +38,13 @@ def _make(target: str) -> str:
     return result.stdout
 
 
+@pytest.mark.build_check
 def test_cuda_extension_builds_for_sm86_and_sm90():
     output = _make("cuda-build-check")
     assert "cuda build check: torch 2.14.1" in output, output[-12000:]
 
 
+@pytest.mark.build_check
 def test_gpu_machine_stack_builds_and_passes():
     """``make gpu-stack-check``: the oldest supported GPU stack: Python 3.12, torch 2.11.0+cu130 and
     Triton 3.6.0 (a venv outside the clone, about 3 GB from PyPI): gpu_check.sh's build of
