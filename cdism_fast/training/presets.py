@@ -31,7 +31,7 @@
     Compresses a published ×2 model (``--teacher``, e.g. IMDN_x2.pth) on
     the classic 291 training images (``--data T91 --data BSD200``) and
     evaluates on the standard benchmarks (``--val Set5 --val Set14 --val
-    B100``), in about 75 minutes on a 2-core CPU. It distils two students
+    B100``), in about 80 minutes on a 2-core CPU. It distils two students
     from the same teacher: the teacher family's own compressed structure
     (stage 2) and the paper's EDSRmini (N_b 8, N_l 1, N_c 16, 49.6K), each
     with its no-KD twin at the same budget. The budget decides the rest:
@@ -115,7 +115,7 @@ PRESETS: dict[str, WorkflowPreset] = {
     "cpu-291": WorkflowPreset(
         name="cpu-291",
         description="a published x2 teacher compressed on T91 + BSD200, evaluated on Set5/Set14/B100, "
-                    "about 75 minutes on a 2-core CPU",
+                    "about 80 minutes on a 2-core CPU",
         teacher_model="imdn", scale=2, needs_data=True, needs_teacher=True,
         # Only `cdism-fast train --preset cpu-291` uses it: a model trained from scratch at the students' budget.
         teacher=StageSettings(iterations=8000, batch_size=16, patch_size=48, lr=2e-3, milestones=(4000, 6000, 7000),
