@@ -43,7 +43,7 @@ def test_compiled_model_is_one_graph_with_the_custom_ops_and_equals_eager(family
     # One block of one layer: inductor's code generation, not the model, is what this test waits for.
     model = models.from_structure(family, 12, 1, 1, 2, **({"num_heads": 3, "window_size": 4, "drop_path_rate": 0.0,
                                                            **options} if family == "swinir" else {}))
-    compiled = torch.compile(model, fullgraph=True)  # inductor, as --compile runs it
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)  # inductor, as the --compile training step
     x, teacher, gt = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
@@ -69,3 +69,16 @@ def test_compile_option_trains_like_eager(tmp_path):
         assert trainer.fit().status == "completed"
         results.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
     torch.testing.assert_close(results[1], results[0])
+
+
+def test_compiled_training_at_a_second_patch_size_in_one_process(tmp_path):
+    """Prune then distill in one process compiles one family at two sizes: the second must not go
+    dynamic (inductor could not build its backward: TypeError: cannot determine truth value of Relational)."""
+    for step, size in enumerate((16, 12)):
+        model = models.from_structure("edsr", 12, 1, 1, 2)
+        data = [(torch.rand(3, size, size), torch.rand(3, 2 * size, 2 * size)) for _ in range(2)]
+        trainer = Trainer(model, lambda m, b: (m(b[0]) - b[1]).abs().mean(),
+                          torch.optim.SGD(model.parameters(), lr=1e-3), data,
+                          TrainConfig(iterations=1, batch_size=2, compile=True, progress=False, checkpoint_every=0,
+                                      channels_last=False), tmp_path / str(step))
+        assert trainer.fit().status == "completed"

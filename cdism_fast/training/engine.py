@@ -249,7 +249,10 @@ class Trainer:
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         # One graph for the whole model, custom ops inside (a graph break is an error, not a slow path).
-        step_model = torch.compile(self.model, fullgraph=True) if config.compile else self.model
+        # Static shapes: the patches keep one size, and once a process has compiled the same family at
+        # another size (prune, then distill), dynamo would go dynamic, and inductor (torch 2.13) fails
+        # to build the backward of a dynamic-shape convolution stack.
+        step_model = torch.compile(self.model, fullgraph=True, dynamic=False) if config.compile else self.model
         if self.context.enabled:
             step_model = nn.parallel.DistributedDataParallel(
                 step_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
