@@ -15,6 +15,10 @@ EXTRAS      := test,demo,export,triton
 # Reinstall the dependencies when their declaration changes.
 DEPS_STAMP  := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst =,,$(TORCH))
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each runs torch on one thread (tests/conftest.py), so two use both
+# cores without OpenMP threads of one waiting for the other's. Module-scoped fixtures (a reference
+# training run) stay in one process: --dist loadscope.
+TEST_WORKERS ?= 2
 # CUDA extension build check: architectures, out-of-tree build folder, toolkit.
 CUDA_ARCHS  ?= 8.6;9.0
 CUDA_SMS     = $(subst .,,$(subst ;, ,$(CUDA_ARCHS)))
@@ -47,7 +51,7 @@ install: venv
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests -q -m "not build_check" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -m "not build_check" -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # The CUDA extension built against the two CUDA builds of torch (about 8 GB of venvs the first time,
 # then only when csrc/ changes): kept out of `make test` so that it stays short; .ci/run runs both.

@@ -2,8 +2,17 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Under pytest-xdist (make test runs two processes on two cores) each process, and every
+# command it starts, runs torch on one thread: a second OpenMP thread would wait for the core
+# the other test process holds, which makes small ops many times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
