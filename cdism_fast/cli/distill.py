@@ -4,14 +4,7 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     from ..ops import STUDENT_LOSSES
-    from .options import (
-        StageOptions,
-        add_data_arguments,
-        add_output_arguments,
-        add_training_arguments,
-        preset_argument,
-        stage_defaults,
-    )
+    from .options import StageOptions, add_stage_command_arguments
 
     parser = subparsers.add_parser(
         "distill", help="stage 3: distill the compact student (AdaMax), or --no-kd",
@@ -44,11 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--teacher-cache", default=None, metavar="DIR|off",
                         help="folder of the teacher-output cache (default: $CDISM_CACHE/teacher-outputs, "
                              "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
-    preset_argument(parser, "paper-edsr")
-    add_data_arguments(parser)
-    add_training_arguments(parser, stage_defaults("paper-edsr", "distill"), "paper-edsr")
-    add_output_arguments(parser)
-    parser.set_defaults(func=run)
+    add_stage_command_arguments(parser, "distill", run)
 
 
 def _distill(args) -> str:

@@ -101,6 +101,20 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Mapping[st
                                                    "each other, which can make steps 10-20x slower)")
 
 
+# The preset whose values the stage commands (train, prune, distill) use unless --preset is given.
+STAGE_COMMAND_PRESET = "paper-edsr"
+
+
+def add_stage_command_arguments(parser: argparse.ArgumentParser, stage: str, run) -> None:
+    """What every stage command takes after its own options: ``--preset``, the data, one option per
+    training setting (``--help`` shows the default preset's values for ``stage``), the output folder."""
+    preset_argument(parser, STAGE_COMMAND_PRESET)
+    add_data_arguments(parser)
+    add_training_arguments(parser, stage_defaults(STAGE_COMMAND_PRESET, stage), STAGE_COMMAND_PRESET)
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)
+
+
 def stage_defaults(preset_name: str, *stages: str) -> dict[str, StageSettings]:
     """``{stage: settings}`` of a preset (stages: ``teacher``, ``prune``, ``distill``), for ``--help``."""
     from ..training.presets import PRESETS

@@ -3,14 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from .options import (
-        StageOptions,
-        add_data_arguments,
-        add_output_arguments,
-        add_training_arguments,
-        preset_argument,
-        stage_defaults,
-    )
+    from .options import StageOptions, add_stage_command_arguments
 
     parser = subparsers.add_parser(
         "prune", help="stage 1: OBProx-SG pruning, writes density.json",
@@ -29,11 +22,7 @@ def register(subparsers) -> None:
     pruning.add("--eps", type=float, help="orthant projection threshold")
     pruning.add("--penalty", choices=("all", "deep"),
                 help="penalise all parameters (the paper) or only the deep-feature module")
-    preset_argument(parser, "paper-edsr")
-    add_data_arguments(parser)
-    add_training_arguments(parser, stage_defaults("paper-edsr", "prune"), "paper-edsr")
-    add_output_arguments(parser)
-    parser.set_defaults(func=run)
+    add_stage_command_arguments(parser, "prune", run)
 
 
 def _prune(args) -> str:

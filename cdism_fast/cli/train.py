@@ -13,13 +13,7 @@ def _structure(text: str) -> tuple[int, int, int]:
 
 
 def register(subparsers) -> None:
-    from .options import (
-        add_data_arguments,
-        add_output_arguments,
-        add_training_arguments,
-        preset_argument,
-        stage_defaults,
-    )
+    from .options import add_stage_command_arguments
 
     parser = subparsers.add_parser(
         "train", help="stage 0: train a teacher from scratch (L1, Adam)",
@@ -31,11 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--structure", type=_structure, metavar="N_B,N_L,N_C",
                         help="replace the preset's blocks, layers per block and channels")
     parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the preset's)")
-    preset_argument(parser, "paper-edsr")
-    add_data_arguments(parser)
-    add_training_arguments(parser, stage_defaults("paper-edsr", "teacher"), "paper-edsr")
-    add_output_arguments(parser)
-    parser.set_defaults(func=run)
+    add_stage_command_arguments(parser, "teacher", run)
 
 
 def _train(args) -> str:
