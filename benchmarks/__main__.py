@@ -12,7 +12,7 @@ import traceback
 
 import torch
 
-from .cases import ROTATION_BYTES, all_cases
+from .cases import GROUP_NAMES, ROTATION_BYTES, all_cases
 from .harness import Measurement, copy_bandwidth, device_label, format_table, median_time, peak_memory, save
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer runs")
     parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
                         help="devices to run (default: cpu, and cuda when visible)")
-    parser.add_argument("--only", nargs="+", choices=("losses", "attention", "optimizer", "models", "distill"))
+    parser.add_argument("--only", nargs="+", choices=GROUP_NAMES)
     parser.add_argument("--hot", action="store_true",
                         help="memory-bound cases reuse one input set (cache-resident) instead of rotating copies")
     parser.add_argument("--no-save", action="store_true")

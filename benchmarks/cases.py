@@ -6,7 +6,8 @@ under ``torch.compile``), and named baselines (``foreach`` and torch's fused
 SGD for the optimizer update, ``sdpa`` for attention with a materialised bias +
 mask, ``flex`` for FlexAttention with the bias and mask in its ``score_mod``).
 The ``distill`` group times a stage-3 training step with the live teacher
-against the same step reading the teacher's cached output.
+against the same step reading the teacher's cached output; the ``layout`` group
+times each family's training step and inference in both memory layouts.
 
 Memory-bound cases (losses, optimizer) rotate among copies of their inputs that
 add up to :data:`ROTATION_BYTES`: run after run on one set would time a cache
@@ -414,6 +415,54 @@ def _cache_build_case(device: torch.device, side: int) -> Case:
                 {"tiled": lambda: cache.build_entry(0, suffix=".partial")}, None, 1)
 
 
+#: Layout group: per family, (teacher preset, student (name, structure n_c, n_l, n_b) or preset,
+#: patches per batch, LR patch side); the students are those of the distill group and the cpu-291 run.
+LAYOUT_FAMILIES = (("edsr_baseline", "edsr_mini", 16, 48), ("swinir_lightweight", "swinir_mini", 4, 64),
+                   ("imdn", ("imdn", 28, 2, 4), 16, 48), ("pan", ("pan", 8, 1, 9), 16, 48))
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def layout_cases(device: torch.device, quick: bool = False) -> list[Case]:
+    """Each family in both memory layouts: the student's stage-3 step (forward, distillation loss
+    against a fixed target, backward, AdaMax) and the teacher's forward pass (inference), the numbers
+    behind the engine's default layout per device (``uses_channels_last``)."""
+    from cdism_fast.models import build, from_structure
+    from cdism_fast.ops import distillation_loss
+
+    def made(spec, memory_format):
+        torch.manual_seed(0)
+        model = build(spec, scale=2) if isinstance(spec, str) else from_structure(*spec, scale=2)
+        return model.to(device).to(memory_format=memory_format)
+
+    cases = []
+    for teacher_name, student_spec, n, lr_hw in LAYOUT_FAMILIES:
+        n = max(1, n // 4) if quick else n
+        lr = torch.rand(n, 3, lr_hw, lr_hw, device=device)
+        target = torch.rand(n, 3, 2 * lr_hw, 2 * lr_hw, device=device)
+        steps, forwards = {}, {}
+        for name, memory_format in MEMORY_FORMATS.items():
+            student = made(student_spec, memory_format)
+            optimizer = torch.optim.Adamax(student.parameters(), lr=1e-4, betas=(0.9, 0.99))
+            teacher = made(teacher_name, memory_format).eval().requires_grad_(False)
+            x = lr.contiguous(memory_format=memory_format)
+
+            def step(student=student, optimizer=optimizer, x=x, target=target):
+                optimizer.zero_grad(set_to_none=True)
+                distillation_loss(student(x), target, target).backward()
+                optimizer.step()
+
+            def forward(teacher=teacher, x=x):
+                with torch.no_grad():
+                    return teacher(x)
+
+            steps[name], forwards[name] = step, forward
+        label = student_spec if isinstance(student_spec, str) else "{0}:{3},{2},{1}".format(*student_spec)
+        shape = f"{n}x3x{lr_hw}x{lr_hw}"
+        cases.append(Case("layout: stage-3 step", f"{label} {shape}", "train", steps, None, n))
+        cases.append(Case("layout: teacher forward", f"{teacher_name} {shape}", "infer", forwards, None, n))
+    return cases
+
+
 @contextlib.contextmanager
 def _forced_backend(backend: str):
     """CDISM_BACKEND set to ``backend`` for the block ("auto" leaves it unset)."""
@@ -443,4 +492,9 @@ def all_cases(device: torch.device, quick: bool = False, hot: bool = False
         ("models", lambda: model_cases(device, lr_hw=48 if cpu else 64,
                                        batch={"edsr": 16, "swinir": 2 if cpu else 16}, compiled=not quick)),
         ("distill", lambda: distill_cases(device, quick)),
+        ("layout", lambda: layout_cases(device, quick)),
     ]
+
+
+#: The groups' names, in run order (``python -m benchmarks --only``, benchmarks/gpu_check.sh).
+GROUP_NAMES = tuple(name for name, _ in all_cases(torch.device("cpu"), quick=True))

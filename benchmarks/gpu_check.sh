@@ -68,7 +68,7 @@ if [ $rc -ne 0 ] && ! { [ "$DEVICE" = cpu ] && [ $rc -eq 5 ]; }; then TESTS_OK=0
 
 step "benchmarks"
 # Each group saves into its own folder (the runner names files by date, device and torch only).
-for group in optimizer attention losses models distill; do
+for group in $($PY -c "from benchmarks.cases import GROUP_NAMES; print(*GROUP_NAMES)"); do
   remaining=$(left)
   if [ "$remaining" -lt 45 ]; then echo "[$group] skipped: ${remaining} s left of the ${BUDGET_S} s budget"; continue; fi
   timeout $((remaining - 15)) $PY -c "import sys; from pathlib import Path; import benchmarks.harness as h

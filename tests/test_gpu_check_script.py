@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cases import GROUP_NAMES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GROUPS = {"optimizer", "attention", "losses", "models", "distill"}
+GROUPS = set(GROUP_NAMES)
 
 
 def test_dry_run_writes_every_group(tmp_path):
