@@ -3,9 +3,10 @@
 #   1. build cdism_fast._C and _C_cuda in place for the visible GPU,
 #   2. run the GPU tests (the `gpu` cases of the op test modules: every CUDA and Triton
 #      kernel against the float64 reference at training shapes, fp32/fp16/bf16),
-#   3. run the benchmark suite on cuda, one case group at a time while time is left
-#      (optimizer, attention, losses, models, distill: the stage-3 step with the live
-#      teacher, also under bf16 autocast, against the step reading cached teacher outputs).
+#   3. run the benchmark suite on cuda, one case group at a time while time is left, in the
+#      order of benchmarks.cases.GROUP_NAMES (losses, attention, optimizer; distill: the
+#      stage-3 step with the live teacher, also under bf16 autocast, against the step reading
+#      cached teacher outputs; layout: each family in both memory layouts; models).
 # Writes benchmarks/results/<date>_<gpu>_gpu-check.{json,md} (tests summary and
 # every benchmark table) and, when $OUT is set (a folder to collect them in), copies them and
 # the full log there.
@@ -68,7 +69,9 @@ if [ $rc -ne 0 ] && ! { [ "$DEVICE" = cpu ] && [ $rc -eq 5 ]; }; then TESTS_OK=0
 
 step "benchmarks"
 # Each group saves into its own folder (the runner names files by date, device and torch only).
-for group in $($PY -c "from benchmarks.cases import GROUP_NAMES; print(*GROUP_NAMES)"); do
+GROUPS=$($PY -c "from benchmarks.cases import GROUP_NAMES; print(*GROUP_NAMES)") \
+  || { echo "[benchmarks] cannot list the groups (benchmarks.cases failed to import): none run"; GROUPS=""; }
+for group in $GROUPS; do
   remaining=$(left)
   if [ "$remaining" -lt 45 ]; then echo "[$group] skipped: ${remaining} s left of the ${BUDGET_S} s budget"; continue; fi
   timeout $((remaining - 15)) $PY -c "import sys; from pathlib import Path; import benchmarks.harness as h

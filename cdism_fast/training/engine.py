@@ -89,7 +89,7 @@ class LoopSettings:
     ``"fp16"`` autocast (fp16 also scales the loss; it needs CUDA).
     ``channels_last``: ``None`` picks the faster layout (see :func:`uses_channels_last`).
     ``ema_decay``: keep an exponential moving average of the weights.
-    ``compile``: train through ``torch.compile(model, fullgraph=True)``.
+    ``compile``: train through ``torch.compile(model, fullgraph=True, dynamic=False)``.
     ``grad_clip``: clip the gradients' global L2 norm to this value before each step.
     """
     iterations: int = setting(help="optimizer steps of the stage", unit="iterations")
@@ -103,8 +103,8 @@ class LoopSettings:
     channels_last: Optional[bool] = setting(
         None, help="channels_last memory format (unset: the faster one measured: on for CUDA, and on the CPU "
                    "for convolutional models such as EDSR, off for SwinIR)")
-    compile: bool = setting(False, help="torch.compile(model, fullgraph=True): the first steps compile, the later "
-                                        "ones run faster")
+    compile: bool = setting(False, help="torch.compile(model, fullgraph=True, dynamic=False): the first steps "
+                                        "compile, the later ones run faster")
     grad_clip: Optional[float] = setting(None, help="clip the gradients' global L2 norm to this value before each "
                                                     "step (unset: no clipping)")
     ema_decay: Optional[float] = setting(None, help="EMA decay of the weights, e.g. 0.999 (unset: no EMA; never "
