@@ -46,7 +46,7 @@ GPU=$($PY -c "import re, sys, torch; name = torch.cuda.get_device_name() if sys.
 print(re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-').lower())" "$DEVICE") || { echo "no $DEVICE device"; exit 1; }
 STEM="$RESULTS/$(date +%F)_${GPU}_gpu-check"
 
-step "build (in place, for the visible GPU)"
+step "build (in place, for the visible GPU; the dry run into a temporary folder)"
 if [ -z "${CUDA_HOME:-}" ]; then
   # An nvcc wrapper script outside its toolkit would make torch guess the toolkit wrong.
   if [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda
@@ -54,7 +54,14 @@ if [ -z "${CUDA_HOME:-}" ]; then
 fi
 echo "CUDA_HOME=${CUDA_HOME:-unset}"
 BUILD_OK=1
-CDISM_CUDA=$BUILD_CUDA MAX_JOBS=${MAX_JOBS:-16} $PY setup.py -q build_ext --inplace || BUILD_OK=0
+if [ "$DEVICE" = cpu ]; then
+  # The dry run checks that the build works, into its own folder: the extension in the tree may be
+  # loaded meanwhile by other processes (a parallel test run), and is not replaced under them.
+  BUILD_INTO=(--build-lib "$WORK/build-lib" --build-temp "$WORK/build-temp")
+else
+  BUILD_INTO=(--inplace)
+fi
+CDISM_CUDA=$BUILD_CUDA MAX_JOBS=${MAX_JOBS:-16} $PY setup.py -q build_ext "${BUILD_INTO[@]}" || BUILD_OK=0
 $PY -c "from cdism_fast import _extension as e; s = e.statuses(); print({k: (v.loaded, v.how, v.error) for k, v in s.items()})"
 
 step "GPU tests"
@@ -69,9 +76,9 @@ if [ $rc -ne 0 ] && ! { [ "$DEVICE" = cpu ] && [ $rc -eq 5 ]; }; then TESTS_OK=0
 
 step "benchmarks"
 # Each group saves into its own folder (the runner names files by date, device and torch only).
-GROUPS=$($PY -c "from benchmarks.cases import GROUP_NAMES; print(*GROUP_NAMES)") \
-  || { echo "[benchmarks] cannot list the groups (benchmarks.cases failed to import): none run"; GROUPS=""; }
-for group in $GROUPS; do
+BENCH_GROUPS=$($PY -c "from benchmarks.cases import GROUP_NAMES; print(*GROUP_NAMES)") \
+  || { echo "[benchmarks] cannot list the groups (benchmarks.cases failed to import): none run"; BENCH_GROUPS=""; }
+for group in $BENCH_GROUPS; do
   remaining=$(left)
   if [ "$remaining" -lt 45 ]; then echo "[$group] skipped: ${remaining} s left of the ${BUDGET_S} s budget"; continue; fi
   timeout $((remaining - 15)) $PY -c "import sys; from pathlib import Path; import benchmarks.harness as h
