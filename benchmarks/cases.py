@@ -338,6 +338,17 @@ def model_cases(device: torch.device, lr_hw: int, batch: dict, compiled: bool = 
     return cases
 
 
+def _stage3_step(student, optimizer, lr: torch.Tensor, gt: torch.Tensor, target_of) -> Callable[[], None]:
+    """One stage-3 step: the student's forward on ``lr``, the distillation loss against
+    ``target_of(lr)`` and ``gt``, backward, the optimizer's step."""
+    def run():
+        target = target_of(lr)
+        optimizer.zero_grad(set_to_none=True)
+        ops.distillation_loss(student(lr).float(), target, gt).backward()
+        optimizer.step()
+    return run
+
+
 #: Stage-3 pairs of the distill group: (student, teacher, patches per batch, LR patch side).
 DISTILL_PAIRS = (("edsr_mini", "edsr_baseline", 16, 48), ("swinir_mini", "swinir_lightweight", 4, 64),
                  # Needs the IMDN family (cdism_fast.models preset "imdn"); skipped, with a line, until it is there.
@@ -349,7 +360,6 @@ def distill_cases(device: torch.device, quick: bool = False) -> list[Case]:
     patch ("live") against the same step reading the teacher's float16 output from the cache
     ("cached"), each model in its default layout; and the cache's build time for one image."""
     from cdism_fast.models import PRESETS, build
-    from cdism_fast.ops import distillation_loss
     from cdism_fast.training.engine import uses_channels_last
 
     def layout(model):
@@ -371,21 +381,14 @@ def distill_cases(device: torch.device, quick: bool = False) -> list[Case]:
         with torch.no_grad():
             cached = teacher(lr).half()
 
-        def step(target_of, student=student, optimizer=optimizer, lr=lr, gt=gt):
-            def run():
-                target = target_of(lr)
-                optimizer.zero_grad(set_to_none=True)
-                distillation_loss(student(lr).float(), target, gt).backward()
-                optimizer.step()
-            return run
-
         def live(x, teacher=teacher, amp=None):
             with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 return teacher(x).float()
 
-        runners = {"live": step(live), "cached": step(lambda x, cached=cached: cached.float())}
+        targets = {"live": live, "cached": lambda x, cached=cached: cached.float()}
         if device.type == "cuda":
-            runners["live-bf16"] = step(lambda x, teacher=teacher: live(x, teacher, torch.bfloat16))
+            targets["live-bf16"] = lambda x, teacher=teacher: live(x, teacher, torch.bfloat16)
+        runners = {name: _stage3_step(student, optimizer, lr, gt, target_of) for name, target_of in targets.items()}
         cases.append(Case("stage-3 step", f"{student_name}<-{teacher_name} {n}x3x{lr_hw}x{lr_hw}", "train",
                           runners, None, n))
     cases.append(_cache_build_case(device, 128 if quick else 256))
@@ -415,10 +418,10 @@ def _cache_build_case(device: torch.device, side: int) -> Case:
                 {"tiled": lambda: cache.build_entry(0, suffix=".partial")}, None, 1)
 
 
-#: Layout group: per family, (teacher preset, student (name, structure n_c, n_l, n_b) or preset,
-#: patches per batch, LR patch side); the students are those of the distill group and the cpu-291 run.
+#: Layout group: per family, (teacher preset, student as ``distill --student`` takes it, patches per
+#: batch, LR patch side); the students are those of the distill group and the cpu-291 run.
 LAYOUT_FAMILIES = (("edsr_baseline", "edsr_mini", 16, 48), ("swinir_lightweight", "swinir_mini", 4, 64),
-                   ("imdn", ("imdn", 28, 2, 4), 16, 48), ("pan", ("pan", 8, 1, 9), 16, 48))
+                   ("imdn", "imdn:4,2,28", 16, 48), ("pan", "pan:9,1,8", 16, 48))
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -426,13 +429,11 @@ def layout_cases(device: torch.device, quick: bool = False) -> list[Case]:
     """Each family in both memory layouts: the student's stage-3 step (forward, distillation loss
     against a fixed target, backward, AdaMax) and the teacher's forward pass (inference), the numbers
     behind the engine's default layout per device (``uses_channels_last``)."""
-    from cdism_fast.models import build, from_structure
-    from cdism_fast.ops import distillation_loss
+    from cdism_fast.training.stages import student_from
 
     def made(spec, memory_format):
         torch.manual_seed(0)
-        model = build(spec, scale=2) if isinstance(spec, str) else from_structure(*spec, scale=2)
-        return model.to(device).to(memory_format=memory_format)
+        return student_from(spec, scale=2).to(device).to(memory_format=memory_format)
 
     cases = []
     for teacher_name, student_spec, n, lr_hw in LAYOUT_FAMILIES:
@@ -446,19 +447,14 @@ def layout_cases(device: torch.device, quick: bool = False) -> list[Case]:
             teacher = made(teacher_name, memory_format).eval().requires_grad_(False)
             x = lr.contiguous(memory_format=memory_format)
 
-            def step(student=student, optimizer=optimizer, x=x, target=target):
-                optimizer.zero_grad(set_to_none=True)
-                distillation_loss(student(x), target, target).backward()
-                optimizer.step()
-
             def forward(teacher=teacher, x=x):
                 with torch.no_grad():
                     return teacher(x)
 
-            steps[name], forwards[name] = step, forward
-        label = student_spec if isinstance(student_spec, str) else "{0}:{3},{2},{1}".format(*student_spec)
+            steps[name] = _stage3_step(student, optimizer, x, target, lambda _, target=target: target)
+            forwards[name] = forward
         shape = f"{n}x3x{lr_hw}x{lr_hw}"
-        cases.append(Case("layout: stage-3 step", f"{label} {shape}", "train", steps, None, n))
+        cases.append(Case("layout: stage-3 step", f"{student_spec} {shape}", "train", steps, None, n))
         cases.append(Case("layout: teacher forward", f"{teacher_name} {shape}", "infer", forwards, None, n))
     return cases
 

@@ -5,13 +5,14 @@ from pathlib import Path
 # Under pytest-xdist (make test runs two processes on two cores) each process, and every
 # command it starts, runs torch on one thread: a second OpenMP thread would wait for the core
 # the other test process holds, which makes small ops many times slower.
-if os.environ.get("PYTEST_XDIST_WORKER"):
+IN_XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if IN_XDIST_WORKER:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if IN_XDIST_WORKER:  # in case torch was imported before this file read the variable
     torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
