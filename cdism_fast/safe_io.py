@@ -3,7 +3,8 @@
 * :func:`read_torch_file` loads with ``weights_only=True`` only: a file whose
   pickle names anything but tensors and plain containers is refused before
   any of it runs, and every failure is one ``ValueError`` line naming the file.
-* :func:`atomic_write` writes to a fresh temporary file beside the target
+* :func:`atomic_open` (and :func:`atomic_write` for bytes in memory) writes to
+  a fresh temporary file beside the target
   (``O_CREAT | O_EXCL | O_NOFOLLOW``: a planted file or link at that name is
   never opened), fsyncs it and renames it over the target, which replaces a
   link at the target instead of writing through it. The temporary file is
@@ -12,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import secrets
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["read_torch_file", "atomic_write", "remove_stale_temporaries", "temporary_files", "TEMPORARY_SUFFIX"]
+__all__ = ["read_torch_file", "atomic_open", "atomic_write", "remove_stale_temporaries", "temporary_files",
+           "TEMPORARY_SUFFIX"]
 
 TEMPORARY_SUFFIX = ".partial"
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
@@ -97,11 +100,15 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_write(path, data) -> Path:
-    """Write ``data`` (bytes) to ``path`` so that ``path`` is either its old content or all of the new one.
+@contextlib.contextmanager
+def atomic_open(path):
+    """A binary stream whose content replaces ``path`` in one rename when the block ends without error.
 
-    Raises the ``OSError`` of a failed write (disk full, read-only folder) after
-    removing the temporary file; ``path`` is then untouched.
+    The stream is a fresh temporary file beside ``path`` (``O_CREAT | O_EXCL |
+    O_NOFOLLOW``, a random name, the process umask's mode). It is fsynced and
+    renamed over ``path`` only when the block completes; on any exception
+    (``KeyboardInterrupt`` and a full disk included) it is removed and ``path``
+    keeps its old content. ``OSError`` from creating it names ``path``.
     """
     path = Path(path)
     folder = path.parent
@@ -119,7 +126,7 @@ def atomic_write(path, data) -> Path:
             raise type(error)(error.errno, error.strerror, str(path)) from error
     try:
         with open(descriptor, "wb") as stream:
-            stream.write(data)
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -130,4 +137,14 @@ def atomic_write(path, data) -> Path:
             pass
         raise
     _fsync_folder(folder)
-    return path
+
+
+def atomic_write(path, data) -> Path:
+    """Write ``data`` (bytes) to ``path`` so that ``path`` is either its old content or all of the new one.
+
+    Raises the ``OSError`` of a failed write (disk full, read-only folder) after
+    removing the temporary file; ``path`` is then untouched.
+    """
+    with atomic_open(path) as stream:
+        stream.write(data)
+    return Path(path)
