@@ -10,21 +10,51 @@
   link at the target instead of writing through it. The temporary file is
   removed on every exit path; one left by a killed process is removed by
   :func:`remove_stale_temporaries` the next time its folder is prepared.
+  A target that is a folder, FIFO or device is refused, and a failed write
+  raises :class:`WriteError`, one line naming the file.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
+import re
 import secrets
+import stat
 from pathlib import Path
 
 import torch
 
 __all__ = ["read_torch_file", "atomic_open", "atomic_write", "remove_stale_temporaries", "temporary_files",
-           "TEMPORARY_SUFFIX"]
+           "temporary_target", "check_target", "WriteError", "TEMPORARY_SUFFIX"]
 
 TEMPORARY_SUFFIX = ".partial"
+#: ``.NAME.<12 hex digits>.partial``: the one form of :func:`atomic_open`'s temporary names.
+_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(TEMPORARY_SUFFIX) + "$")
+_TOKEN_BYTES = 6
+_ADVICE = {errno.ENOSPC: "free space on its disk or write it elsewhere",
+           errno.EDQUOT: "free space within the disk quota or write it elsewhere",
+           errno.EROFS: "the file system is read-only: write it elsewhere",
+           errno.EFBIG: "the file is too large for its file system: write it elsewhere",
+           errno.EACCES: "check the folder's permissions or write it elsewhere",
+           errno.EPERM: "check the folder's permissions or write it elsewhere"}
+
+
+class WriteError(OSError):
+    """Writing a file failed (disk full, read-only, no permission); the one line names the file.
+
+    ``errno`` and ``strerror`` are the failure's; nothing of the new content is left behind."""
+
+    exit_code = 2  # the command line prints the message alone (cdism_fast.cli.main)
+
+    def __init__(self, path, error: OSError):
+        super().__init__(error.errno, error.strerror or str(error))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        advice = _ADVICE.get(self.errno, "check the path or write it elsewhere")
+        return f"cannot write {self.path}: {self.strerror}; {advice} (nothing of it was written)"
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 
 
@@ -65,26 +95,76 @@ def read_torch_file(path, what: str = "file", map_location="cpu"):
                          "PyTorch file; use another file") from error
 
 
-def temporary_files(folder, names) -> list[Path]:
-    """The temporary files :func:`atomic_write` makes for ``names`` in ``folder`` (left by a killed process)."""
+def temporary_target(name: str) -> str | None:
+    """The target name of an :func:`atomic_open` temporary called ``name``, or None when it is not one."""
+    match = _TEMPORARY_NAME.match(name)
+    return match.group("name") if match else None
+
+
+def temporary_files(folder, names=None) -> list[Path]:
+    """The temporary files :func:`atomic_open` makes in ``folder`` (for the targets ``names``; None: any)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.is_dir() or folder.is_symlink():
         return []
-    prefixes = tuple(f".{Path(name).name}." for name in names)
+    wanted = None if names is None else {Path(name).name for name in names}
     return sorted(entry for entry in folder.iterdir()
-                  if entry.name.startswith(prefixes) and entry.name.endswith(TEMPORARY_SUFFIX))
+                  if (target := temporary_target(entry.name)) is not None and (wanted is None or target in wanted))
 
 
-def remove_stale_temporaries(folder, names) -> list[Path]:
-    """Remove what :func:`temporary_files` finds (links themselves, never what they point to)."""
+def _unused(entry: Path) -> bool:
+    """Whether no process is writing the temporary ``entry`` (:func:`atomic_open` holds a lock on it)."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): a writer cannot be told from a dead one
+        return False
+    try:
+        descriptor = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a planted link or a file of someone else: not a writer's
+        return True
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return True
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_temporaries(folder, names=None, shared: bool = False) -> list[Path]:
+    """Remove what :func:`temporary_files` finds (links themselves, never what they point to).
+
+    ``shared``: other processes may be writing ``folder`` now (a data cache): only temporaries that no
+    process holds are removed."""
     removed = []
     for entry in temporary_files(folder, names):
+        if shared and not _unused(entry):
+            continue
         try:
             entry.unlink()
             removed.append(entry)
         except FileNotFoundError:
             pass
     return removed
+
+
+def check_target(path) -> Path:
+    """Refuse ``path`` as a file to write when it exists as a folder, FIFO, socket or device (a link is
+    replaced, never followed). Returns ``path``."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; choose a file name (nothing was written)")
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise FileExistsError(f"cannot write {path}: it is a FIFO, socket or device, not a regular file; choose "
+                              "another path (nothing was written)")
+    return path
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -101,50 +181,77 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path):
+def atomic_open(path, make_folders: bool = True):
     """A binary stream whose content replaces ``path`` in one rename when the block ends without error.
 
     The stream is a fresh temporary file beside ``path`` (``O_CREAT | O_EXCL |
-    O_NOFOLLOW``, a random name, the process umask's mode). It is fsynced and
-    renamed over ``path`` only when the block completes; on any exception
-    (``KeyboardInterrupt`` and a full disk included) it is removed and ``path``
-    keeps its old content. ``OSError`` from creating it names ``path``.
+    O_NOFOLLOW``, a random name, the process umask's mode), locked while it is
+    written so that :func:`remove_stale_temporaries` leaves it alone. It is
+    fsynced and renamed over ``path`` only when the block completes; on any
+    exception (``KeyboardInterrupt`` and a full disk included) it is removed
+    and ``path`` keeps its old content. ``path`` must not be a folder, FIFO or
+    device (:func:`check_target`); ``make_folders``: create missing parent
+    folders (else they are an error naming the folder). A failure of the
+    file system raises :class:`WriteError` naming ``path``.
     """
-    path = Path(path)
+    path = check_target(path)
     folder = path.parent
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder; choose another path")
-    folder.mkdir(parents=True, exist_ok=True)
-    while True:
-        temporary = folder / f".{path.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}"
-        try:
-            descriptor = os.open(temporary, _CREATE_FLAGS, 0o666)
-            break
-        except FileExistsError:  # taken (or planted): draw another name
-            continue
-        except OSError as error:  # a read-only or full folder: name the file that was to be written
-            raise type(error)(error.errno, error.strerror, str(path)) from error
+    if not folder.exists() and not make_folders:
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist; create it or choose "
+                                "another path (nothing was written)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            temporary = folder / f".{path.name}.{secrets.token_hex(_TOKEN_BYTES)}{TEMPORARY_SUFFIX}"
+            try:
+                descriptor = os.open(temporary, _CREATE_FLAGS, 0o666)
+                break
+            except FileExistsError:  # taken (or planted): draw another name
+                continue
+    except OSError as error:  # a read-only or full folder: name the file that was to be written
+        raise WriteError(path, error) from error
     try:
         with open(descriptor, "wb") as stream:
+            locked = _lock(descriptor)
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
+            if locked:  # renamed while still held, so no cleaner takes it between closing and renaming
+                os.replace(temporary, path)
+        if not locked:  # an open file cannot be renamed everywhere (Windows)
+            os.replace(temporary, path)
+    except BaseException as error:
         try:
             os.unlink(temporary)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError) and not isinstance(error, WriteError) and error.errno in _ADVICE:
+            raise WriteError(path, error) from error
         raise
     _fsync_folder(folder)
 
 
-def atomic_write(path, data) -> Path:
+def _lock(descriptor: int) -> bool:
+    """Hold an advisory lock on the temporary being written; whether one is held."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # a file system without locks: the write itself is still atomic
+        return False
+
+
+def atomic_write(path, data, make_folders: bool = True) -> Path:
     """Write ``data`` (bytes) to ``path`` so that ``path`` is either its old content or all of the new one.
 
-    Raises the ``OSError`` of a failed write (disk full, read-only folder) after
-    removing the temporary file; ``path`` is then untouched.
+    Raises :class:`WriteError` for a failed write (disk full, read-only folder)
+    after removing the temporary file; ``path`` is then untouched.
     """
-    with atomic_open(path) as stream:
+    with atomic_open(path, make_folders=make_folders) as stream:
         stream.write(data)
     return Path(path)

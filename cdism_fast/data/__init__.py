@@ -4,20 +4,31 @@ from .datasets import (
     CombinedPairs,
     HRFolderDataset,
     ImagePair,
+    ImageTooSmall,
     PairedFolderDataset,
     folder_dataset,
     mod_crop,
     resolve_layout,
 )
 from .imresize import imresize, resized_length
-from .io import IMAGE_EXTENSIONS, image_size, list_images, read_image, to_uint8, write_image
+from .io import (
+    IMAGE_EXTENSIONS,
+    check_image,
+    image_size,
+    image_text,
+    list_images,
+    read_image,
+    to_uint8,
+    write_image,
+)
 from .patches import TrainingPatches, collate_patch_pairs, training_loader
 
 __all__ = [
     "BUILTIN_SPLITS", "builtin_dataset", "builtin_image_paths",
-    "CombinedPairs", "HRFolderDataset", "ImagePair", "PairedFolderDataset", "folder_dataset", "mod_crop",
-    "resolve_layout",
+    "CombinedPairs", "HRFolderDataset", "ImagePair", "ImageTooSmall", "PairedFolderDataset", "folder_dataset",
+    "mod_crop", "resolve_layout",
     "imresize", "resized_length",
-    "IMAGE_EXTENSIONS", "image_size", "list_images", "read_image", "to_uint8", "write_image",
+    "IMAGE_EXTENSIONS", "check_image", "image_size", "image_text", "list_images", "read_image", "to_uint8",
+    "write_image",
     "TrainingPatches", "collate_patch_pairs", "training_loader",
 ]

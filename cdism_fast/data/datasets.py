@@ -24,17 +24,26 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_int
+from ..safe_io import remove_stale_temporaries
 from .imresize import imresize
 from .io import image_size, list_images, read_image, write_image
 
-__all__ = ["ImagePair", "PairedFolderDataset", "HRFolderDataset", "CombinedPairs", "resolve_layout", "folder_dataset",
-           "mod_crop"]
+__all__ = ["ImagePair", "ImageTooSmall", "PairedFolderDataset", "HRFolderDataset", "CombinedPairs", "resolve_layout",
+           "folder_dataset", "mod_crop"]
 
 
 class ImagePair(NamedTuple):
     lr: torch.Tensor
     hr: torch.Tensor
     name: str
+
+
+class ImageTooSmall(ValueError):
+    """An HR image smaller than the scale (no LR pixel): :class:`~cdism_fast.data.TrainingPatches` skips it."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
 
 
 def mod_crop(img: torch.Tensor, scale: int) -> torch.Tensor:
@@ -134,12 +143,12 @@ class HRFolderDataset(Dataset):
             if missing:
                 raise FileNotFoundError(f"HR image {missing[0]} does not exist ({len(missing)} missing in all)")
             self.name = name or self.paths[0].parent.name
-        for path in self.paths:
-            height, width = image_size(path)
-            if min(height, width) < self.scale:
-                raise ValueError(f"HR image {path} is {width}x{height}, smaller than the scale x{self.scale}; "
-                                 "remove it from the set")
+        # Refused when read (ImageTooSmall), so that training skips them as it skips the other small images.
+        self._too_small = {index: size for index, path in enumerate(self.paths)
+                           if min(size := image_size(path)) < self.scale}
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None:
+            remove_stale_temporaries(self.cache_dir / f"X{self.scale}", shared=True)  # a killed run's
         self._lr_cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -161,16 +170,16 @@ class HRFolderDataset(Dataset):
         else:
             lr = imresize(hr, 1 / self.scale)
             if cached is not None:
-                # Write under a temporary name, then rename, so a killed run
-                # never leaves a half-written cache file behind.
-                partial = cached.with_name(cached.stem + ".partial" + cached.suffix)
-                write_image(partial, lr)
-                partial.replace(cached)
+                write_image(cached, lr)
         if self.cache_dir is None:
             self._lr_cache[index] = lr
         return lr
 
     def __getitem__(self, index: int) -> ImagePair:
+        if index in self._too_small:
+            (height, width), path = self._too_small[index], self.paths[index]
+            raise ImageTooSmall(path.stem, f"HR image {path} is {width}x{height}, smaller than the scale "
+                                           f"x{self.scale}; remove it from the set")
         hr = mod_crop(read_image(self.paths[index]), self.scale)
         return ImagePair(self._make_lr(index, hr), hr, self.paths[index].stem)
 

@@ -5,7 +5,9 @@ shape (3, H, W). Greyscale files are replicated to three channels (what
 BasicSR's colour reads and the published evaluations do, e.g. Set14
 ``bridge.png``); 16-bit files keep their high byte and alpha channels are
 dropped. Those last two conversions lose information, so each kind is reported
-once per process with the first file it happened to.
+once per process with the first file it happened to. The EXIF orientation of a
+photograph is applied, as image viewers do: a picture taken with the camera
+turned is read upright (and :func:`image_size` gives its upright size).
 """
 from __future__ import annotations
 
@@ -15,15 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from ..safe_io import atomic_write
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "read_image", "image_size", "to_uint8", "write_image"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "read_image", "image_size", "check_image", "image_text", "to_uint8",
+           "write_image"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 _reported_conversions: set[str] = set()
+_ORIENTATION_TAG = 0x0112
+#: EXIF orientation → the transposition that makes the image upright (orientation 1: none).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_SIDEWAYS = {5, 6, 7, 8}  # width and height swap
 
 
 def _report_once(kind: str, message: str) -> None:
@@ -58,11 +67,43 @@ def _open(path: Path) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {error}; replace the file or remove it from the folder") from error
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 when absent, unreadable or out of range: the pixels are then taken as stored)."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # Pillow raises several kinds for damaged EXIF blocks
+        return 1
+    return orientation if orientation in _UPRIGHT else 1
+
+
 def image_size(path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header without decoding."""
+    """(height, width) of an image file as it is read (upright), from its header without decoding."""
     with _open(Path(path)) as image:
         width, height = image.size
+        if _orientation(image) in _SIDEWAYS:
+            width, height = height, width
     return height, width
+
+
+def check_image(path) -> None:
+    """Refuse (``ValueError`` naming the file) an image file whose header or, where the format has them,
+    checksums are broken, without decoding its pixels."""
+    path = Path(path)
+    with _open(path) as image:
+        try:
+            image.verify()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"cannot decode image {path} (truncated or corrupt: {error}); "
+                             "replace the file or remove it from the folder") from error
+
+
+def image_text(path) -> dict[str, str]:
+    """The text entries of a PNG file (``{}`` for other files and formats)."""
+    try:
+        with Image.open(path) as image:
+            return dict(getattr(image, "text", {}) or {})
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return {}
 
 
 def _is_16_bit(image: Image.Image) -> bool:
@@ -89,6 +130,9 @@ def read_image(path) -> torch.Tensor:
         except (OSError, SyntaxError, ValueError) as error:
             raise ValueError(f"cannot decode image {path} (truncated or corrupt: {error}); "
                              "replace the file or remove it from the folder") from error
+        orientation = _orientation(image)
+        if orientation != 1:
+            image = image.transpose(_UPRIGHT[orientation])
         mode = image.mode
         if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
             array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
@@ -123,16 +167,25 @@ def to_uint8(img: torch.Tensor) -> torch.Tensor:
     return img.float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
 
 
-def write_image(path, img: torch.Tensor) -> Path:
-    """Write a (3, H, W) or (1, H, W) image, uint8 or float in [0, 1], to ``path`` (format from its suffix)."""
+def write_image(path, img: torch.Tensor, text: dict[str, str] | None = None) -> Path:
+    """Write a (3, H, W) or (1, H, W) image, uint8 or float in [0, 1], to ``path`` (format from its suffix).
+
+    ``text``: entries stored in a PNG file (read back with :func:`image_text`); PNG only."""
     path = Path(path)
     if img.dim() != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"write_image: expected a (3, H, W) or (1, H, W) image for {path}, got {tuple(img.shape)}")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         raise ValueError(f"write_image: cannot tell the format of {path}; use one of {', '.join(IMAGE_EXTENSIONS)}")
+    if text and suffix != ".png":
+        raise ValueError(f"write_image: text entries need a PNG file, not {path.name}")
     array = to_uint8(img.detach()).cpu().permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-    image.save(buffer, format=Image.registered_extensions()[suffix])
+    options = {}
+    if text:
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            options["pnginfo"].add_text(key, value)
+    image.save(buffer, format=Image.registered_extensions()[suffix], **options)
     return atomic_write(path, buffer.getvalue())  # never through a link planted at ``path``

@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._checks import check_int
+from ..safe_io import atomic_open, remove_stale_temporaries
+from .datasets import ImageTooSmall
 
 __all__ = ["TrainingPatches", "collate_patch_pairs", "training_loader"]
 
@@ -69,6 +71,8 @@ class TrainingPatches(Dataset):
         self.names: list[str] = []
         self.sources: list[int] = []
         self._targets = None
+        if self.cache_dir is not None:
+            remove_stale_temporaries(self.cache_dir, shared=True)  # a killed run's, never another run's
         for index in tqdm(range(len(pairs)), desc=f"decoding {self.name}", unit="image",
                           disable=None if progress else True, leave=False):
             self._add(pairs, index)
@@ -90,7 +94,11 @@ class TrainingPatches(Dataset):
                 name = str(np.load(lr_file.with_name(f"{digest}_name.npy")))
                 self._keep(index, name, lr_height, lr_width, files=(lr_file, hr_file))
                 return
-        lr, hr, name = pairs[index]
+        try:
+            lr, hr, name = pairs[index]
+        except ImageTooSmall as error:
+            self.skipped.append(error.name)
+            return
         if not self._keep(index, name, *lr.shape[-2:]):
             return
         if self.cache_dir is None:
@@ -98,13 +106,11 @@ class TrainingPatches(Dataset):
             # dataset is then shared, not held twice.
             self._images.append((lr.contiguous().share_memory_(), hr.contiguous().share_memory_()))
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         # Name file first: the pair counts as cached only once both arrays exist.
-        np.save(lr_file.with_name(f"{digest}_name.npy"), np.array(name))
-        for array, target in ((lr, lr_file), (hr, hr_file)):
-            partial = target.with_name(target.stem + ".partial.npy")
-            np.save(partial, array.numpy())
-            partial.replace(target)
+        for array, target in ((np.array(name), lr_file.with_name(f"{digest}_name.npy")), (lr.numpy(), lr_file),
+                              (hr.numpy(), hr_file)):
+            with atomic_open(target) as stream:
+                np.save(stream, array)
         self._cache_files.append((lr_file, hr_file))
 
     def _keep(self, source: int, name: str, lr_height: int, lr_width: int, files=None) -> bool:

@@ -16,7 +16,6 @@ import fnmatch
 import functools
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import nn
 
 from ..models import MODEL_FORMAT, build_from_spec, model_spec
 from ..models.presets import json_plain as _plain
-from ..safe_io import atomic_write
+from ..safe_io import atomic_write, temporary_target
 from .checkpoint import atomic_save
 
 __all__ = ["MODEL_FORMAT", "STAGE_FILE", "save_model", "load_model", "model_spec", "build_from_spec", "command_line",
@@ -189,9 +188,6 @@ def _owned(relative: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns)
 
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:[0-9a-f]{12}\.|[A-Za-z0-9_]{8}\.)?partial$")
-
-
 def _removal_plan(folder: Path, record: dict, files) -> tuple[list[Path], list[Path]]:
     """(the files of the run in ``folder``, anything else in it), sub-runs included."""
     patterns = (STAGE_FILE, LOCK_FILE, *(record.get("files") or files))
@@ -221,8 +217,8 @@ def _removal_plan(folder: Path, record: dict, files) -> tuple[list[Path], list[P
                 ours.append(entry)
             continue
         relative = entry.name
-        temporary = _TEMPORARY.match(relative)
-        if _owned(relative, patterns) or (temporary and _owned(temporary.group("name"), patterns)):
+        temporary = temporary_target(relative)
+        if _owned(relative, patterns) or (temporary is not None and _owned(temporary, patterns)):
             ours.append(entry)
         else:
             foreign.append(entry)
@@ -331,7 +327,7 @@ def prepare_run_folder(folder, stage: str, settings: dict, resume: bool = False,
             record = None
         elif record is not None:
             ours, _ = _removal_plan(folder, record, files)
-            _remove([p for p in ours if _TEMPORARY.match(p.name) and not p.is_dir()])  # a killed run's
+            _remove([p for p in ours if temporary_target(p.name) is not None and not p.is_dir()])  # a killed run's
         if record is None:
             record = {"stage": stage, "command": command_line(), "settings": _plain(settings), "status": "running",
                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": list(files), "runs": list(runs)}
