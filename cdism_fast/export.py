@@ -9,22 +9,35 @@
   and width fixed to ``input_size`` with ``dynamic=False``). The package's fused ops run their
   reference formulation while exporting, so no custom kernel ends up in the
   graph.
+
+Every file carries the mark :data:`WRITTEN_BY` (safetensors and ONNX metadata,
+a top-level key of the ``.pth`` dict), which :func:`written_by_export` reads:
+``cdism-fast export`` replaces a file without ``--force`` only when it has it.
+The file is made in memory or in a private temporary folder and written with
+:func:`cdism_fast.safe_io.atomic_write` (a link at ``path`` is replaced, the
+mode follows the umask).
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
-__all__ = ["EXPORT_FORMATS", "export", "format_for"]
+from .safe_io import atomic_write, read_torch_file
+
+__all__ = ["EXPORT_FORMATS", "WRITTEN_BY", "export", "format_for", "written_by_export"]
 
 EXPORT_FORMATS = {"safetensors": (".safetensors",), "pth": (".pth", ".pt"), "onnx": (".onnx",)}
+#: (key, value) of the mark every exported file carries.
+WRITTEN_BY = ("written_by", "cdism-fast export")
 
 
 def format_for(path: Path, format: str | None) -> str:
@@ -61,7 +74,15 @@ def _has_free_size(program: torch.export.ExportedProgram) -> bool:
     return not any(is_concrete_int(size) for size in node.meta["val"].shape[2:])
 
 
-def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opset: int, dynamic: bool) -> None:
+def _written_in_private_folder(write: Callable[[Path], None], name: str) -> bytes:
+    """The bytes a library writes only to a named file (``write(path)``), made in a fresh private folder."""
+    with tempfile.TemporaryDirectory(prefix="cdism-fast-export-") as folder:
+        path = Path(folder) / name
+        write(path)
+        return path.read_bytes()
+
+
+def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opset: int, dynamic: bool) -> bytes:
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as error:
@@ -97,11 +118,41 @@ def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opse
             if dynamic and not _has_free_size(program):
                 raise RuntimeError(f"{type(model).__name__} fixes the input height or width while tracing, so it "
                                    f"cannot be exported with a free size; {hint}")
-            torch.onnx.export(program, f=str(path), input_names=["lr"], output_names=["sr"],
-                              opset_version=opset, external_data=False, verbose=False)
+            data = _written_in_private_folder(
+                lambda file: torch.onnx.export(program, f=str(file), input_names=["lr"], output_names=["sr"],
+                                               opset_version=opset, external_data=False, verbose=False),
+                path.name)
     finally:
         exporter_log.setLevel(level)
         model.train(was_training)
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    mark = proto.metadata_props.add()
+    mark.key, mark.value = WRITTEN_BY
+    return proto.SerializeToString()
+
+
+def written_by_export(path, format: str | None = None) -> bool:
+    """Whether the regular file ``path`` is an export of ``format`` (default: from its suffix) with the mark."""
+    path = Path(path)
+    try:
+        format = format_for(path, format)
+        if format == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as opened:
+                metadata = opened.metadata() or {}
+            return metadata.get(WRITTEN_BY[0]) == WRITTEN_BY[1]
+        if format == "pth":
+            content = read_torch_file(path, "exported model")
+            return isinstance(content, dict) and content.get(WRITTEN_BY[0]) == WRITTEN_BY[1]
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return any((entry.key, entry.value) == WRITTEN_BY for entry in proto.metadata_props)
+    except Exception:  # any file that cannot be read as an export is not one
+        return False
 
 
 def export(model: nn.Module, path, format: str | None = None, scale: int | None = None,
@@ -114,17 +165,18 @@ def export(model: nn.Module, path, format: str | None = None, scale: int | None 
     """
     path = Path(path)
     format = format_for(path, format)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if format == "safetensors":
         from safetensors.torch import save_model
 
-        metadata = {"format": "pt", "arch": type(model).__name__}
+        metadata = {"format": "pt", "arch": type(model).__name__, WRITTEN_BY[0]: WRITTEN_BY[1]}
         if scale is not None:
             metadata["scale"] = str(scale)
-        save_model(model, str(path), metadata=metadata)
+        data = _written_in_private_folder(lambda file: save_model(model, str(file), metadata=metadata), path.name)
     elif format == "pth":
         state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-        torch.save({"params": state}, path)
+        buffer = io.BytesIO()
+        torch.save({"params": state, WRITTEN_BY[0]: WRITTEN_BY[1]}, buffer)
+        data = buffer.getvalue()
     else:
-        _export_onnx(model, path, input_size, opset, dynamic)
-    return path
+        data = _export_onnx(model, path, input_size, opset, dynamic)
+    return atomic_write(path, data)

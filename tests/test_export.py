@@ -71,7 +71,8 @@ def test_safetensors_and_pth(tmp_path):
     loaded = load_file(path)
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
     with safe_open(str(path), "pt") as handle:
-        assert handle.metadata() == {"format": "pt", "arch": "ShiftedWindowSR", "scale": "2"}
+        assert handle.metadata() == {"format": "pt", "arch": "ShiftedWindowSR", "scale": "2",
+                                     "written_by": "cdism-fast export"}
     path = export(model, tmp_path / "model.pth")
     params = torch.load(path, weights_only=True)["params"]
     fresh = ShiftedWindowSR()

@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .outputs import add_force_argument
+
 BUILTIN_PREFIX = "builtin:"
+#: The key that marks a results file as written by this command, which may then replace it without --force.
+WRITTEN_BY = ("written_by", "cdism-fast eval")
+#: Results files larger than this are not read to look for the mark.
+_RESULTS_LIMIT = 64 << 20
 
 
 def register(subparsers) -> None:
@@ -27,8 +33,31 @@ def register(subparsers) -> None:
     parser.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels (default: 16)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cuda if present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True) first")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results here")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the results here (its folder must exist; an existing file is replaced "
+                             "only when eval wrote it, or with --force)")
+    add_force_argument(parser, "a --json file")
     parser.set_defaults(func=run)
+
+
+def _written_by_eval(path: Path) -> bool:
+    import json
+
+    if path.stat().st_size > _RESULTS_LIMIT:
+        return False
+    try:
+        content = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(content, dict) and content.get(WRITTEN_BY[0]) == WRITTEN_BY[1]
+
+
+def _check_json_target(args: argparse.Namespace) -> None:
+    from .outputs import check_output_file, input_files
+
+    sources = [Path(args.model)] if Path(args.model).is_file() else []
+    sources += [Path(text) for text in args.data if not text.startswith(BUILTIN_PREFIX)]
+    check_output_file(args.json, "--json", input_files(sources), _written_by_eval, args.force)
 
 
 def _data_source(text: str, scale: int):
@@ -53,10 +82,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import evaluate, infer_scale, load_model
+    from ..optional import require
     from ..training.distributed import check_device
 
     if args.scale is not None and args.scale < 1:
         raise ValueError(f"--scale must be a positive upscaling factor (e.g. 2, 3 or 4), got {args.scale}")
+    if any(text.startswith(BUILTIN_PREFIX) for text in args.data):
+        require("--data builtin:... (the built-in photographs)", "skimage")
+    if args.json is not None:
+        _check_json_target(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale)
     model.to(device)
@@ -71,6 +105,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         from ..training.artifacts import write_json
 
-        write_json(args.json, {"model": args.model, "scale": scale, "sets": results})
+        write_json(args.json, {WRITTEN_BY[0]: WRITTEN_BY[1], "model": args.model, "scale": scale, "sets": results})
         print(f"wrote {args.json}")
     return 0

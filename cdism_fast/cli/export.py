@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .outputs import add_force_argument
+
 
 def register(subparsers) -> None:
     from ..export import EXPORT_FORMATS
@@ -14,7 +16,9 @@ def register(subparsers) -> None:
                     "{'params': state_dict} as BasicSR loads it; onnx: input 'lr', output 'sr', dynamic batch, "
                     "height and width.")
     parser.add_argument("model", metavar="MODEL", help="checkpoint file or preset name")
-    parser.add_argument("output", type=Path, metavar="OUT", help="output file")
+    parser.add_argument("output", type=Path, metavar="OUT",
+                        help="output file (its folder must exist; an existing file is replaced only when export "
+                             "wrote it, or with --force)")
     parser.add_argument("--format", choices=tuple(EXPORT_FORMATS), default=None,
                         help="default: from the suffix of OUT")
     parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
@@ -22,16 +26,21 @@ def register(subparsers) -> None:
                         help="example input size traced for ONNX (default: 64 64)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     parser.add_argument("--static", action="store_true", help="ONNX: fix the input size to --input-size")
+    add_force_argument(parser, "an OUT file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import infer_scale, load_model
-    from ..export import export, format_for
+    from ..export import export, format_for, written_by_export
     from ..optional import require
+    from .outputs import check_output_file
 
+    format = format_for(args.output, args.format)
     needs = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript")}
-    require(f"export to {args.output}", *needs.get(format_for(args.output, args.format), ()))
+    require(f"export to {args.output}", *needs.get(format, ()))
+    sources = [Path(args.model)] if Path(args.model).is_file() else []
+    check_output_file(args.output, "OUT", sources, lambda path: written_by_export(path, format), args.force)
 
     model = load_model(args.model, args.scale)
     scale = args.scale or infer_scale(model)

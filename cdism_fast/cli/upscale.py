@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 from pathlib import Path
+
+from .outputs import add_force_argument
+
+#: The PNG text entry that marks a file as written by this command, which may then replace it without --force.
+WRITTEN_BY = {"Software": "cdism-fast upscale"}
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "upscale", help="upscale an image or a folder of images",
         description="Upscale IN (an image file or a folder of images) into OUT (a file, or a folder that "
-                    "receives one PNG per image). Large images are processed in overlapping tiles with --tile.")
+                    "receives one PNG per image). Large images are processed in overlapping tiles with --tile. "
+                    "Every input is checked before the first output is written; a file in OUT that upscale did "
+                    "not write is replaced only with --force.")
     parser.add_argument("input", type=Path, metavar="IN", help="image file or folder of images")
     parser.add_argument("output", type=Path, metavar="OUT", help="output file, or folder when IN is a folder")
     parser.add_argument("--model", required=True, metavar="CKPT_OR_NAME",
@@ -26,6 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile(model, fullgraph=True) first (pays off over many images or tiles "
                              "of one size)")
+    add_force_argument(parser, "files in OUT")
     parser.set_defaults(func=run)
 
 
@@ -55,6 +65,26 @@ def _jobs(source: Path, output: Path, list_images) -> list[tuple[Path, Path]]:
     return jobs
 
 
+def _written_by_upscale(path: Path, image_text) -> bool:
+    return path.suffix.lower() == ".png" and all(image_text(path).get(k) == v for k, v in WRITTEN_BY.items())
+
+
+def _check_jobs(jobs: list[tuple[Path, Path]], force: bool) -> None:
+    """Refuse, before anything is written, a broken input image, a target that is a folder, FIFO or device,
+    and (unless ``force``) a file in OUT that this command did not write."""
+    from ..data import check_image, image_text
+    from ..safe_io import check_target
+
+    for source, _ in jobs:
+        check_image(source)
+    for _, target in jobs:
+        check_target(target)
+        if os.path.lexists(target) and not force:
+            if not (stat.S_ISREG(os.lstat(target).st_mode) and _written_by_upscale(target, image_text)):
+                raise FileExistsError(f"OUT {target} exists and was not written by upscale; pass --force to "
+                                      "replace it, or choose another output (nothing was written)")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -68,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scale is not None and args.scale < 1:
         raise ValueError(f"--scale must be a positive upscaling factor (e.g. 2, 3 or 4), got {args.scale}")
     jobs = _jobs(args.input, args.output, list_images)
+    _check_jobs(jobs, args.force)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale).to(device)
     scale = args.scale or infer_scale(model)
@@ -82,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
         image = read_image(source).to(device)
         result = upscale(model, image, scale, tile=args.tile, overlap=args.overlap, amp_dtype=amp_dtype,
                          progress=len(jobs) == 1)
-        write_image(target, result)
+        write_image(target, result, text=WRITTEN_BY if target.suffix.lower() == ".png" else None)
     print(f"wrote {len(jobs)} image(s) to {args.output}")
     return 0
