@@ -1,11 +1,14 @@
 """export: safetensors, BasicSR .pth and ONNX (checked against PyTorch with onnxruntime)."""
 import argparse
 import importlib.util
+import json
+import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from file_checks import one_error_line, tree_hash
 from torch import nn
 
 from cdism_fast.cli import export as export_command
@@ -170,3 +173,90 @@ def test_export_command_with_a_preset(tmp_path):
 def test_bad_format(tmp_path):
     with pytest.raises(ValueError, match="unknown export format"):
         export(ShiftedWindowSR(), tmp_path / "x.onnx", format="tflite")
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    """A small model as cdism-fast export writes it."""
+    from cdism_fast.models import build
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    return export(build("edsr_mini", scale=2), folder / "model.pth")
+
+
+def _main(argv, capsys):
+    from cdism_fast.cli import main
+
+    code = main(argv)
+    return code, one_error_line(capsys, "export") if code else None
+
+
+@needs_models
+def test_export_refuses_to_overwrite_its_input_by_any_name(tmp_path, model_file, capsys):
+    twin = tmp_path / "twin.pth"
+    os.link(model_file, twin)
+    before = tree_hash(tmp_path)
+    spellings = [str(model_file), str(model_file.parent / ".." / "models" / "model.pth"), str(twin)]
+    for target in spellings:
+        code, line = _main(["export", str(model_file), target, "--force"], capsys)
+        assert code == 2 and line.endswith("an input of this command; writing it would overwrite the input: "
+                                           "choose another path (nothing was written)"), line
+    assert tree_hash(tmp_path) == before
+
+
+@needs_models
+def test_export_replaces_its_own_files_and_others_only_with_force(tmp_path, model_file, capsys):
+    out = tmp_path / "out.pth"
+    out.write_bytes(b"someone's file")
+    code, line = _main(["export", str(model_file), str(out)], capsys)
+    assert code == 2 and line == (f"cdism-fast export: error: OUT {out} exists and was not written by this command; "
+                                  "pass --force to replace it, or choose another path (nothing was written)")
+    assert out.read_bytes() == b"someone's file"
+    assert _main(["export", str(model_file), str(out), "--force"], capsys)[0] == 0
+    assert _main(["export", str(model_file), str(out)], capsys)[0] == 0  # its own file: no --force needed
+
+
+@needs_models
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".onnx"])
+def test_export_never_writes_through_a_link_and_makes_umask_modes(tmp_path, model_file, suffix, capsys):
+    if suffix == ".onnx" and not HAS_ONNXRUNTIME:
+        pytest.skip("onnxscript is not installed")
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious")
+    out = tmp_path / f"out{suffix}"
+    out.symlink_to(victim)
+    code, line = _main(["export", str(model_file), str(out)], capsys)
+    assert code == 2 and "exists and was not written by this command" in line  # a link is not the command's
+    previous = os.umask(0o022)
+    try:
+        assert _main(["export", str(model_file), str(out), "--force"], capsys)[0] == 0
+    finally:
+        os.umask(previous)
+    assert victim.read_bytes() == b"precious" and not out.is_symlink()
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert {p.name for p in tmp_path.iterdir()} == {"models", "victim.bin", out.name}
+
+
+@needs_models
+def test_export_checks_the_target_before_loading_the_model(tmp_path, model_file, capsys, monkeypatch):
+    import cdism_fast.evaluation
+
+    monkeypatch.setattr(cdism_fast.evaluation, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    missing = tmp_path / "nonexist" / "dir" / "x.pth"
+    code, line = _main(["export", str(model_file), str(missing)], capsys)
+    assert code == 2 and line == (f"cdism-fast export: error: OUT {missing}: the folder {missing.parent} does not "
+                                  "exist; create it first or choose another path (nothing was written)")
+    assert not (tmp_path / "nonexist").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stage.json").write_text(json.dumps({"stage": "train", "status": "completed"}))
+    code, line = _main(["export", str(model_file), str(run / "model.pth"), "--force"], capsys)
+    assert code == 2 and f"lies in the run folder {run}, whose files only its stage writes" in line
+    os.mkfifo(tmp_path / "fifo.pth")
+    code, line = _main(["export", str(model_file), str(tmp_path / "fifo.pth"), "--force"], capsys)
+    assert code == 2 and "is a FIFO, socket or device, not a regular file" in line
+    monkeypatch.setattr("cdism_fast.cli.outputs.os.access", lambda path, mode: False)
+    code, line = _main(["export", str(model_file), str(tmp_path / "new.pth")], capsys)
+    assert code == 2 and line.endswith(f"the folder {tmp_path} is not writable; choose another path or change its "
+                                       "permissions (nothing was written)")
