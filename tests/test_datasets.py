@@ -229,3 +229,57 @@ def test_builtin_without_scikit_image(monkeypatch):
         builtin_dataset("train", 2)
     with pytest.raises(ValueError, match="unknown built-in split"):
         builtin_image_paths("test")
+
+
+def test_an_image_smaller_than_the_scale_is_skipped_like_other_small_images(tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    write_image(folder / "big.png", _random_image(40, 40))
+    write_image(folder / "dot.png", _random_image(1, 1))
+    with pytest.warns(UserWarning, match=r"1 of 2 images of train are smaller than the 8x8 LR patch and are "
+                                         r"skipped: dot"):
+        patches = TrainingPatches(folder_dataset(folder, 2), patch_size=8, progress=False)
+    assert patches.names == ["big"] and patches.skipped == ["dot"]
+    (folder / "big.png").unlink()
+    with pytest.raises(ValueError, match=r"no image of train is large enough for a 8x8 LR patch"):
+        TrainingPatches(folder_dataset(folder, 2), patch_size=8, progress=False)
+
+
+def test_data_caches_are_written_atomically_and_lose_their_stale_temporaries(tmp_path, monkeypatch):
+    import errno
+
+    from cdism_fast.safe_io import WriteError
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    write_image(folder / "a.png", _random_image(40, 40))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    stale = [cache / ".0123_lr.npy.0123456789ab.partial", cache / ".0123_hr.npy.0123456789ab.partial"]
+    stale[0].write_bytes(b"left by a killed run")
+    stale[1].symlink_to(victim)
+    real_write_array = np.lib.format.write_array
+
+    def full(stream, *args, **kwargs):
+        stream.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", full)
+    with pytest.raises(WriteError, match=r"cannot write .*cache/\w+_name\.npy: No space left on device"):
+        TrainingPatches(folder_dataset(folder, 2), patch_size=8, cache_dir=cache, progress=False)
+    assert list(cache.iterdir()) == [] and victim.read_text() == "precious"
+    monkeypatch.setattr(np.lib.format, "write_array", real_write_array)
+    patches = TrainingPatches(folder_dataset(folder, 2), patch_size=8, cache_dir=cache, progress=False)
+    assert sorted(p.name.split("_", 1)[1] for p in cache.iterdir()) == ["hr.npy", "lr.npy", "name.npy"]
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~_current_umask() for p in cache.iterdir())
+    assert patches.names == ["a"]
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
