@@ -44,17 +44,17 @@ _ADVICE = {errno.ENOSPC: "free space on its disk or write it elsewhere",
 class WriteError(OSError):
     """Writing a file failed (disk full, read-only, no permission); the one line names the file.
 
-    ``errno`` and ``strerror`` are the failure's; nothing of the new content is left behind."""
+    ``errno`` and ``strerror`` are the failure's; ``outcome`` says what is left (for an atomic write: nothing)."""
 
     exit_code = 2  # the command line prints the message alone (cdism_fast.cli.main)
 
-    def __init__(self, path, error: OSError):
+    def __init__(self, path, error: OSError, outcome: str = "nothing of it was written"):
         super().__init__(error.errno, error.strerror or str(error))
-        self.path = Path(path)
+        self.path, self.outcome = Path(path), outcome
 
     def __str__(self) -> str:
         advice = _ADVICE.get(self.errno, "check the path or write it elsewhere")
-        return f"cannot write {self.path}: {self.strerror}; {advice} (nothing of it was written)"
+        return f"cannot write {self.path}: {self.strerror}; {advice} ({self.outcome})"
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 
 

@@ -146,3 +146,24 @@ def test_the_run_folder_removes_the_temporaries_of_safe_io_only(tmp_path):
     prepare_run_folder(run, "train", {}, resume=True, files=("checkpoint.pt",))
     mark_stage(run, status="completed")
     assert not stale.exists() and all(path.exists() for path in foreign)
+
+
+def test_the_run_log_refuses_a_fifo_and_names_itself_on_a_full_disk(tmp_path, monkeypatch):
+    from cdism_fast.safe_io import WriteError
+    from cdism_fast.training.monitor import RunLog
+
+    os.mkfifo(tmp_path / "log.jsonl")
+    with pytest.raises(FileExistsError, match=r"log\.jsonl: it is a FIFO, socket or device"):
+        RunLog(tmp_path / "log.jsonl", tensorboard=False)  # at once: never waits for a reader
+    (tmp_path / "log.jsonl").unlink()
+    log = RunLog(tmp_path / "log.jsonl", tensorboard=False)
+    log.write("train", 1, loss=0.5)
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(log, "_stream", FullDisk())
+    with pytest.raises(WriteError, match=r"cannot write .*log\.jsonl: No space left on device; free space on its "
+                                         r"disk or write it elsewhere \(the records before this one are kept\)"):
+        log.write("train", 2, loss=0.4)

@@ -5,8 +5,11 @@ import errno
 import json
 import math
 import os
+import stat
 import time
 from pathlib import Path
+
+from ..safe_io import WriteError, check_target
 
 __all__ = ["RunLog", "read_log", "drop_repeated_records"]
 
@@ -31,16 +34,20 @@ class RunLog:
     """
 
     def __init__(self, path, tensorboard: bool = True):
-        self.path = Path(path)
+        self.path = check_target(Path(path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        # O_NONBLOCK: a FIFO put there after the check fails to open instead of waiting for a reader.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
         try:
             descriptor = os.open(self.path, flags, 0o666)
         except OSError as error:
             if error.errno != errno.ELOOP:
-                raise
+                raise WriteError(self.path, error, "nothing was written") from error
             raise FileExistsError(f"{self.path} is a symbolic link; cdism-fast never writes through links: "
                                   "remove it, then resume") from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            check_target(self.path)  # raises: it is no regular file
         self._stream = open(descriptor, "a", encoding="utf-8")
         self._board = None
         if tensorboard:
@@ -54,8 +61,11 @@ class RunLog:
     def write(self, event: str, iteration: int, **values) -> dict:
         record = {"event": event, "iteration": iteration, "time": round(time.time(), 3)}
         record.update({key: _json_value(value) for key, value in values.items()})
-        self._stream.write(json.dumps(record) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(json.dumps(record) + "\n")
+            self._stream.flush()
+        except OSError as error:
+            raise WriteError(self.path, error, "the records before this one are kept") from error
         if self._board is not None:
             for key, value in record.items():
                 if key not in ("event", "iteration", "time") and isinstance(value, (int, float)):
