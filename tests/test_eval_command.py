@@ -52,13 +52,14 @@ def test_json_never_replaces_an_input_or_a_run_folder_file(tmp_path, data, capsy
     image = data / "HR" / "img0.png"
     os.link(image, tmp_path / "twin.png")
     before = tree_hash(tmp_path)
-    cases = {str(image): "is inside", str(data / "HR" / "new.json"): "is inside",
+    cases = {str(image): f"is {image}", str(data / "HR" / ".." / "HR" / "img1.png"): "an input of this command",
              str(tmp_path / "twin.png"): "an input of this command", str(model): "an input of this command",
              str(run / "stage.json"): f"lies in the run folder {run}", str(run / "r.json"): "lies in the run folder"}
     for target, expected in cases.items():
         code, line = _eval(["--model", str(model), "--data", str(data), "--json", target, "--force"], capsys)
         assert code == 2 and expected in line and line.endswith("(nothing was written)"), (target, line)
     assert tree_hash(tmp_path) == before
+    assert _eval(["--data", str(data), "--json", str(data / "HR" / "scores.json")], capsys)[0] == 0  # a new file
 
 
 def test_json_target_is_checked_before_the_evaluation(tmp_path, data, capsys, monkeypatch):

@@ -3,8 +3,9 @@
 
 A target is refused, in one line naming the option and the fix, when its folder
 is missing (it is never created from a typed path) or not writable, when it is
-a folder, FIFO or device, when it is one of the command's inputs (by resolved
-path, or by inode for another spelling or a hard link), when it lies in a
+a folder, FIFO or device, when it is one of the command's inputs or a file in
+one of its input folders (by resolved path, or by inode for another spelling
+or a hard link), when it lies in a
 cdism-fast run folder (a folder with a ``stage.json`` stage record, written
 only by its stage), and, unless ``--force`` is given, when it exists and was
 not written by this command (each command marks its files: see ``ours``).
@@ -88,10 +89,9 @@ def check_output_file(path: Path, option: str, inputs: Iterable[Path], ours: Cal
     identity = _identity(path)
     for source in inputs:
         source = Path(source)
-        same = source.resolve() == resolved or (identity is not None and _identity(source) == identity)
-        if same or (source.is_dir() and resolved.is_relative_to(source.resolve())):
-            raise ValueError(f"{option} {path} is {'' if same else 'inside '}{source}, an input of this command; "
-                             "writing it would overwrite the input: choose another path (nothing was written)")
+        if source.resolve() == resolved or (identity is not None and _identity(source) == identity):
+            raise ValueError(f"{option} {path} is {source}, an input of this command; writing it would overwrite "
+                             "the input: choose another path (nothing was written)")
     run = _run_folder(resolved)
     if run is not None:
         raise ValueError(f"{option} {path} lies in the run folder {run}, whose files only its stage writes; "
