@@ -283,3 +283,15 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_the_lr_cache_of_an_hr_folder_loses_its_stale_temporaries(tmp_path):
+    write_image(tmp_path / "hr" / "a.png", _random_image(40, 40))
+    cache = tmp_path / "cache" / "X2"
+    cache.mkdir(parents=True)
+    stale = cache / ".a_0123456789abcdef.png.0123456789ab.partial"
+    stale.write_bytes(b"left by a killed run")
+    dataset = HRFolderDataset(tmp_path / "hr", 2, cache_dir=tmp_path / "cache")
+    assert not stale.exists()
+    dataset[0]
+    assert [p.suffix for p in cache.iterdir()] == [".png"]
