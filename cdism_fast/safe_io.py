@@ -33,12 +33,15 @@ TEMPORARY_SUFFIX = ".partial"
 #: ``.NAME.<12 hex digits>.partial``: the one form of :func:`atomic_open`'s temporary names.
 _TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(TEMPORARY_SUFFIX) + "$")
 _TOKEN_BYTES = 6
-_ADVICE = {errno.ENOSPC: "free space on its disk or write it elsewhere",
-           errno.EDQUOT: "free space within the disk quota or write it elsewhere",
-           errno.EROFS: "the file system is read-only: write it elsewhere",
-           errno.EFBIG: "the file is too large for its file system: write it elsewhere",
-           errno.EACCES: "check the folder's permissions or write it elsewhere",
-           errno.EPERM: "check the folder's permissions or write it elsewhere"}
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+#: What to do about each failure of the file system that a write can meet (EDQUOT is not on every platform).
+_ADVICE = {getattr(errno, name): advice for name, advice in (
+    ("ENOSPC", "free space on its disk or write it elsewhere"),
+    ("EDQUOT", "free space within the disk quota or write it elsewhere"),
+    ("EROFS", "the file system is read-only: write it elsewhere"),
+    ("EFBIG", "the file is too large for its file system: write it elsewhere"),
+    ("EACCES", "check the folder's permissions or write it elsewhere"),
+    ("EPERM", "check the folder's permissions or write it elsewhere")) if hasattr(errno, name)}
 
 
 class WriteError(OSError):
@@ -55,7 +58,13 @@ class WriteError(OSError):
     def __str__(self) -> str:
         advice = _ADVICE.get(self.errno, "check the path or write it elsewhere")
         return f"cannot write {self.path}: {self.strerror}; {advice} ({self.outcome})"
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+    def __reduce__(self):  # across processes (DataLoader workers) with its own arguments
+        return _write_error, (str(self.path), self.errno, self.strerror, self.outcome)
+
+
+def _write_error(path: str, number: int, strerror: str, outcome: str) -> WriteError:
+    return WriteError(path, OSError(number, strerror), outcome)
 
 
 def _first_line(error: BaseException) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import stat
 
 import pytest
@@ -90,6 +91,7 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(WriteError) as caught:
         atomic_write(target, b"new")
     assert caught.value.errno == errno.ENOSPC and caught.value.exit_code == 2
+    assert str(pickle.loads(pickle.dumps(caught.value))) == str(caught.value)  # from a DataLoader worker too
     assert str(caught.value) == (f"cannot write {target}: No space left on device; free space on its disk or "
                                  "write it elsewhere (nothing of it was written)")
     assert [entry.name for entry in tmp_path.iterdir()] == ["out.bin"] and target.read_bytes() == b"old"
