@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
-from .safe_io import atomic_write, read_torch_file
+from .safe_io import WriteError, atomic_write, read_torch_file
 
 __all__ = ["EXPORT_FORMATS", "WRITTEN_BY", "export", "format_for", "written_by_export"]
 
@@ -74,12 +74,19 @@ def _has_free_size(program: torch.export.ExportedProgram) -> bool:
     return not any(is_concrete_int(size) for size in node.meta["val"].shape[2:])
 
 
-def _written_in_private_folder(write: Callable[[Path], None], name: str) -> bytes:
-    """The bytes a library writes only to a named file (``write(path)``), made in a fresh private folder."""
-    with tempfile.TemporaryDirectory(prefix="cdism-fast-export-") as folder:
-        path = Path(folder) / name
-        write(path)
-        return path.read_bytes()
+def _written_in_private_folder(write: Callable[[Path], None], target: Path) -> bytes:
+    """The bytes a library writes only to a named file (``write(path)``), made in a fresh private folder;
+    a failure of that folder's file system is a :class:`WriteError` naming ``target``."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="cdism-fast-export-") as folder:
+            path = Path(folder) / target.name
+            write(path)
+            return path.read_bytes()
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise WriteError(target, error, f"nothing of it was written; it is made in {tempfile.gettempdir()} "
+                                        "first: set TMPDIR to use another folder") from error
 
 
 def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opset: int, dynamic: bool) -> bytes:
@@ -121,7 +128,7 @@ def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opse
             data = _written_in_private_folder(
                 lambda file: torch.onnx.export(program, f=str(file), input_names=["lr"], output_names=["sr"],
                                                opset_version=opset, external_data=False, verbose=False),
-                path.name)
+                path)
     finally:
         exporter_log.setLevel(level)
         model.train(was_training)
@@ -171,7 +178,7 @@ def export(model: nn.Module, path, format: str | None = None, scale: int | None 
         metadata = {"format": "pt", "arch": type(model).__name__, WRITTEN_BY[0]: WRITTEN_BY[1]}
         if scale is not None:
             metadata["scale"] = str(scale)
-        data = _written_in_private_folder(lambda file: save_model(model, str(file), metadata=metadata), path.name)
+        data = _written_in_private_folder(lambda file: save_model(model, str(file), metadata=metadata), path)
     elif format == "pth":
         state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
         buffer = io.BytesIO()

@@ -1,5 +1,6 @@
 """export: safetensors, BasicSR .pth and ONNX (checked against PyTorch with onnxruntime)."""
 import argparse
+import errno
 import importlib.util
 import json
 import os
@@ -260,3 +261,24 @@ def test_export_checks_the_target_before_loading_the_model(tmp_path, model_file,
     code, line = _main(["export", str(model_file), str(tmp_path / "new.pth")], capsys)
     assert code == 2 and line.endswith(f"the folder {tmp_path} is not writable; choose another path or change its "
                                        "permissions (nothing was written)")
+
+
+@needs_models
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, model_file, capsys, monkeypatch):
+    import safetensors.torch
+
+    def full(model, filename, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    out = tmp_path / "out.safetensors"
+    code, line = _main(["export", str(model_file), str(out)], capsys)
+    assert code == 2 and line.startswith(f"cdism-fast export: error: cannot write {out}: No space left on device; "
+                                         "free space on its disk or write it elsewhere (nothing of it was written; "
+                                         "it is made in ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    monkeypatch.setattr(os, "fsync", lambda descriptor: full(None, None))
+    code, line = _main(["export", str(model_file), str(tmp_path / "out.pth")], capsys)
+    assert code == 2 and line == (f"cdism-fast export: error: cannot write {tmp_path / 'out.pth'}: No space left on "
+                                  "device; free space on its disk or write it elsewhere (nothing of it was written)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
