@@ -52,7 +52,8 @@ def test_json_never_replaces_an_input_or_a_run_folder_file(tmp_path, data, capsy
     image = data / "HR" / "img0.png"
     os.link(image, tmp_path / "twin.png")
     before = tree_hash(tmp_path)
-    cases = {str(image): f"is {image}", str(data / "HR" / ".." / "HR" / "img1.png"): "an input of this command",
+    cases = {str(image): f"--json {image} is an input of this command;",
+             str(data / "HR" / ".." / "HR" / "img1.png"): "an input of this command (",
              str(tmp_path / "twin.png"): "an input of this command", str(model): "an input of this command",
              str(run / "stage.json"): f"lies in the run folder {run}", str(run / "r.json"): "lies in the run folder"}
     for target, expected in cases.items():
@@ -110,3 +111,13 @@ def test_builtin_data_without_scikit_image_is_one_line(capsys, monkeypatch):
     assert code == 2 and line == ("cdism-fast eval: error: --data builtin:... (the built-in photographs) needs "
                                   "scikit-image, which is not installed; run: pip install 'cdism_fast[demo]' "
                                   "(or: pip install scikit-image)")
+
+
+def test_an_image_smaller_than_the_scale_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    folder = write_images(tmp_path / "set", 1)
+    Image.new("RGB", (1, 1)).save(folder / "dot.png")
+    code, line = _eval(["--data", str(folder)], capsys)
+    assert code == 2 and line == (f"cdism-fast eval: error: HR image {folder / 'dot.png'} is 1x1, smaller than the "
+                                  "scale x2; remove it from the set")

@@ -54,3 +54,19 @@ def test_links_and_fifos_in_out_are_never_written_through(tmp_path, capsys):
     (source / "img1.png").rename(source / "img1.fifo.png")
     code, line = _upscale([str(source), str(out), "--force"], capsys)
     assert code == 2 and "is a FIFO, socket or device, not a regular file" in line
+
+
+def test_a_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
+    import errno
+
+    source = write_images(tmp_path / "in", 1)
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, line = _upscale([str(source), str(tmp_path / "out")], capsys)
+    assert code == 2 and line == (f"cdism-fast upscale: error: cannot write {tmp_path / 'out' / 'img0.png'}: No "
+                                  "space left on device; free space on its disk or write it elsewhere (nothing of "
+                                  "it was written)")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -90,7 +90,8 @@ def check_output_file(path: Path, option: str, inputs: Iterable[Path], ours: Cal
     for source in inputs:
         source = Path(source)
         if source.resolve() == resolved or (identity is not None and _identity(source) == identity):
-            raise ValueError(f"{option} {path} is {source}, an input of this command; writing it would overwrite "
+            spelling = "" if source == path else f" ({source})"
+            raise ValueError(f"{option} {path} is an input of this command{spelling}; writing it would overwrite "
                              "the input: choose another path (nothing was written)")
     run = _run_folder(resolved)
     if run is not None:
