@@ -22,7 +22,6 @@ from ..ops import (
     check_nonnegative,
     check_reduction,
     distillation_loss,
-    gaussian_highpass,
     laplacian_loss,
 )
 
@@ -80,17 +79,6 @@ class CharbonnierLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
-
-
-class GaussianHighPass(nn.Module):
-    """HF(x) = x - gaussian_blur(x), the paper's high-pass filter (no parameters)."""
-
-    def __init__(self, backend: str = "auto"):
-        super().__init__()
-        self.backend = backend
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gaussian_highpass(x, self.backend)
 
 
 class LaplacianPyramidLoss(nn.Module):
