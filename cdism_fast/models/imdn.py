@@ -87,7 +87,16 @@ def _infer_imdn(state: dict, source: str, scale=None) -> dict:
 
 
 class IMDN(SRModel):
-    """IMDN with N_c channels, N_b IMDBs of N_l progressive 3x3 convs, ×``scale`` (any integer >= 2)."""
+    """IMDN with N_c channels, N_b IMDBs of N_l progressive 3x3 convs, ×``scale`` (any integer >= 2).
+
+    >>> import torch
+    >>> from cdism_fast.models import IMDN, count_params
+    >>> model = IMDN(scale=2, n_c=16, n_b=1).eval()
+    >>> count_params(model)
+    11345
+    >>> tuple(model(torch.rand(1, 3, 6, 6)).shape)
+    (1, 3, 12, 12)
+    """
 
     family = "imdn"
     presets = {"imdn": Preset("imdn", "IMDN (Hui et al. 2019)", dict(n_c=64, n_b=6, n_l=4))}

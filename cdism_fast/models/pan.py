@@ -102,7 +102,16 @@ def _infer_pan(state: dict, source: str, scale=None) -> dict:
 
 
 class PAN(SRModel):
-    """PAN with N_c channels, N_b SC-PA blocks (N_l convs in the plain half), ``unf`` reconstruction channels."""
+    """PAN with N_c channels, N_b SC-PA blocks (N_l convs in the plain half), ``unf`` reconstruction channels.
+
+    >>> import torch
+    >>> from cdism_fast.models import PAN, count_params
+    >>> model = PAN(scale=2, n_c=8, n_b=1, unf=8).eval()
+    >>> count_params(model)
+    2847
+    >>> tuple(model(torch.rand(1, 3, 6, 6)).shape)
+    (1, 3, 12, 12)
+    """
 
     family = "pan"
     presets = {"pan": Preset("pan", "PAN (Zhao et al. 2020)", dict(n_c=40, n_b=16, n_l=1, unf=24))}

@@ -6,7 +6,13 @@ from ..ops import gaussian_highpass
 
 
 class GaussianHighPass(nn.Module):
-    """HF(x) = x - gaussian_blur(x), the paper's high-pass filter (no parameters)."""
+    """HF(x) = x - gaussian_blur(x), the paper's high-pass filter (no parameters).
+
+    >>> import torch
+    >>> from cdism_fast.nn import GaussianHighPass
+    >>> GaussianHighPass()(torch.full((1, 3, 6, 6), 0.5)).abs().max().item()  # a flat image: no high frequencies
+    0.0
+    """
 
     def __init__(self, backend: str = "auto"):
         super().__init__()
