@@ -6,6 +6,7 @@ import torch
 from cdism_fast.ops import CHARBONNIER_EPS, BackendUnavailable, available_backends, charbonnier
 
 import float64_references as ref
+from helpers.fuzz import fuzz_image_op
 from op_targets import cpu_backends, skip_without_cpp
 from tolerances import assert_close, assert_compiles_like_eager
 
@@ -125,3 +126,14 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         charbonnier(**args)
+
+
+def test_fuzz_against_the_reference():
+    fuzz_image_op(OP, 2, lambda x, y, backend: charbonnier(x, y, backend=backend))
+
+
+def test_the_mean_of_an_empty_input_is_refused_and_its_sum_is_zero():
+    empty = torch.rand(0, 3, 8, 8)
+    with pytest.raises(ValueError, match="the mean of an empty input"):
+        charbonnier(empty, empty)
+    assert charbonnier(empty, empty, reduction="sum") == 0

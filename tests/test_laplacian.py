@@ -12,6 +12,7 @@ import cdism_fast.ops as ops
 from cdism_fast.ops import laplacian_loss, laplacian_pyramid, samples
 
 import float64_references as ref
+from helpers.fuzz import fuzz_image_op
 from op_targets import (
     DEVICE,
     cpu_backends,
@@ -314,3 +315,13 @@ def test_odd_size_channels_last_on_gpu(backend):
     (expected_grad,) = torch.autograd.grad(expected, x64)
     assert_close(relative(loss, expected), relative(expected, expected), torch.float32)
     assert_close(grad, expected_grad)
+
+
+def test_fuzz_against_the_reference():
+    fuzz_image_op(OP, 2, lambda x, y, backend: laplacian_loss(x, y, levels=3, backend=backend))
+
+
+def test_the_mean_of_an_empty_input_is_refused():
+    empty = torch.rand(0, 3, 8, 8)
+    with pytest.raises(ValueError, match="the mean of an empty input"):
+        laplacian_loss(empty, empty, levels=2)
