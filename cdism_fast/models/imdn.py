@@ -90,12 +90,13 @@ class IMDN(SRModel):
     """IMDN with N_c channels, N_b IMDBs of N_l progressive 3x3 convs, ×``scale`` (any integer >= 2).
 
     >>> import torch
-    >>> from cdism_fast.models import IMDN, count_params
-    >>> model = IMDN(scale=2, n_c=16, n_b=1).eval()
-    >>> count_params(model)
-    11345
-    >>> tuple(model(torch.rand(1, 3, 6, 6)).shape)
-    (1, 3, 12, 12)
+    >>> from cdism_fast.models import IMDN
+    >>> model = IMDN(scale=3, n_c=16, n_b=1).eval()
+    >>> model.structure()
+    Structure(n_b=1, n_l=4, n_c=16)
+    >>> with torch.no_grad():
+    ...     print(tuple(model(torch.rand(2, 3, 4, 5)).shape))
+    (2, 3, 12, 15)
     """
 
     family = "imdn"

@@ -106,11 +106,10 @@ class PAN(SRModel):
 
     >>> import torch
     >>> from cdism_fast.models import PAN, count_params
-    >>> model = PAN(scale=2, n_c=8, n_b=1, unf=8).eval()
-    >>> count_params(model)
-    2847
-    >>> tuple(model(torch.rand(1, 3, 6, 6)).shape)
-    (1, 3, 12, 12)
+    >>> count_params(PAN(scale=4, n_c=8, n_b=1, unf=8)) > count_params(PAN(scale=2, n_c=8, n_b=1, unf=8))
+    True
+    >>> tuple(PAN(scale=4, n_c=8, n_b=1, unf=8).eval()(torch.rand(1, 3, 3, 5)).shape)  # two U-PA steps
+    (1, 3, 12, 20)
     """
 
     family = "pan"
