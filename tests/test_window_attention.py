@@ -1,8 +1,8 @@
 """Window attention: every backend against SwinIR's formulation and independent float64 ones.
 
-The samples of cdism_fast/ops/samples.py run on every backend: the small ones on
-CPU tensors (reference, cpp, Triton in its interpreter), the training shapes on
-a CUDA device (see tests/op_targets.py).
+Every backend runs the samples of cdism_fast/ops/samples.py (see tests/op_targets.py): the
+small ones on CPU tensors (reference, cpp, Triton in its interpreter), the training shapes on
+a CUDA device.
 """
 import math
 
