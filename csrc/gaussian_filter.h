@@ -1,11 +1,12 @@
 // What the CPU and the CUDA Gaussian filters share: the 5-tap binomial stencil b = [1, 4, 6, 4, 1]
 // (sum 16; the 5x5 filter is outer(b, b)/256), its reflect border (no edge repeat, torch's "reflect"),
-// both as host and device functions, and the checks and entry points of the two registered ops.
+// both as host and device functions, and the checks, entry points and registration of the two ops.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 namespace cdism_fast::gaussian {
 
@@ -41,6 +42,13 @@ at::Tensor forward(const at::Tensor& x, bool highpass) {
 template <Filter kFilter>
 at::Tensor backward(const at::Tensor& grad, bool highpass) {
   return kFilter(grad, highpass, /*adjoint=*/true, "gaussian_filter_backward");
+}
+
+// The device's kernels of gaussian_filter and gaussian_filter_backward, inside its TORCH_LIBRARY_IMPL block.
+template <Filter kFilter>
+void register_kernels(torch::Library& m) {
+  m.impl("gaussian_filter", &forward<kFilter>);
+  m.impl("gaussian_filter_backward", &backward<kFilter>);
 }
 
 }  // namespace cdism_fast::gaussian

@@ -62,8 +62,7 @@ at::Tensor filter(const at::Tensor& x, bool highpass, bool adjoint, const char* 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cdism_fast, CPU, m) {
-  m.impl("gaussian_filter", &gaussian::forward<filter>);
-  m.impl("gaussian_filter_backward", &gaussian::backward<filter>);
+  gaussian::register_kernels<filter>(m);
 }
 
 }  // namespace cdism_fast::cpu
