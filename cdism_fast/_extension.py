@@ -45,6 +45,14 @@ def on_load(kind: str):
     The C++ library defines the ops' schemas (``TORCH_LIBRARY``); their fake
     (meta) and autograd registrations live in Python next to the op and can
     only be attached after the library is loaded.
+
+    >>> from cdism_fast.ops import available_backends, on_extension_load
+    >>> calls = []
+    >>> @on_extension_load("cpp")
+    ... def register():
+    ...     calls.append("registered")
+    >>> calls == (["registered"] if "cpp" in available_backends("charbonnier") else [])  # at once when loaded
+    True
     """
     def wrap(fn):
         _on_load[kind].append(fn)

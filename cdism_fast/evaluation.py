@@ -98,6 +98,17 @@ def upscale(model: nn.Module, image: torch.Tensor, scale: int, tile: int | None 
     ``progress`` shows a progress bar over the tiles.
     Returns uint8 for uint8 input (quantised as ``to_uint8``), else float32
     (unclamped model output), in the input's layout.
+
+    >>> import torch
+    >>> from cdism_fast import upscale
+    >>> from cdism_fast.models import build
+    >>> _ = torch.manual_seed(0)
+    >>> image = torch.rand(3, 10, 12)
+    >>> tuple(upscale(build("edsr_mini"), image, 2).shape)
+    (3, 20, 24)
+    >>> tiled = upscale(build("edsr_mini"), (image * 255).to(torch.uint8), 2, tile=6, overlap=4)
+    >>> tuple(tiled.shape), tiled.dtype
+    ((3, 20, 24), torch.uint8)
     """
     check_int("scale", scale)
     if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
@@ -218,6 +229,18 @@ def evaluate(model: nn.Module, data, scale: int, crop_border: int | None = None,
     "ssim", "images": [{"name", "psnr", "ssim"}, ...], "scale",
     "crop_border", "y_channel"}`` with the means over the images; for a list,
     a dict of those keyed by set name.
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from cdism_fast import evaluate
+    >>> from cdism_fast.evaluation import Bicubic
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     rng = np.random.default_rng(0)
+    ...     Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(f"{folder}/noise.png")
+    ...     result = evaluate(Bicubic(2), folder, scale=2, progress=False)
+    >>> result["images"][0]["name"], round(result["psnr"], 2), round(result["ssim"], 3)
+    ('noise', 16.56, 0.264)
     """
     if isinstance(data, (list, tuple)):
         results: dict[str, dict] = {}

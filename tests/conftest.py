@@ -1,4 +1,5 @@
-"""Shared fixtures: the optional reference data beside the checkout, and seeding."""
+"""Shared fixtures: the optional reference data beside the checkout, seeding, threads, and the image folders
+and the tiny teacher run the command tests share (tests/helpers/ holds the functions behind them)."""
 import os
 from pathlib import Path
 
@@ -57,3 +58,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def noise_images(tmp_path_factory):
+    """(train, val): two and one 40x48 uniform-noise PNGs, for the commands' input and error tests."""
+    from helpers.images import write_noise_images
+
+    root = tmp_path_factory.mktemp("noise_images")
+    return write_noise_images(root / "train", 2, seed=1), write_noise_images(root / "val", 1, seed=2)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, noise_images, one_thread):
+    """A completed one-iteration teacher run on ``noise_images`` (copied by the tests that change it)."""
+    from helpers.runs import train_tiny_teacher
+
+    return train_tiny_teacher(tmp_path_factory.mktemp("teacher_run") / "teacher", *noise_images)

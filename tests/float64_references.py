@@ -1,4 +1,5 @@
-"""Independent float64 NumPy formulations of the filter and loss ops, the oracles of the tests.
+"""Independent float64 formulations of the ops (NumPy; the OBProx-SG step in plain Python), the oracles of the
+tests.
 
 Written from the definitions (README / issue), with NumPy's own reflect padding
 (no edge repeat, like torch's "reflect") and explicit shifted-slice sums instead
@@ -96,3 +97,22 @@ def layouts(x: torch.Tensor) -> dict:
         "strided": strided,
         "column_major": x.detach().transpose(-1, -2).contiguous().transpose(-1, -2),
     }
+
+
+def _sign(v):
+    return (v > 0) - (v < 0)
+
+
+def obproxsg_step(param, grad, lr, lam, orthant, eps):
+    """One OBProx-SG step from its definitions, element by element in float64 Python arithmetic."""
+    out = []
+    for p, g in zip(param.double().flatten().tolist(), grad.double().flatten().tolist()):
+        if orthant:
+            zeta = _sign(p)
+            g_hat = g + lam * zeta if zeta != 0 else 0.0
+            x_hat = p - lr * g_hat
+            out.append(x_hat if x_hat * zeta > eps else 0.0)
+        else:
+            z = p - lr * g
+            out.append(_sign(z) * max(abs(z) - lr * lam, 0.0))
+    return torch.tensor(out, dtype=torch.float64).reshape(param.shape)

@@ -6,6 +6,8 @@ import torch
 from cdism_fast.ops import CHARBONNIER_EPS, BackendUnavailable, available_backends, charbonnier
 
 import float64_references as ref
+from helpers.fuzz import fuzz_image_op
+from helpers.losses import assert_gradients_in_every_layout, assert_half_inputs_compute_in_float32
 from op_targets import cpu_backends, skip_without_cpp
 from tolerances import assert_close, assert_compiles_like_eager
 
@@ -51,29 +53,16 @@ def test_reduction_none():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_accumulate_in_float32(backend, dtype):
     x, y = _pair((4, 3, 64, 61), dtype)
-    x.requires_grad_()
-    loss = charbonnier(x, y, backend=backend)
-    assert loss.dtype == dtype
-    assert_close(loss, _expected(x, y, CHARBONNIER_EPS, "mean"))
-    loss.backward()
-    assert x.grad.dtype == dtype
+    assert_half_inputs_compute_in_float32(lambda a, b: charbonnier(a, b, backend=backend), x, y,
+                                          _expected(x, y, CHARBONNIER_EPS, "mean"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gradients_of_both_inputs_and_layouts(backend, reduction):
     x, y = _pair((2, 3, 11, 14))
-    x_ref, y_ref = x.clone().requires_grad_(), y.clone().requires_grad_()
-    charbonnier(x_ref, y_ref, 1e-2, reduction, backend="reference").backward()
-    x_layouts, y_layouts = ref.layouts(x), ref.layouts(y)
-    # Same layouts, then mixed ones (x contiguous against each layout of y).
-    pairs = [(name, x_layouts[name], y_layouts[name]) for name in x_layouts]
-    pairs += [(f"contiguous/{name}", x.clone(), yl) for name, yl in ref.layouts(y).items()]
-    for name, xl, yl in pairs:
-        xl.requires_grad_(), yl.requires_grad_()
-        charbonnier(xl, yl, 1e-2, reduction, backend=backend).backward()
-        assert_close(xl.grad, x_ref.grad, msg=name)
-        assert_close(yl.grad, y_ref.grad, msg=name)
+    assert_gradients_in_every_layout(lambda a, b, name: charbonnier(a, b, 1e-2, reduction, backend=name), x, y,
+                                     backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -125,3 +114,14 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         charbonnier(**args)
+
+
+def test_fuzz_against_the_reference():
+    fuzz_image_op(OP, 2, lambda x, y, backend: charbonnier(x, y, backend=backend))
+
+
+def test_the_mean_of_an_empty_input_is_refused_and_its_sum_is_zero():
+    empty = torch.rand(0, 3, 8, 8)
+    with pytest.raises(ValueError, match="the mean of an empty input"):
+        charbonnier(empty, empty)
+    assert charbonnier(empty, empty, reduction="sum") == 0

@@ -104,9 +104,9 @@ def test_two_gloo_ranks_shard_the_data_and_resume_identically(tmp_path):
 
 
 def test_torchrun_cli_trains_and_resumes_on_two_ranks(tmp_path):
-    from test_workflow import write_images
-
     from cdism_fast.training import read_log
+
+    from helpers.images import write_smooth_images as write_images
 
     data = write_images(tmp_path / "images", 3, seed=3)
     out = tmp_path / "teacher"

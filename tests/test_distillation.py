@@ -10,6 +10,7 @@ import cdism_fast.ops as ops
 from cdism_fast.ops import CHARBONNIER_EPS, BackendUnavailable, distillation_loss, samples
 
 import float64_references as ref
+from helpers.fuzz import fuzz_image_op
 from op_targets import (
     DEVICE,
     cpu_backends,
@@ -208,3 +209,13 @@ def test_training_batch_on_gpu(backend, dtype):
     (expected_grad,) = torch.autograd.grad(expected, s64, loss_scale(torch.float64))
     assert_close(loss, expected, dtype)
     assert_close(relative(grad, expected_grad), relative(expected_grad, expected_grad), dtype)
+
+
+def test_fuzz_against_the_reference():
+    fuzz_image_op(OP, 3, lambda x, y, z, backend: distillation_loss(x, y, z, levels=3, backend=backend))
+
+
+def test_huge_levels_are_refused_in_one_line():
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="levels must be an integer >= 1 and <= 32, got 1000000"):
+        distillation_loss(x, x, x, levels=10 ** 6)

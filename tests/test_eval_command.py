@@ -7,9 +7,11 @@ import json
 import os
 
 import pytest
-from file_checks import one_error_line, tree_hash, write_images
 
 from cdism_fast.cli import main
+
+from helpers.images import write_noise_images
+from helpers.runs import one_error_line, tree_hash
 
 EVAL = ["eval", "--model", "bicubic", "--scale", "2"]
 
@@ -17,7 +19,7 @@ EVAL = ["eval", "--model", "bicubic", "--scale", "2"]
 @pytest.fixture
 def data(tmp_path):
     """A small set in the HR layout."""
-    write_images(tmp_path / "set" / "HR", 2, size=(16, 20))
+    write_noise_images(tmp_path / "set" / "HR", 2, size=(16, 20))
     return tmp_path / "set"
 
 
@@ -116,7 +118,7 @@ def test_builtin_data_without_scikit_image_is_one_line(capsys, monkeypatch):
 def test_an_image_smaller_than_the_scale_is_one_line(tmp_path, capsys):
     from PIL import Image
 
-    folder = write_images(tmp_path / "set", 1)
+    folder = write_noise_images(tmp_path / "set", 1, size=(24, 32))
     Image.new("RGB", (1, 1)).save(folder / "dot.png")
     code, line = _eval(["--data", str(folder)], capsys)
     assert code == 2 and line == (f"cdism-fast eval: error: HR image {folder / 'dot.png'} is 1x1, smaller than the "

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from file_checks import one_error_line, tree_hash
 from torch import nn
 
 from cdism_fast.cli import export as export_command
 from cdism_fast.export import export
+
+from helpers.runs import one_error_line, tree_hash
 
 HAS_MODELS = importlib.util.find_spec("cdism_fast.models") is not None
 HAS_ONNXRUNTIME = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnxscript"))

@@ -10,6 +10,7 @@ import cdism_fast.ops as ops
 from cdism_fast.ops import gaussian_blur, gaussian_highpass, samples
 
 import float64_references as ref
+from helpers.fuzz import fuzz_image_op
 from op_targets import DEVICE, cpu_backends, float64_reference, gpu_backends, require, skip_without_cpp
 from tolerances import assert_close, assert_compiles_like_eager
 
@@ -162,3 +163,18 @@ def test_opcheck_on_gpu(backend):
     for highpass in (False, True):
         torch.library.opcheck(torch.ops.cdism_fast.gaussian_filter.default, (x, highpass))
         torch.library.opcheck(torch.ops.cdism_fast.gaussian_filter_backward.default, (x, highpass))
+
+
+@pytest.mark.parametrize("name", ["gaussian_blur", "gaussian_highpass"])
+def test_fuzz_against_the_reference(name):
+    fuzz_image_op(name, 1, lambda x, backend: FILTERS[name.removeprefix("gaussian_")][0](x, backend=backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refuses_zero_channels_and_stays_finite_near_the_float_limit(backend):
+    with pytest.raises(ValueError, match="has 0 channels"):
+        gaussian_blur(torch.rand(1, 0, 8, 8), backend=backend)
+    huge = torch.full((1, 1, 8, 8), 3e38)
+    blurred = gaussian_blur(huge, backend=backend)
+    assert torch.isfinite(blurred).all()
+    assert_close(blurred, gaussian_blur(huge, backend="reference"))

@@ -12,6 +12,8 @@ import cdism_fast.ops as ops
 from cdism_fast.ops import laplacian_loss, laplacian_pyramid, samples
 
 import float64_references as ref
+from helpers.fuzz import fuzz_image_op
+from helpers.losses import assert_gradients_in_every_layout, assert_half_inputs_compute_in_float32
 from op_targets import (
     DEVICE,
     cpu_backends,
@@ -85,30 +87,17 @@ def test_level_weights_and_default_levels():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_compute_in_float32(backend, dtype):
     x, y = (t.to(dtype) for t in _pair((2, 3, 33, 35)))
-    x.requires_grad_()
-    loss = laplacian_loss(x, y, backend=backend)
-    assert loss.dtype == dtype
     expected = ref.laplacian_loss(ref.as_float64(x), ref.as_float64(y), 5, "mean")
-    assert_close(loss, torch.tensor(expected, dtype=torch.float64))
-    loss.backward()
-    assert x.grad.dtype == dtype
+    assert_half_inputs_compute_in_float32(lambda a, b: laplacian_loss(a, b, backend=backend), x, y,
+                                          torch.tensor(expected, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gradients_of_both_inputs_and_layouts(backend, reduction):
     x, y = _pair((2, 3, 21, 26))
-    x_ref, y_ref = x.clone().requires_grad_(), y.clone().requires_grad_()
-    laplacian_loss(x_ref, y_ref, 4, reduction, backend="reference").backward()
-    for (name, xl), yl in zip(ref.layouts(x).items(), ref.layouts(y).values()):
-        xl.requires_grad_(), yl.requires_grad_()
-        laplacian_loss(xl, yl, 4, reduction, backend=backend).backward()
-        assert_close(xl.grad, x_ref.grad, msg=name)
-        assert_close(yl.grad, y_ref.grad, msg=name)
-    # Only y requiring a gradient (a target that is itself trained).
-    y_only = y.clone().requires_grad_()
-    laplacian_loss(x, y_only, 4, reduction, backend=backend).backward()
-    assert_close(y_only.grad, y_ref.grad)
+    assert_gradients_in_every_layout(lambda a, b, name: laplacian_loss(a, b, 4, reduction, backend=name), x, y,
+                                     backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -314,3 +303,13 @@ def test_odd_size_channels_last_on_gpu(backend):
     (expected_grad,) = torch.autograd.grad(expected, x64)
     assert_close(relative(loss, expected), relative(expected, expected), torch.float32)
     assert_close(grad, expected_grad)
+
+
+def test_fuzz_against_the_reference():
+    fuzz_image_op(OP, 2, lambda x, y, backend: laplacian_loss(x, y, levels=3, backend=backend))
+
+
+def test_the_mean_of_an_empty_input_is_refused():
+    empty = torch.rand(0, 3, 8, 8)
+    with pytest.raises(ValueError, match="the mean of an empty input"):
+        laplacian_loss(empty, empty, levels=2)

@@ -59,6 +59,16 @@ def test_pyramid_modules_match_the_ops():
     assert_close(cnn.GaussianHighPass()(x), ops.gaussian_highpass(x))
 
 
+def test_each_module_of_nn_holds_one_kind_and_the_package_exports_them_all():
+    from cdism_fast.nn import filters, losses
+
+    assert {name for name, obj in vars(losses).items() if isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+            and obj.__module__ == losses.__name__} == {"CharbonnierLoss", "LaplacianPyramidLoss", "DistillationLoss"}
+    assert cnn.GaussianHighPass is filters.GaussianHighPass
+    assert set(cnn.__all__) == {"functional", "CharbonnierLoss", "DistillationLoss", "GaussianHighPass",
+                                "LaplacianPyramidLoss"}
+
+
 def test_distillation_module_leaves_the_teacher_alone():
     student, teacher = (t.requires_grad_() for t in _pair((1, 3, 24, 24)))
     cnn.DistillationLoss()(student, teacher, torch.rand(1, 3, 24, 24)).backward()

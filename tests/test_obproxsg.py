@@ -1,14 +1,17 @@
-"""obproxsg_step: every backend against a per-element float64 loop written here,
+"""obproxsg_step: every backend against a per-element float64 loop (float64_references),
 both phases, all dtypes and layouts, NaN, bad input, opcheck and torch.compile;
 the CUDA kernel against the float64 reference on a CUDA device (see tests/op_targets.py)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from cdism_fast import _extension
 from cdism_fast.ops import available_backends, obproxsg_step, samples
 
+import float64_references as ref
+from helpers.fuzz import FUZZ_CASES, fast_backends, fuzz_inputs
 from op_targets import DEVICE, cpu_backends, gpu_backends, require
 from tolerances import assert_close
 
@@ -22,25 +25,6 @@ SHAPES = [(5, 3, 3, 3), (7,), (), (0, 4), (40000,), (3, 11, 13), (70001,), (1, 1
 @pytest.fixture(params=cpu_backends(OP))
 def backend(request):
     return request.param
-
-
-def _sign(v):
-    return (v > 0) - (v < 0)
-
-
-def expected_step(param, grad, lr, lam, orthant, eps):
-    """The definitions, element by element in float64 Python arithmetic."""
-    out = []
-    for p, g in zip(param.double().flatten().tolist(), grad.double().flatten().tolist()):
-        if orthant:
-            zeta = _sign(p)
-            g_hat = g + lam * zeta if zeta != 0 else 0.0
-            x_hat = p - lr * g_hat
-            out.append(x_hat if x_hat * zeta > eps else 0.0)
-        else:
-            z = p - lr * g
-            out.append(_sign(z) * max(abs(z) - lr * lam, 0.0))
-    return torch.tensor(out, dtype=torch.float64).reshape(param.shape)
 
 
 def random_pair(shape, dtype, zero_fraction=0.3):
@@ -60,7 +44,7 @@ def test_one_step_matches_the_definition(backend, dtype, orthant):
     pairs = [random_pair(s, dtype) for s in _long_shapes_only_for_fast_backends(backend, SHAPES)]
     params, grads = [p.clone() for p, _ in pairs], [g for _, g in pairs]
     lr, lam, eps = 0.3, 0.7, 0.05
-    expected = [expected_step(p, g, lr, lam, orthant, eps) for p, g in pairs]
+    expected = [ref.obproxsg_step(p, g, lr, lam, orthant, eps) for p, g in pairs]
     obproxsg_step(params, grads, lr, lam, orthant, eps, backend=backend)
     for p, e in zip(params, expected):
         assert p.dtype == dtype
@@ -73,7 +57,7 @@ def test_several_steps_through_both_phases(backend):
     phases = [False, False, False, True, True, False, True, True]
     for step, orthant in enumerate(phases):
         grads = [torch.randn_like(p) for p in params]
-        expected = [expected_step(p, g, 0.1, 0.5, orthant, 0.01) for p, g in zip(params, grads)]
+        expected = [ref.obproxsg_step(p, g, 0.1, 0.5, orthant, 0.01) for p, g in zip(params, grads)]
         obproxsg_step(params, grads, 0.1, 0.5, orthant, 0.01, backend=backend)
         for p, e in zip(params, expected):
             assert_close(p, e, msg=f"step {step}, orthant={orthant}")
@@ -103,7 +87,7 @@ def test_mixed_dtypes_in_one_list(backend):
     params = [p.clone() for p, _ in pairs]
     obproxsg_step(params, [g for _, g in pairs], 0.2, 0.4, True, 0.0, backend=backend)
     for (p0, g), p in zip(pairs, params):
-        assert_close(p, expected_step(p0, g, 0.2, 0.4, True, 0.0), p.dtype)
+        assert_close(p, ref.obproxsg_step(p0, g, 0.2, 0.4, True, 0.0), p.dtype)
 
 
 @pytest.mark.parametrize("orthant", [False, True], ids=["prox_sg", "orthant"])
@@ -117,7 +101,7 @@ def test_layouts_are_updated_in_place(backend, orthant):
     params = [strided_view, transposed, channels_last]
     grads = [torch.randn(strided_view.shape).to(memory_format=torch.channels_last),
              torch.randn(13, 9), torch.randn(3, 8, 5, 4)]
-    expected = [expected_step(p, g, 0.3, 0.2, orthant, 0.0) for p, g in zip(params, grads)]
+    expected = [ref.obproxsg_step(p, g, 0.3, 0.2, orthant, 0.0) for p, g in zip(params, grads)]
     untouched = base.clone()
     untouched[:, ::2, 1:, ::3] = 0
     pointers = [p.data_ptr() for p in params]
@@ -165,7 +149,7 @@ def test_nan_in_nan_out(backend, orthant):
     assert p[:3].isnan().all(), p
     # An infinite gradient: Prox-SG follows it; an orthant step cannot (0 * inf), so NaN.
     assert p[3].isnan() if orthant else p[3] == -inf, p
-    assert_close(p[4:], expected_step(p.new_tensor([2.0, -3.0]), g[4:], 0.1, 0.1, orthant, 0.0))
+    assert_close(p[4:], ref.obproxsg_step(p.new_tensor([2.0, -3.0]), g[4:], 0.1, 0.1, orthant, 0.0))
 
 
 def test_empty_list_and_empty_tensors(backend):
@@ -279,3 +263,41 @@ def test_nan_and_mixed_dtypes_on_gpu(gpu_backend):
         for actual, wanted in zip(params, expected):
             assert_close(actual, wanted)
         assert torch.isnan(params[0][7]) and (torch.isnan(params[1][3]) or not orthant)
+
+
+def _aliasing_cases():
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [(backend, device) for device in devices for backend in available_backends(OP, device)]
+
+
+@pytest.mark.parametrize("backend, device", _aliasing_cases())
+def test_refuses_aliased_parameters_in_every_backend(backend, device):
+    x = torch.zeros(6, 8, device=device)
+    cases = ([x, x], [x.t()[:4], x.t()[2:6]], [x[:, ::2], x[:, ::3]])
+    for params in cases:
+        before = x.clone()
+        with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
+            obproxsg_step(params, [torch.ones_like(p) for p in params], 0.1, 0.01, False, backend=backend)
+        assert torch.equal(x, before)
+    obproxsg_step([x[:3], x[3:]], [torch.ones(3, 8, device=device)] * 2, 0.1, 0.0, False, backend=backend)
+    assert torch.equal(x, torch.full_like(x, -0.1))
+
+
+def test_fuzz_against_the_reference():
+    backends = fast_backends(OP)
+    rng = np.random.default_rng(11)
+    torch.manual_seed(11)
+    for case in range(FUZZ_CASES * 4):
+        dtype = (torch.float32, torch.float64)[case % 2]
+        params, described = fuzz_inputs(rng, 2, dtype)
+        grads = [torch.randn(p.shape, dtype=dtype) for p in params]
+        for p in params:
+            p.mul_(torch.rand(p.shape, dtype=dtype) > 0.3)  # zeros for the orthant step to hold
+        orthant, lr, lam = bool(case % 3 == 0), float(rng.uniform(0, 0.5)), float(rng.uniform(0, 0.5))
+        expected = [p.clone() for p in params]
+        obproxsg_step(expected, grads, lr, lam, orthant, 0.001, backend="reference")
+        for backend in backends:
+            actual = [p.clone() for p in params]
+            obproxsg_step(actual, grads, lr, lam, orthant, 0.001, backend=backend)
+            for a, e in zip(actual, expected):
+                assert_close(a, e, msg=f"obproxsg {backend} orthant={orthant}, {described}")

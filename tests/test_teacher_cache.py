@@ -16,20 +16,9 @@ from cdism_fast.training.checkpoint import load_checkpoint
 from cdism_fast.training.stages import StageSettings, distill
 from cdism_fast.training.teacher_cache import TeacherCache, TeacherCacheError, teacher_fingerprint
 
+from helpers.images import nearest_pairs, random_image
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _random_image(height, width, seed):
-    return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-def nearest_pairs(root, sizes, scale=2):
-    """HR = nearest-neighbour upscale of LR (so a nearest-upsampling "teacher" outputs exactly HR)."""
-    for i, (height, width) in enumerate(sizes):
-        lr = _random_image(height, width, seed=i)
-        write_image(root / "HR" / f"{i:04d}.png", lr.repeat_interleave(scale, 1).repeat_interleave(scale, 2))
-        write_image(root / "LR_bicubic" / f"X{scale}" / f"{i:04d}.png", lr)
-    return folder_dataset(root, scale)
 
 
 class ConvTeacher(nn.Sequential):
@@ -98,7 +87,7 @@ def test_entries_are_reused_and_invalidated_by_a_changed_teacher_or_image(tmp_pa
     assert teacher_fingerprint(ConvTeacher(seed=0)) != teacher_fingerprint(ConvTeacher(seed=1))
     # A replaced image file (new content, new modification time) gets a new entry; the other is reused.
     image = pairs.pairs[1][1]
-    write_image(image, _random_image(20, 28, seed=9))
+    write_image(image, random_image(20, 28, seed=9))
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
     pairs = folder_dataset(tmp_path / "data", 2)

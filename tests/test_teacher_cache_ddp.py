@@ -59,7 +59,7 @@ def worker(root: Path) -> None:
 
 
 def test_two_gloo_ranks_build_disjoint_shares_and_distill_from_them(tmp_path):
-    from test_teacher_cache import nearest_pairs
+    from helpers.images import nearest_pairs
 
     nearest_pairs(tmp_path / "data", [(24, 24), (20, 28), (26, 22), (18, 30), (24, 20)])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),

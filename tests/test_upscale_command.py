@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import os
 
-from file_checks import one_error_line, tree_hash, write_images
+from PIL import Image
 
 from cdism_fast.cli import main
+
+from helpers.images import write_noise_images
+from helpers.runs import one_error_line, tree_hash
 
 UPSCALE = ["upscale", "--model", "bicubic", "--scale", "2"]
 
@@ -16,7 +19,7 @@ def _upscale(argv, capsys):
 
 
 def test_files_in_out_that_upscale_did_not_write_need_force(tmp_path, capsys):
-    source = write_images(tmp_path / "in", 2)
+    source = write_noise_images(tmp_path / "in", 2, size=(24, 32))
     out = tmp_path / "out"
     out.mkdir()
     (out / "img1.png").write_bytes(b"someone's picture")
@@ -30,7 +33,7 @@ def test_files_in_out_that_upscale_did_not_write_need_force(tmp_path, capsys):
 
 
 def test_a_bad_image_in_the_middle_stops_before_any_output(tmp_path, capsys):
-    source = write_images(tmp_path / "in", 3)
+    source = write_noise_images(tmp_path / "in", 3, size=(24, 32))
     data = (source / "img1.png").read_bytes()
     (source / "img1.png").write_bytes(data[: len(data) // 2])  # truncated: the header still reads
     code, line = _upscale([str(source), str(tmp_path / "out")], capsys)
@@ -39,7 +42,7 @@ def test_a_bad_image_in_the_middle_stops_before_any_output(tmp_path, capsys):
 
 
 def test_links_and_fifos_in_out_are_never_written_through(tmp_path, capsys):
-    source = write_images(tmp_path / "in", 2)
+    source = write_noise_images(tmp_path / "in", 2, size=(24, 32))
     victim = tmp_path / "victim.png"
     victim.write_bytes(b"precious")
     out = tmp_path / "out"
@@ -59,7 +62,7 @@ def test_links_and_fifos_in_out_are_never_written_through(tmp_path, capsys):
 def test_a_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
     import errno
 
-    source = write_images(tmp_path / "in", 1)
+    source = write_noise_images(tmp_path / "in", 1, size=(24, 32))
 
     def full(descriptor):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -70,3 +73,17 @@ def test_a_full_disk_names_the_output(tmp_path, capsys, monkeypatch):
                                   "space left on device; free space on its disk or write it elsewhere (nothing of "
                                   "it was written)")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_upscale_refuses_to_overwrite_its_input_or_merge_names(tmp_path, capsys):
+    folder = write_noise_images(tmp_path / "in", 1, seed=3)
+    Image.open(folder / "img0.png").save(folder / "img0.jpg")
+    before = tree_hash(folder)
+    assert main(["upscale", "--model", "bicubic", "--scale", "2", str(folder), str(folder)]) == 2
+    assert "OUT" in one_error_line(capsys, "upscale") and tree_hash(folder) == before
+    assert main(["upscale", "--model", "bicubic", "--scale", "2", str(folder / "img0.png"),
+                 str(folder / "img0.png")]) == 2
+    assert "is an input image" in one_error_line(capsys, "upscale") and tree_hash(folder) == before
+    assert main(["upscale", "--model", "bicubic", "--scale", "2", str(folder), str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys, "upscale")
+    assert "img0.jpg and img0.png would both be written to" in line and not (tmp_path / "out").exists()

@@ -1,17 +1,19 @@
 """Window attention: every backend against SwinIR's formulation and independent float64 ones.
 
-The samples of cdism_fast/ops/samples.py run on every backend: the small ones on
-CPU tensors (reference, cpp, Triton in its interpreter), the training shapes on
-a CUDA device (see tests/op_targets.py).
+Every backend runs the samples of cdism_fast/ops/samples.py (see tests/op_targets.py): the
+small ones on CPU tensors (reference, cpp, Triton in its interpreter), the training shapes on
+a CUDA device.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import cdism_fast.ops as ops
 from cdism_fast.ops import relative_position_index, samples, shift_window_mask, window_attention
 
+from helpers.fuzz import FUZZ_CASES, assert_as_accurate, fast_backends
 from model_references import official_mask as swinir_mask
 from model_references import official_relative_index as swinir_relative_index
 from model_references import window_partition as swinir_partition
@@ -474,3 +476,34 @@ def test_head_dims_on_gpu(backend, case):
     assert_close(out, expected, msg=case)
     for actual, wanted in zip(grads, expected_grads):
         assert_close(relative(actual, wanted), relative(wanted, wanted), torch.float32, msg=f"{case} gradients")
+
+
+def test_fuzz_against_the_reference():
+    backends = fast_backends(OP)
+    rng = np.random.default_rng(12)
+    torch.manual_seed(12)
+    for case in range(FUZZ_CASES):
+        dtype = (torch.float32, torch.float64)[case % 2]
+        window, heads, dim = int(rng.integers(2, 6)), int(rng.integers(1, 4)), int(rng.integers(1, 17))
+        batch, tokens = int(rng.integers(1, 5)), window * window
+        q, k, v = (torch.randn(batch, heads, tokens, dim, dtype=dtype) for _ in range(3))
+        k = k.transpose(-1, -2).contiguous().transpose(-1, -2)  # strided
+        table = torch.randn((2 * window - 1) ** 2, heads, dtype=dtype)
+        grad_out = torch.randn(batch, heads, tokens, dim, dtype=dtype)
+        exact = [t.double().requires_grad_() for t in (q, k, v, table)]
+        expected = window_attention(*exact, window, backend="reference")
+        expected_grads = torch.autograd.grad(expected, exact, grad_out.double())
+        described = f"window_attention case {case}: window {window}, heads {heads}, dim {dim}, {dtype}"
+
+        def run(backend, inputs=(q, k, v, table), window=window, grad_out=grad_out):
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out = window_attention(*leaves, window, backend=backend)
+            return (out, *torch.autograd.grad(out, leaves, grad_out))
+
+        reference = run("reference")
+        for backend in backends:
+            names = ("forward", "gradient of q", "gradient of k", "gradient of v", "gradient of bias_table")
+            for name, got, ref, want in zip(names, run(backend), reference, (expected, *expected_grads)):
+                # at the scale of the values ("a few ulps of the values' scale", tests/tolerances.py)
+                scale = want.abs().max()
+                assert_as_accurate(got / scale, ref / scale, want / scale, dtype, f"{backend} {name}, {described}")

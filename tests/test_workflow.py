@@ -6,7 +6,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cdism_fast.cli import exit_code, main
 from cdism_fast.compress import compress_config
@@ -17,19 +16,10 @@ from cdism_fast.training.presets import PRESETS, WorkflowPreset
 from cdism_fast.training.stages import StageSettings, compress, distill, prune
 from cdism_fast.workflow import run_workflow
 
+from helpers.images import write_smooth_images as write_images
+
 # Tiny tensors: one thread avoids OpenMP synchronisation, which dominates (and explodes on a busy machine).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_images(folder, count, seed, size=(40, 48)):
-    """Smooth random colour images (bicubic can be beaten, and the models can learn them)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        coarse = rng.integers(0, 256, size=(size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((size[1], size[0]), Image.BICUBIC)
-        image.save(folder / f"img{i}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")

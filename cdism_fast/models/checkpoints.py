@@ -47,6 +47,12 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     ``attention_backend``), for what tensors do not tell. A file that does not fit raises
     :class:`CheckpointMismatch` (a ValueError) listing the first missing, unexpected and
     mis-shaped keys; nothing is loaded then.
+
+    >>> from cdism_fast.models import build, load_pretrained
+    >>> state = build("edsr_mini").state_dict()  # a BasicSR-named EDSR state dict
+    >>> model = load_pretrained(state)  # the preset and the scale are read from the tensors
+    >>> model.structure(), model.scale, model.training
+    (Structure(n_b=8, n_l=1, n_c=16), 2, False)
     """
     source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "the given state dict"
     raw = read_torch_file(source, "checkpoint") if isinstance(path, (str, os.PathLike)) else path

@@ -34,7 +34,12 @@ LISTED_KEYS = 8
 
 
 class Structure(NamedTuple):
-    """The three numbers the compression rule changes."""
+    """The three numbers the compression rule changes.
+
+    >>> from cdism_fast.models import Structure, build
+    >>> build("edsr_mini").structure() == Structure(n_b=8, n_l=1, n_c=16)
+    True
+    """
 
     n_b: int  #: blocks of the deep-feature module
     n_l: int  #: layers per block (EDSR: a block has n_l + 1 convolutions)
@@ -49,6 +54,11 @@ class Compressible(Protocol):
     the shallow-feature and reconstruction modules resized to the new channel count;
     ``deep_feature_parameters`` are the parameters of the deep-feature module only (what
     the density is measured on); ``channel_multiple`` is what N_c must be a multiple of.
+
+    >>> import torch
+    >>> from cdism_fast.models import Compressible, build
+    >>> isinstance(build("edsr_mini"), Compressible), isinstance(torch.nn.Conv2d(3, 3, 1), Compressible)
+    (True, False)
     """
 
     def structure(self) -> Structure: ...
@@ -62,13 +72,28 @@ class Compressible(Protocol):
 
 @dataclass(frozen=True)
 class Preset:
+    """A named configuration of a family: its constructor options.
+
+    >>> from cdism_fast.models import PRESETS
+    >>> PRESETS["edsr_mini"].family, PRESETS["edsr_mini"].config
+    ('edsr', {'n_c': 16, 'n_b': 8, 'n_l': 1, 'res_scale': 1.0})
+    """
+
     family: str
     description: str
     config: dict = field(default_factory=dict)
 
 
 class CheckpointMismatch(ValueError):
-    """A checkpoint that does not fit the model it should load into; the message lists the keys."""
+    """A checkpoint that does not fit the model it should load into; the message lists the keys.
+
+    >>> from cdism_fast.models import CheckpointMismatch, build, load_pretrained
+    >>> try:
+    ...     load_pretrained(build("edsr_mini").state_dict(), name="edsr_baseline")
+    ... except CheckpointMismatch as error:
+    ...     print(str(error).split(":")[0])
+    checkpoint the given state dict does not fit edsr_baseline ×2
+    """
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,10 @@ class CheckpointFormat:
     included, that the tensors' names and shapes describe (a ``KeyError`` names a missing
     key; :class:`CheckpointMismatch` anything else). ``signature``: keys that identify the
     layout, for error messages.
+
+    >>> from cdism_fast.models import EDSR
+    >>> [fmt.name for fmt in EDSR.checkpoint_formats]
+    ['EDSR-PyTorch', 'BasicSR EDSR']
     """
 
     name: str
@@ -93,7 +122,15 @@ class CheckpointFormat:
 
 
 class SRModel(nn.Module):
-    """Base class of the model families (see the module docs for the contract)."""
+    """Base class of the model families (see the module docs for the contract).
+
+    >>> from cdism_fast.models import SRModel, build
+    >>> model = build("edsr_mini")
+    >>> isinstance(model, SRModel), model.family, model.scale
+    (True, 'edsr', 2)
+    >>> model.with_structure(n_b=2, n_l=1, n_c=8).structure()  # a smaller untrained member, same options
+    Structure(n_b=2, n_l=1, n_c=8)
+    """
 
     family: ClassVar[str]
     presets: ClassVar[dict[str, Preset]] = {}

@@ -87,7 +87,17 @@ def _infer_imdn(state: dict, source: str, scale=None) -> dict:
 
 
 class IMDN(SRModel):
-    """IMDN with N_c channels, N_b IMDBs of N_l progressive 3x3 convs, ×``scale`` (any integer >= 2)."""
+    """IMDN with N_c channels, N_b IMDBs of N_l progressive 3x3 convs, ×``scale`` (any integer >= 2).
+
+    >>> import torch
+    >>> from cdism_fast.models import IMDN
+    >>> model = IMDN(scale=3, n_c=16, n_b=1).eval()
+    >>> model.structure()
+    Structure(n_b=1, n_l=4, n_c=16)
+    >>> with torch.no_grad():
+    ...     print(tuple(model(torch.rand(2, 3, 4, 5)).shape))
+    (2, 3, 12, 15)
+    """
 
     family = "imdn"
     presets = {"imdn": Preset("imdn", "IMDN (Hui et al. 2019)", dict(n_c=64, n_b=6, n_l=4))}

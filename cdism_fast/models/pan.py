@@ -102,7 +102,15 @@ def _infer_pan(state: dict, source: str, scale=None) -> dict:
 
 
 class PAN(SRModel):
-    """PAN with N_c channels, N_b SC-PA blocks (N_l convs in the plain half), ``unf`` reconstruction channels."""
+    """PAN with N_c channels, N_b SC-PA blocks (N_l convs in the plain half), ``unf`` reconstruction channels.
+
+    >>> import torch
+    >>> from cdism_fast.models import PAN, count_params
+    >>> count_params(PAN(scale=4, n_c=8, n_b=1, unf=8)) > count_params(PAN(scale=2, n_c=8, n_b=1, unf=8))
+    True
+    >>> tuple(PAN(scale=4, n_c=8, n_b=1, unf=8).eval()(torch.rand(1, 3, 3, 5)).shape)  # two U-PA steps
+    (1, 3, 12, 20)
+    """
 
     family = "pan"
     presets = {"pan": Preset("pan", "PAN (Zhao et al. 2020)", dict(n_c=40, n_b=16, n_l=1, unf=24))}

@@ -33,7 +33,13 @@ PRETRAINED: dict[str, dict] = _registry()
 
 
 def pretrained_info(name: str) -> dict:
-    """The record of shipped model ``name``."""
+    """The record of shipped model ``name``.
+
+    >>> from cdism_fast.models import pretrained_info
+    >>> info = pretrained_info("edsr_mini_291")
+    >>> info["model"]["family"], round(info["scores"]["Set5"]["psnr"], 2)
+    ('edsr', 37.26)
+    """
     if name not in PRETRAINED:
         known = ", ".join(PRETRAINED) or "none"
         raise ValueError(f"no shipped model is named {name!r}; the shipped models are: {known}")
@@ -41,7 +47,17 @@ def pretrained_info(name: str) -> dict:
 
 
 def pretrained(name: str) -> nn.Module:
-    """Shipped model ``name`` (see :data:`PRETRAINED`), with its trained weights, in eval mode."""
+    """Shipped model ``name`` (see :data:`PRETRAINED`), with its trained weights, in eval mode.
+
+    >>> import torch
+    >>> from cdism_fast.models import count_params, pretrained
+    >>> model = pretrained("edsr_mini_291")
+    >>> count_params(model), model.training
+    (49603, False)
+    >>> with torch.no_grad():
+    ...     tuple(model(torch.rand(1, 3, 8, 8)).shape)
+    (1, 3, 16, 16)
+    """
     from safetensors.torch import load
 
     from .presets import build_from_spec

@@ -242,6 +242,14 @@ class SwinIR(SRModel):
     ("auto" or a backend name; settable on the built model). ``drop_path_rate``: stochastic
     depth in training, rising linearly from 0 at the first Swin layer to this rate at the
     last (the official schedule and default).
+
+    >>> import torch
+    >>> from cdism_fast.models import SwinIR, count_params
+    >>> model = SwinIR(scale=2, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4).eval()
+    >>> count_params(model)
+    7072
+    >>> tuple(model(torch.rand(1, 3, 6, 6)).shape)  # padded to the window inside, cropped back
+    (1, 3, 12, 12)
     """
 
     family = "swinir"

@@ -19,7 +19,16 @@ def check_float(name: str, t) -> None:
 
 
 def check_image(name: str, x, min_hw: int = 1) -> None:
-    """``x`` is a floating NCHW batch at least ``min_hw`` pixels high and wide."""
+    """``x`` is a floating NCHW batch at least ``min_hw`` pixels high and wide.
+
+    >>> import torch
+    >>> from cdism_fast.ops import check_image
+    >>> check_image("x", torch.rand(1, 3, 8, 8))
+    >>> check_image("x", torch.rand(3, 8, 8))
+    Traceback (most recent call last):
+        ...
+    ValueError: x must be an NCHW image batch (4 dimensions), got shape (3, 8, 8); add a batch dimension with x[None]
+    """
     check_float(name, x)
     if x.dim() != 4:
         raise ValueError(f"{name} must be an NCHW image batch (4 dimensions), got shape {tuple(x.shape)}; "
@@ -48,7 +57,15 @@ def check_pair(x_name: str, x, y_name: str, y, min_hw: int = 1, images: bool = T
 
 
 def check_reduction(reduction: str, allowed=REDUCTIONS, x=None) -> None:
-    """``reduction`` is one of ``allowed``; a mean needs at least one element of ``x`` (it is NaN otherwise)."""
+    """``reduction`` is one of ``allowed``; a mean needs at least one element of ``x`` (it is NaN otherwise).
+
+    >>> from cdism_fast.ops import check_reduction
+    >>> check_reduction("sum")
+    >>> check_reduction("max")
+    Traceback (most recent call last):
+        ...
+    ValueError: reduction must be one of ('mean', 'sum'), got 'max'
+    """
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
     if reduction == "mean" and x is not None and x.numel() == 0:
@@ -57,6 +74,15 @@ def check_reduction(reduction: str, allowed=REDUCTIONS, x=None) -> None:
 
 
 def check_nonnegative(name: str, value: float) -> None:
+    """``value`` >= 0 (NaN is refused too).
+
+    >>> from cdism_fast.ops import check_nonnegative
+    >>> check_nonnegative("eps", 0.0)
+    >>> check_nonnegative("eps", float("nan"))
+    Traceback (most recent call last):
+        ...
+    ValueError: eps must be >= 0, got nan
+    """
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
 

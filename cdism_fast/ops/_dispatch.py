@@ -27,7 +27,16 @@ _OPS: dict[str, Op] = {}
 
 
 class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run this call; the message says why."""
+    """The requested backend cannot run this call; the message says why.
+
+    >>> import torch
+    >>> from cdism_fast.ops import BackendUnavailable, gaussian_blur
+    >>> try:
+    ...     gaussian_blur(torch.rand(1, 1, 8, 8), backend="cuda")  # CPU tensors
+    ... except BackendUnavailable as error:
+    ...     print(error)
+    gaussian_blur: backend 'cuda' cannot run this call: runs on cuda tensors, not cpu
+    """
 
 
 def _no_requirement() -> Optional[str]:
@@ -135,6 +144,15 @@ def new_op(name: str) -> Op:
 
 
 def registered_ops() -> dict[str, Op]:
+    """Every op by name, with its registry of backends.
+
+    >>> from cdism_fast.ops import registered_ops
+    >>> sorted(registered_ops())  # doctest: +NORMALIZE_WHITESPACE
+    ['charbonnier', 'distillation_loss', 'gaussian_blur', 'gaussian_highpass', 'laplacian_loss',
+     'laplacian_pyramid', 'obproxsg_step', 'window_attention']
+    >>> sorted(registered_ops()["gaussian_blur"].backends)
+    ['cpp', 'cuda', 'reference']
+    """
     return dict(_OPS)
 
 
@@ -143,6 +161,13 @@ def available_backends(name: str, device="cpu", dtype: torch.dtype = torch.float
 
     Per-call limits (shapes, options) are not considered here: they are reported
     by the error a call raises when the backend is requested explicitly.
+
+    >>> import torch
+    >>> from cdism_fast.ops import available_backends
+    >>> "reference" in available_backends("charbonnier", "cpu", torch.float16)
+    True
+    >>> available_backends("charbonnier", "cpu")[-1]  # in backend="auto"'s order: the reference last
+    'reference'
     """
     if name not in _OPS:
         raise ValueError(f"unknown op {name!r}; known ops: {', '.join(sorted(_OPS))}")
@@ -152,7 +177,12 @@ def available_backends(name: str, device="cpu", dtype: torch.dtype = torch.float
 
 
 def unavailable_backends(name: str, device="cpu", dtype: torch.dtype = torch.float32) -> dict[str, str]:
-    """For each backend of op ``name`` that cannot run here, the reason."""
+    """For each backend of op ``name`` that cannot run here, the reason.
+
+    >>> from cdism_fast.ops import unavailable_backends
+    >>> unavailable_backends("gaussian_blur", "cpu")["cuda"]
+    'runs on cuda tensors, not cpu'
+    """
     op = _OPS[name]
     device = torch.device(device)
     reasons = {b: _machine_reason(op.backends[b], device, dtype) for b in AUTO_ORDER if b in op.backends}

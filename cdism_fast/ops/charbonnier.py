@@ -66,6 +66,17 @@ def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = CHARBONNIER_EPS, 
     ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"``; accumulates in fp32
     (fp64 for fp64 inputs) and returns ``x``'s dtype. Gradients flow into both
     ``x`` and ``y``.
+
+    >>> import torch
+    >>> from cdism_fast.ops import charbonnier
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    >>> round(charbonnier(x, y).item(), 4)
+    0.3205
+    >>> round(charbonnier(x, x, eps=1e-3).item(), 4)  # eps where x == y
+    0.001
+    >>> tuple(charbonnier(x, y, reduction="none").shape)
+    (1, 3, 8, 8)
     """
     check_pair("x", x, "y", y, images=False)
     check_reduction(reduction, ("mean", "sum", "none"), x)

@@ -101,12 +101,31 @@ def gaussian_blur(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     b = [1, 4, 6, 4, 1]) with reflect padding of 2: same size out, ``x``'s dtype.
 
     ``x`` must be at least 3x3 (reflect padding of 2).
+
+    >>> import torch
+    >>> from cdism_fast.ops import gaussian_blur
+    >>> impulse = torch.zeros(1, 1, 9, 9)
+    >>> impulse[0, 0, 4, 4] = 256.0
+    >>> gaussian_blur(impulse)[0, 0, 4, 2:7]  # the middle row of the kernel, times 256
+    tensor([ 6., 24., 36., 24.,  6.])
+    >>> tuple(gaussian_blur(torch.rand(2, 3, 5, 7)).shape)
+    (2, 3, 5, 7)
     """
     check_image("x", x, MIN_SIZE)
     return BLUR_OP(backend, x, x)
 
 
 def gaussian_highpass(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """High-pass filter ``x - gaussian_blur(x)``, the paper's HF(x)."""
+    """High-pass filter ``x - gaussian_blur(x)``, the paper's HF(x).
+
+    >>> import torch
+    >>> from cdism_fast.ops import gaussian_highpass
+    >>> gaussian_highpass(torch.full((1, 3, 6, 6), 0.5)).abs().max().item()  # a flat image has no high frequencies
+    0.0
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.rand(1, 3, 16, 16)
+    >>> round(gaussian_highpass(x).mean().item(), 2)
+    0.0
+    """
     check_image("x", x, MIN_SIZE)
     return HIGHPASS_OP(backend, x, x)

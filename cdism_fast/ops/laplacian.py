@@ -41,6 +41,15 @@ MAX_LEVELS = 32
 
 
 def check_levels(levels) -> None:
+    """``levels`` is an integer from 1 to :data:`MAX_LEVELS`.
+
+    >>> from cdism_fast.ops import check_levels
+    >>> check_levels(5)
+    >>> check_levels(0)
+    Traceback (most recent call last):
+        ...
+    ValueError: levels must be an integer >= 1 and <= 32, got 0
+    """
     if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
         shown = repr(levels) if not isinstance(levels, int) or abs(levels) < 10 ** 12 else "a huge number"
         raise ValueError(f"levels must be an integer >= 1 and <= {MAX_LEVELS}, got {shown}")
@@ -146,6 +155,15 @@ def laplacian_pyramid(x: torch.Tensor, levels: int = 5, backend: str = "auto") -
     the module docstring; sizes not divisible by 2^(levels-1) are reflect-padded
     at the bottom and right first). In ``x``'s dtype, computed in fp32 (fp64 for
     fp64 inputs).
+
+    >>> import torch
+    >>> from cdism_fast.ops import laplacian_pyramid
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.rand(1, 3, 8, 8)
+    >>> [tuple(level.shape) for level in laplacian_pyramid(x, levels=3)]
+    [(1, 3, 8, 8), (1, 3, 4, 4), (1, 3, 2, 2)]
+    >>> [tuple(level.shape[-2:]) for level in laplacian_pyramid(torch.rand(1, 3, 7, 9), levels=3)]  # padded to 8x12
+    [(8, 12), (4, 6), (2, 3)]
     """
     check_levels(levels)
     check_image("x", x, min_size(levels))
@@ -158,6 +176,15 @@ def laplacian_loss(x: torch.Tensor, y: torch.Tensor, levels: int = 5, reduction:
 
     ``reduction`` "mean" takes each level's mean absolute difference, "sum" its
     sum. Gradients flow into both ``x`` and ``y``. Returns ``x``'s dtype.
+
+    >>> import torch
+    >>> from cdism_fast.ops import laplacian_loss
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    >>> round(laplacian_loss(x, y, levels=3).item(), 4)
+    0.693
+    >>> laplacian_loss(x, x, levels=3).item()
+    0.0
     """
     check_levels(levels)
     check_pair("x", x, "y", y, min_size(levels))

@@ -135,6 +135,16 @@ def obproxsg_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
     Prox-SG step, ``orthant=True`` the orthant step; ``eps`` >= 0 is the orthant
     projection's threshold. With ``lam=0`` the Prox-SG step is the plain SGD step
     p <- p - lr*g. Runs without recording autograd history.
+
+    >>> import torch
+    >>> from cdism_fast.ops import obproxsg_step
+    >>> p = torch.tensor([1.0, 0.05, 0.0, 0.3])
+    >>> obproxsg_step([p], [torch.tensor([1.0, 0.0, 0.0, -1.0])], lr=0.1, lam=1.0, orthant=False)
+    >>> p  # z = p - 0.1*g, then soft threshold by 0.1
+    tensor([0.8000, 0.0000, 0.0000, 0.3000])
+    >>> obproxsg_step([p], [torch.tensor([0.0, 0.0, 1.0, 10.0])], lr=0.1, lam=0.0, orthant=True)
+    >>> p  # zeros stay zero; a sign flip becomes zero
+    tensor([0.8000, 0.0000, 0.0000, 0.0000])
     """
     _check_lists(params, grads)
     check_nonnegative("lr", lr)

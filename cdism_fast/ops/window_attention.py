@@ -73,6 +73,13 @@ def relative_position_index(window_size: int, device="cpu") -> torch.Tensor:
     the ((2·ws − 1)², heads) bias table. Cached per (window_size, device): the
     returned tensor is shared, do not modify it in place (``.clone()`` it to
     register it as a buffer that ``load_state_dict`` may overwrite).
+
+    >>> from cdism_fast.ops import relative_position_index
+    >>> relative_position_index(2)
+    tensor([[4, 3, 1, 0],
+            [5, 4, 2, 1],
+            [7, 6, 4, 3],
+            [8, 7, 5, 4]])
     """
     return _cached(_relative_position_index)(_check_window_size(window_size), torch.device(device))
 
@@ -95,6 +102,16 @@ def shift_window_mask(hw: Sequence[int], window_size: int, shift_size: int, devi
     of one window in different regions get −100. Cached per (hw, window_size,
     shift_size, device), so it is built once per token-grid size: the returned
     tensor is shared, do not modify it in place.
+
+    >>> from cdism_fast.ops import shift_window_mask
+    >>> mask = shift_window_mask((4, 4), window_size=2, shift_size=1)
+    >>> tuple(mask.shape)
+    (4, 4, 4)
+    >>> mask[0].abs().max().item(), mask[3]  # the first window is one region, the last one four
+    (0.0, tensor([[   0., -100., -100., -100.],
+            [-100.,    0., -100., -100.],
+            [-100., -100.,    0., -100.],
+            [-100., -100., -100.,    0.]]))
     """
     window_size = _check_window_size(window_size)
     shift_size = _check_shift_size(shift_size, window_size)
@@ -224,6 +241,18 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_tab
     :func:`shift_window_mask` is added. ``scale`` defaults to D^−0.5.
     fp16/bf16 inputs are computed in fp32; returns q's dtype, shape
     (B·nW, heads, N, D). Gradients flow into q, k, v and bias_table.
+
+    >>> import torch
+    >>> from cdism_fast.ops import window_attention
+    >>> _ = torch.manual_seed(0)
+    >>> q, k, v = (torch.randn(2, 3, 4, 8) for _ in range(3))  # 2 windows of 2x2 tokens, 3 heads, head dim 8
+    >>> bias_table = torch.zeros(9, 3)  # (2*2 - 1)^2 rows
+    >>> out = window_attention(q, k, v, bias_table, window_size=2)
+    >>> tuple(out.shape)
+    (2, 3, 4, 8)
+    >>> reference = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1) @ v
+    >>> torch.allclose(out, reference, atol=1e-5)
+    True
     """
     hw = _check_inputs(q, k, v, bias_table, window_size, shift_size, hw)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)

@@ -61,6 +61,22 @@ class OBProxSG(torch.optim.Optimizer):
     must be dense. Each param group is updated by one fused call, so its
     parameters must share one device: give the parameters of another device a
     group of their own.
+
+    Example (a Prox-SG phase of one step, then orthant steps)::
+
+    >>> import torch
+    >>> from cdism_fast.optim import OBProxSG
+    >>> weight = torch.nn.Parameter(torch.tensor([[0.5, 0.01], [0.02, -0.5]]))
+    >>> optimizer = OBProxSG([weight], lr=0.1, lam=0.2, n_p=1)
+    >>> optimizer.phase
+    'prox_sg'
+    >>> weight.grad = torch.zeros_like(weight)  # the data term's gradient: the optimizer adds the penalty
+    >>> optimizer.step()
+    >>> weight.data  # soft-thresholded by lr * lam = 0.02
+    tensor([[ 0.4800,  0.0000],
+            [ 0.0000, -0.4800]])
+    >>> optimizer.phase
+    'orthant'
     """
 
     def __init__(self, params, lr: float, lam: float = 1e-4, n_p: int = 10_000, n_o: Optional[int] = None,

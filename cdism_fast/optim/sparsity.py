@@ -18,6 +18,16 @@ def density(tensors_or_module: Union[nn.Module, torch.Tensor, Mapping[str, torch
     convolutions, linear layers and attention projections, which the pruning
     stage sparsifies, and not biases, normalisation scales or other vectors.
     Parameters shared by several submodules of a module are counted once.
+
+    >>> import torch
+    >>> from cdism_fast.optim import density
+    >>> density(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))
+    0.5
+    >>> layer = torch.nn.Linear(4, 2)
+    >>> with torch.no_grad():
+    ...     layer.weight[0] = 0.0
+    >>> density(layer), density(layer, weights_only=False)  # weights only: the bias is not counted
+    (0.5, 0.6)
     """
     if isinstance(tensors_or_module, nn.Module):
         tensors = list(tensors_or_module.parameters())

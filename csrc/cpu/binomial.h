@@ -27,6 +27,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "gaussian_filter.h"
+
 // The extension is built for the baseline x86-64 (no -march), so the hot loops
 // are also compiled for AVX2 (x86-64-v3) and AVX-512 (x86-64-v4), the best
 // version being picked once at load time (GCC function multiversioning).
@@ -45,7 +47,7 @@ enum class Kind { kBlur, kBlurPool, kExpand };
 
 constexpr int kMaxTaps = 8;
 
-inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+using gaussian::reflect;
 
 inline int64_t forward_out_size(Kind kind, int64_t n) {
   return kind == Kind::kBlur ? n : (kind == Kind::kBlurPool ? n / 2 : 2 * n);
@@ -74,12 +76,11 @@ struct Taps {
 // Row i of the forward operator of `kind` on an input of length n.
 template <typename T>
 Taps<T> forward_taps(Kind kind, int64_t i, int64_t n) {
-  static constexpr double kB[5] = {1, 4, 6, 4, 1};
   static constexpr double kPooled[6] = {1, 5, 10, 10, 5, 1};
   Taps<T> taps;
   switch (kind) {
     case Kind::kBlur:
-      for (int t = 0; t < 5; ++t) taps.add(reflect(i + t - 2, n), static_cast<T>(kB[t] / 16));
+      for (int t = 0; t < 5; ++t) taps.add(reflect(i + t - 2, n), gaussian::binomial<T>(t) / T(16));
       break;
     case Kind::kBlurPool:
       for (int t = 0; t < 6; ++t) taps.add(reflect(2 * i + t - 2, n), static_cast<T>(kPooled[t] / 32));
@@ -87,7 +88,7 @@ Taps<T> forward_taps(Kind kind, int64_t i, int64_t n) {
     case Kind::kExpand:
       for (int t = 0; t < 5; ++t) {
         const int64_t p = reflect(i + t - 2, 2 * n);
-        if (p % 2 == 0) taps.add(p / 2, static_cast<T>(kB[t] / 8));
+        if (p % 2 == 0) taps.add(p / 2, gaussian::binomial<T>(t) / T(8));
       }
       break;
   }
@@ -236,11 +237,10 @@ struct AxisOp {
 
   // The row of output o under the stencil of interior(), as (index, weight) pairs.
   Taps<T> stencil_taps(int64_t o) const {
-    static constexpr double kB[5] = {1, 4, 6, 4, 1};
     static constexpr double kPooled[6] = {1, 5, 10, 10, 5, 1};
     Taps<T> t;
     if (kind == Kind::kBlur) {
-      for (int k = 0; k < 5; ++k) t.add(o + k - 2, static_cast<T>(kB[k] / 16));
+      for (int k = 0; k < 5; ++k) t.add(o + k - 2, gaussian::binomial<T>(k) / T(16));
     } else if (kind == Kind::kBlurPool && !adjoint) {
       for (int k = 0; k < 6; ++k) t.add(2 * o + k - 2, static_cast<T>(kPooled[k] / 32));
     } else if (kind == Kind::kBlurPool) {
@@ -260,7 +260,7 @@ struct AxisOp {
         t.add(m + 1, static_cast<T>(4.0 / 8));
       }
     } else {
-      for (int k = 0; k < 5; ++k) t.add(2 * o + k - 2, static_cast<T>(kB[k] / 8));
+      for (int k = 0; k < 5; ++k) t.add(2 * o + k - 2, gaussian::binomial<T>(k) / T(8));
     }
     return t;
   }

@@ -8,6 +8,7 @@
 
 #include "binomial.h"
 #include "elementwise.h"
+#include "gaussian_filter.h"
 
 namespace cdism_fast::cpu {
 namespace {
@@ -50,9 +51,7 @@ void filter_planes(const at::Tensor& x, at::Tensor& out, bool highpass, bool adj
 }
 
 at::Tensor filter(const at::Tensor& x, bool highpass, bool adjoint, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, ": expected an NCHW tensor, got ", x.dim(), " dimensions");
-  TORCH_CHECK(x.size(2) >= 3 && x.size(3) >= 3, name, ": reflect padding of 2 needs at least 3x3, got ",
-              x.size(2), "x", x.size(3));
+  gaussian::check_input(x, name);
   at::Tensor out = at::empty_like(x);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gaussian_filter",
@@ -60,19 +59,10 @@ at::Tensor filter(const at::Tensor& x, bool highpass, bool adjoint, const char* 
   return out;
 }
 
-at::Tensor gaussian_filter(const at::Tensor& x, bool highpass) {
-  return filter(x, highpass, /*adjoint=*/false, "gaussian_filter");
-}
-
-at::Tensor gaussian_filter_backward(const at::Tensor& grad, bool highpass) {
-  return filter(grad, highpass, /*adjoint=*/true, "gaussian_filter_backward");
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cdism_fast, CPU, m) {
-  m.impl("gaussian_filter", &gaussian_filter);
-  m.impl("gaussian_filter_backward", &gaussian_filter_backward);
+  gaussian::register_kernels<filter>(m);
 }
 
 }  // namespace cdism_fast::cpu

@@ -21,23 +21,18 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "gaussian_filter.h"
+
 namespace cdism_fast::cuda {
 namespace {
 
 constexpr int kTile = 32;                 // outputs per tile edge
-constexpr int kHalo = 2;                  // the filter's radius
+constexpr int kHalo = gaussian::kRadius;
 constexpr int kSpan = kTile + 2 * kHalo;  // tile plus halo
 constexpr int kThreadsX = 32, kThreadsY = 8;
 
-__device__ __forceinline__ int reflect(int i, int n) {
-  i = i < 0 ? -i : i;
-  return i >= n ? 2 * (n - 1) - i : i;
-}
-
-template <typename T>
-__device__ __forceinline__ T binomial(int t) {
-  return t == 2 ? T(6) : (t == 1 || t == 3 ? T(4) : T(1));
-}
+using gaussian::binomial;
+using gaussian::reflect;
 
 // Weight of input j - 2 + o in output j along an axis of n samples (see the header).
 template <typename T, bool kAdjoint>
@@ -118,9 +113,7 @@ Plane plane_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride
 
 at::Tensor filter(const at::Tensor& x, bool highpass, bool adjoint, const char* name) {
   TORCH_CHECK(x.is_cuda(), name, ": expected a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 4, name, ": expected an NCHW tensor, got ", x.dim(), " dimensions");
-  TORCH_CHECK(x.size(2) >= 3 && x.size(3) >= 3, name, ": reflect padding of 2 needs at least 3x3, got ",
-              x.size(2), "x", x.size(3));
+  gaussian::check_input(x, name);
   TORCH_CHECK(x.size(2) < (int64_t{1} << 31) && x.size(3) < (int64_t{1} << 31) && x.size(1) < (int64_t{1} << 31),
               name, ": image too large");
   at::Tensor out = at::empty_like(x);
@@ -143,19 +136,10 @@ at::Tensor filter(const at::Tensor& x, bool highpass, bool adjoint, const char* 
   return out;
 }
 
-at::Tensor gaussian_filter(const at::Tensor& x, bool highpass) {
-  return filter(x, highpass, /*adjoint=*/false, "gaussian_filter");
-}
-
-at::Tensor gaussian_filter_backward(const at::Tensor& grad, bool highpass) {
-  return filter(grad, highpass, /*adjoint=*/true, "gaussian_filter_backward");
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cdism_fast, CUDA, m) {
-  m.impl("gaussian_filter", &gaussian_filter);
-  m.impl("gaussian_filter_backward", &gaussian_filter_backward);
+  gaussian::register_kernels<filter>(m);
 }
 
 }  // namespace cdism_fast::cuda

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic replacement, disk-full safety, RNG round trip, damaged files."""
+"""Training checkpoints (resumable state): atomic replacement, disk-full safety, RNG round trip, damaged files."""
 import errno
 import pickle
 import random
