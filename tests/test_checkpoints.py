@@ -5,6 +5,7 @@ import torch
 
 from cdism_fast import models
 from cdism_fast.models import CheckpointMismatch, load_pretrained
+from cdism_fast.models.checkpoints import checkpoint_formats
 
 from model_references import edsr_pytorch_forward, swinir_official_forward, to_edsr_pytorch, with_official_buffers
 from tolerances import assert_close
@@ -49,7 +50,7 @@ def test_edsr_pytorch_round_trip(tmp_path, scale):
 
 
 def test_edsr_pytorch_options_from_the_file(tmp_path):
-    original = randomized(models.from_structure("edsr", 8, 2, 3, 2, rgb_range=1.0))
+    original = randomized(models.from_structure("edsr", 3, 2, 8, 2, rgb_range=1.0))
     loaded = load_pretrained(save(tmp_path, to_edsr_pytorch(original.state_dict(), n_b=3, rgb_range=1.0)))
     assert (loaded.rgb_range, loaded.structure()) == (1.0, (3, 2, 8))
     assert_same_model(loaded, original, torch.rand(2, 3, 4, 7))
@@ -189,6 +190,10 @@ def test_unrecognised_files(tmp_path):
 def test_other_architectures_in_the_shared_weights(shared_data):
     # PAN and IMDN are families now (tests/test_families.py); CARN-M is not, and the error names every
     # format it was compared against.
-    with pytest.raises(CheckpointMismatch, match="is neither EDSR-PyTorch.*SwinIR.*IMDN.* nor PAN.*its first keys "
-                                                 "are \\['sub_mean.shifter.weight'"):
+    described = [fmt.describe() for _, fmt in checkpoint_formats()]
+    expected = (f"is neither {', '.join(described[:-1])} nor {described[-1]}; its first keys are "
+                "['sub_mean.shifter.weight'")
+    with pytest.raises(CheckpointMismatch) as refused:
         load_pretrained(shared_data / "weights" / "carn_m.pth")
+    assert expected in str(refused.value)
+    assert "IMDN (fea_conv.weight, IMDB<i>.c1.weight)" in described

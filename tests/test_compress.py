@@ -50,7 +50,7 @@ def test_cube_root_would_not_give_the_papers_table():
     assert 6 * round(channels / 6) == 30
 
 
-@pytest.mark.parametrize("name", list(models.PRESETS))
+@pytest.mark.parametrize("name", list(models.ARCHITECTURES))
 @pytest.mark.parametrize("d", [1.0, 0.5, 0.2, 0.089, 0.03, 0.01, 1e-4])
 def test_rule_against_float64_formulation(name, d):
     teacher = meta_preset(name)
@@ -59,7 +59,7 @@ def test_rule_against_float64_formulation(name, d):
 
 
 def test_density_one_keeps_the_structure():
-    for name in models.PRESETS:
+    for name in models.ARCHITECTURES:
         teacher = meta_preset(name)
         assert compress_config(teacher, 1) == teacher.structure()
 
@@ -192,7 +192,7 @@ def test_third_family_through_the_protocol(tmp_path):
     """PAN, a family whose blocks are not plain stacks, compressed, counted, pruned and distilled."""
     from cdism_fast.training.stages import StageSettings, distill, prune
 
-    teacher = models.from_structure("pan", 16, 1, 4, 2, unf=8)
+    teacher = models.from_structure("pan", 4, 1, 16, 2, unf=8)
     assert isinstance(teacher, Compressible) and teacher.family == "pan"
     structure = compress_config(teacher, 0.25)
     assert structure[:2] == (3, 1) == rule(4, 1, 16, 0.25, 2)[:2]

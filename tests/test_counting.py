@@ -106,7 +106,7 @@ def test_required_parameter_counts():
     assert models.count_params(meta_preset("pan")) == 261_403  # the published PANx2_DF2K.pth
 
 
-@pytest.mark.parametrize("name", list(models.PRESETS))
+@pytest.mark.parametrize("name", list(models.ARCHITECTURES))
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_parameters_against_hand_count(name, scale):
     model = meta_preset(name, scale)
@@ -226,7 +226,7 @@ def test_cli_table(capsys):
     lines = capsys.readouterr().out.splitlines()[3:]
     presets = lines[: lines.index("")] if "" in lines else lines  # the shipped trained models follow a blank line
     rows = {line.split()[0]: line.split() for line in presets}
-    assert list(rows) == list(models.PRESETS)
+    assert list(rows) == list(models.ARCHITECTURES)
     assert rows["swinir_lightweight"][2:] == ["4", "6", "60", "910,152", "877,752", "240.9", "198.4"]
     assert rows["edsr_mini"][2:] == ["8", "1", "16", "49,603", "49,603", "11.6", "11.6"]
     assert main(["models", "--scale", "4", "--size", "64x48"]) == 0

@@ -92,7 +92,7 @@ def test_generalised_knobs():
     assert [name for name, _ in imdn.IMDB1.named_children()] == ["c1", "c2", "cca", "c3"]
     assert (imdn.IMDB1.c2.in_channels, imdn.IMDB1.c2.out_channels, imdn.IMDB1.c3.in_channels) == (12, 4, 8)
     assert imdn.c[0].in_channels == 3 * 16 and imdn(torch.rand(1, 3, 5, 4)).shape == (1, 3, 15, 12)
-    assert models.from_structure("imdn", 8, 1, 1, 2)(torch.rand(2, 3, 4, 4)).shape == (2, 3, 8, 8)
+    assert models.from_structure("imdn", 1, 1, 8, 2)(torch.rand(2, 3, 4, 4)).shape == (2, 3, 8, 8)
     pan = models.from_structure("pan", n_c=12, n_l=3, n_b=2, scale=4, unf=8)
     assert len([m for m in pan.SCPA_trunk[0].k1 if isinstance(m, torch.nn.Conv2d)]) == 3
     assert pan(torch.rand(1, 3, 5, 4)).shape == (1, 3, 20, 16)
@@ -120,7 +120,7 @@ def test_knobs_out_of_bounds(family, kwargs, match):
 
 
 def test_imdn_compiles_fullgraph_with_the_same_gradients():
-    model = randomize(models.from_structure("imdn", 12, 2, 1, 2))
+    model = randomize(models.from_structure("imdn", 1, 2, 12, 2))
     with torch.no_grad():  # a one-channel attention bottleneck after a ReLU: keep it live, so no gradient is 0
         model.IMDB1.cca.conv_du[0].bias.fill_(1.0)
     x = torch.rand(2, 3, 6, 5)
@@ -135,7 +135,7 @@ def test_imdn_compiles_fullgraph_with_the_same_gradients():
 def test_imdn_gradients_stay_finite_when_pruning_zeroes_a_filter():
     # A zeroed filter gives a constant channel, whose population std is sqrt(0): its gradient must not be NaN
     # (OBProx-SG zeroes whole filters while pruning, which stopped a pruning run on the published IMDN).
-    model = randomize(models.from_structure("imdn", 12, 2, 1, 2))
+    model = randomize(models.from_structure("imdn", 1, 2, 12, 2))
     with torch.no_grad():
         model.IMDB1.c1.weight[0].zero_()
         model.IMDB1.c1.bias[0] = 0.5
@@ -152,18 +152,18 @@ def test_imdn_gradients_stay_finite_when_pruning_zeroes_a_filter():
 
 def test_unknown_options_are_named():
     with pytest.raises(ValueError, match="got options \\['res_scale'\\].*IMDN accepts"):
-        models.from_structure("imdn", 16, 1, 2, res_scale=0.1)
+        models.from_structure("imdn", 2, 1, 16, res_scale=0.1)
 
 
 # --- model.pt through eval, upscale and export ---------------------------------------------------------------------
 
 NON_DEFAULT = {
-    "edsr": lambda: models.from_structure("edsr", 8, 2, 2, 2, res_scale=0.5, rgb_range=1.0),
-    "swinir": lambda: models.from_structure("swinir", 12, 2, 2, 2, num_heads=3, window_size=4, mlp_ratio=1.5,
+    "edsr": lambda: models.from_structure("edsr", 2, 2, 8, 2, res_scale=0.5, rgb_range=1.0),
+    "swinir": lambda: models.from_structure("swinir", 2, 2, 12, 2, num_heads=3, window_size=4, mlp_ratio=1.5,
                                             img_range=255.0, qkv_bias=False, patch_norm=False, drop_path_rate=0.3,
                                             attention_backend="reference"),
-    "imdn": lambda: models.from_structure("imdn", 8, 2, 2, 3),
-    "pan": lambda: models.from_structure("pan", 8, 2, 2, 4, unf=6),
+    "imdn": lambda: models.from_structure("imdn", 2, 2, 8, 3),
+    "pan": lambda: models.from_structure("pan", 2, 2, 8, 4, unf=6),
 }
 
 
@@ -218,9 +218,9 @@ def test_model_file_records_are_kept_and_checked(tmp_path):
 # --- distillation across families ---------------------------------------------------------------------------------
 
 def test_edsr_student_from_an_imdn_teacher(tmp_path):
-    teacher = randomize(models.from_structure("imdn", 8, 2, 1, 2))
+    teacher = randomize(models.from_structure("imdn", 1, 2, 8, 2))
     result = distill(teacher, "edsr:2,1,8", tmp_path / "kd", tiny_settings())
-    assert result.status == "completed" and result.model.config() == models.from_structure("edsr", 8, 1, 2).config()
+    assert result.status == "completed" and result.model.config() == models.from_structure("edsr", 2, 1, 8).config()
     record = json.loads((tmp_path / "kd" / "stage.json").read_text())
     assert record["settings"]["teacher"]["family"] == "imdn" and record["settings"]["student"]["family"] == "edsr"
     # any module mapping RGB to RGB at the student's scale, a preset student
@@ -229,7 +229,7 @@ def test_edsr_student_from_an_imdn_teacher(tmp_path):
 
 
 def test_a_teacher_of_another_scale_is_refused_before_anything_is_written(tmp_path):
-    teacher = models.from_structure("pan", 8, 1, 1, 3)
+    teacher = models.from_structure("pan", 1, 1, 8, 3)
     with pytest.raises(ValueError, match="the teacher upscales ×3 but the student ×2"):
         distill(teacher, models.build("edsr_mini", scale=2), tmp_path / "out", tiny_settings())
     assert not (tmp_path / "out").exists()
@@ -238,7 +238,7 @@ def test_a_teacher_of_another_scale_is_refused_before_anything_is_written(tmp_pa
 
 
 def test_distill_command_takes_a_structure_student_and_a_file_teacher(tmp_path, capsys):
-    teacher = randomize(models.from_structure("imdn", 8, 1, 1, 2))
+    teacher = randomize(models.from_structure("imdn", 1, 1, 8, 2))
     save_model(tmp_path / "teacher.pt", teacher)
     common = ["--iterations", "1", "--batch-size", "2", "--patch-size", "12", "--workers", "0", "--no-progress",
               "--threads", "1"]

@@ -39,7 +39,7 @@ EXPECTED_STRUCTURES = {
 }
 
 
-@pytest.mark.parametrize("name", list(models.PRESETS))
+@pytest.mark.parametrize("name", list(models.ARCHITECTURES))
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_presets_structure_and_scale(name, scale):
     with torch.device("meta"):
@@ -66,16 +66,16 @@ def test_build_overrides_and_from_structure():
     assert (model.res_scale, model.rgb_range, model.scale) == (0.5, 1.0, 3)
     same = models.from_structure("edsr", n_c=16, n_l=1, n_b=8, scale=3, res_scale=0.5, rgb_range=1.0)
     assert same.config() == model.config()
-    swin = models.from_structure("swinir", 24, 4, 3, 2)
+    swin = models.from_structure("swinir", 3, 4, 24, 2)
     assert swin.config() == models.build("swinir_mini").config()
-    assert models.from_structure("swinir", 12, 2, 5, 4, num_heads=4, upsampler="pixelshuffle").num_heads == (4,) * 5
+    assert models.from_structure("swinir", 5, 2, 12, 4, num_heads=4, upsampler="pixelshuffle").num_heads == (4,) * 5
 
 
 # --- forward against the independent formulations ----------------------------------------------------------------
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_edsr_matches_edsr_pytorch_formulation(scale):
-    model = randomize(models.from_structure("edsr", 8, 2, 3, scale, res_scale=0.5)).double().eval()
+    model = randomize(models.from_structure("edsr", 3, 2, 8, scale, res_scale=0.5)).double().eval()
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
     file = to_edsr_pytorch(model.state_dict(), n_b=3)
     expected = edsr_pytorch_forward(file, x * 255, n_b=3, scale=scale, res_scale=0.5) / 255
@@ -149,7 +149,7 @@ def test_swinir_pads_and_crops():
 def test_layouts_and_batch(family):
     # float64: batched and single-image matmuls round differently in fp32 through a deep
     # network; in float64 any real mix-up between images or layouts stands far above rounding.
-    model = randomize(models.from_structure(family, 12, 2, 2, 2, **({"num_heads": 3, "window_size": 4}
+    model = randomize(models.from_structure(family, 2, 2, 12, 2, **({"num_heads": 3, "window_size": 4}
                                                                      if family == "swinir" else {}))).double().eval()
     x = torch.rand(3, 3, 7, 5, dtype=torch.float64)
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_layouts_and_batch(family):
 
 @pytest.mark.parametrize("family", list(models.FAMILIES))
 def test_nan_propagates(family):
-    model = models.from_structure(family, 12, 1, 1, 2, **({"num_heads": 3, "window_size": 4}
+    model = models.from_structure(family, 1, 1, 12, 2, **({"num_heads": 3, "window_size": 4}
                                                           if family == "swinir" else {})).eval()
     x = torch.rand(1, 3, 8, 8)
     x[0, 1, 3, 3] = float("nan")
@@ -173,7 +173,7 @@ def test_nan_propagates(family):
 @pytest.mark.parametrize("family", ["edsr", "swinir", "pan"])  # IMDN: tests/test_families.py
 def test_compile_fullgraph_and_gradients(family):
     swinir_options = {"num_heads": 3, "window_size": 4, "attention_backend": "reference", "drop_path_rate": 0.0}
-    model = randomize(models.from_structure(family, 12, 2, 1, 2, **(swinir_options if family == "swinir" else {})))
+    model = randomize(models.from_structure(family, 1, 2, 12, 2, **(swinir_options if family == "swinir" else {})))
     x = torch.rand(2, 3, 6, 5)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     loss = compiled(x).square().mean()
@@ -187,7 +187,7 @@ def test_compile_fullgraph_and_gradients(family):
 
 
 def test_stochastic_depth_compiles_fullgraph():
-    model = models.from_structure("swinir", 12, 2, 2, 2, num_heads=3, window_size=4, attention_backend="reference",
+    model = models.from_structure("swinir", 2, 2, 12, 2, num_heads=3, window_size=4, attention_backend="reference",
                                   drop_path_rate=0.5)
     x = torch.rand(4, 3, 6, 5)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -260,11 +260,11 @@ def test_unknown_preset_lists_known():
     with pytest.raises(ValueError, match="name must be a preset.*edsr_baseline.*swinir_mini.*'srcnn'"):
         models.build("srcnn")
     with pytest.raises(ValueError, match="family must be one of.*'vdsr'"):
-        models.from_structure("vdsr", 16, 1, 2)
+        models.from_structure("vdsr", 2, 1, 16)
     with pytest.raises(ValueError, match="unknown_option"):
         models.build("edsr_mini", unknown_option=1)
     with pytest.raises(ValueError, match=r"\['depths'\]"):
-        models.from_structure("swinir", 12, 2, 2, depths=(1, 1))
+        models.from_structure("swinir", 2, 2, 12, depths=(1, 1))
 
 
 @pytest.mark.parametrize("name,scale", [("edsr_mini", 5), ("edsr_baseline", 6), ("swinir_classical", 5),

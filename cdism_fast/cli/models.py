@@ -33,7 +33,7 @@ def _output_size(text: str) -> tuple[int, int]:
 def run(args) -> int:
     import torch
 
-    from cdism_fast.models import PRESETS, PRETRAINED, build, count_flops, count_params
+    from cdism_fast.models import ARCHITECTURES, PRETRAINED, build, count_flops, count_params
 
     shipped = dict(PRETRAINED)  # read first: a broken registry file is refused before the table is printed
     out_hw = args.size
@@ -46,7 +46,7 @@ def run(args) -> int:
           "'w/o attn' leaves out the attention products q·kᵀ and attn·v")
     print(header)
     print("-" * len(header))
-    for name, preset in PRESETS.items():
+    for name, preset in ARCHITECTURES.items():
         try:
             with torch.device("meta"):  # no weights are allocated: structure and counts only
                 model = build(name, scale=args.scale)

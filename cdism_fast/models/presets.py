@@ -1,45 +1,44 @@
-"""The registry of model families, their presets, and the architecture record ``model.pt`` keeps."""
+"""Building models from the registry of families (:data:`FAMILIES`, :data:`ARCHITECTURES`: filled as each
+family's module is imported) and the architecture record ``model.pt`` keeps."""
 from __future__ import annotations
 
 from torch import nn
 
 from .common import construct
-from .edsr import EDSR
-from .family import Preset, SRModel
-from .imdn import IMDN
-from .pan import PAN
-from .swinir import SwinIR
+from .family import ARCHITECTURES, FAMILIES, SRModel
 
-#: Model families by name (see :mod:`cdism_fast.models.family` for what a family declares).
-FAMILIES: dict[str, type[SRModel]] = {cls.family: cls for cls in (EDSR, SwinIR, IMDN, PAN)}
+__all__ = ["FAMILIES", "ARCHITECTURES", "family_names", "build", "from_structure", "preset_of", "model_spec",
+           "build_from_spec"]
 
-#: Every family's presets, by name.
-PRESETS: dict[str, Preset] = {name: preset for cls in FAMILIES.values() for name, preset in cls.presets.items()}
+
+def family_names() -> str:
+    """The registered families' names, for help texts and messages: ``edsr, imdn, pan, swinir``."""
+    return ", ".join(FAMILIES)
 
 
 def build(name: str, scale: int = 2, **overrides) -> nn.Module:
     """The untrained model of preset ``name`` at ×``scale``; ``overrides`` replace constructor
     arguments of its family (e.g. ``res_scale``, ``attention_backend``)."""
-    if name not in PRESETS:
-        raise ValueError(f"name must be a preset, one of {list(PRESETS)}, got {name!r}")
-    preset = PRESETS[name]
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name must be a preset, one of {list(ARCHITECTURES)}, got {name!r}")
+    preset = ARCHITECTURES[name]
     return construct(FAMILIES[preset.family], f"preset {name!r}", {**preset.config, **overrides}, scale=scale)
 
 
-def from_structure(family: str, n_c: int, n_l: int, n_b: int, scale: int = 2, **rest) -> nn.Module:
-    """An untrained model of ``family`` with N_c channels, N_b blocks of N_l layers, ×``scale``.
+def from_structure(family: str, n_b: int, n_l: int, n_c: int, scale: int = 2, **rest) -> nn.Module:
+    """An untrained model of ``family`` with N_b blocks of N_l layers, N_c channels, ×``scale``.
 
     ``rest``: the family's other options (see the family's ``from_structure``).
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-    return FAMILIES[family].from_structure(n_c, n_l, n_b, scale, **rest)
+    return FAMILIES[family].from_structure(n_b, n_l, n_c, scale, **rest)
 
 
 def preset_of(family: str, config: dict) -> str | None:
     """The preset of ``family`` whose options agree with every option ``config`` has (the scale
     and options ``config`` lacks are not compared), or None."""
-    for name, preset in PRESETS.items():
+    for name, preset in ARCHITECTURES.items():
         if preset.family == family and all(config[key] == value for key, value in preset.config.items()
                                            if key in config):
             return name
