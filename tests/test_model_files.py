@@ -77,8 +77,7 @@ def test_unrecognised_files(tmp_path):
 
 
 def test_other_architectures_in_the_shared_weights(shared_data):
-    # PAN and IMDN are families now (tests/test_families.py); CARN-M is not, and the error names every
-    # format it was compared against.
+    # CARN-M is of no family: the error names every format it was compared against.
     described = [fmt.describe() for _, fmt in checkpoint_formats()]
     expected = (f"is neither {', '.join(described[:-1])} nor {described[-1]}; its first keys are "
                 "['sub_mean.shifter.weight'")
