@@ -96,3 +96,12 @@ def test_model_file_records_are_kept_and_checked(tmp_path):
     swin = models.from_structure("swinir", 2, 2, 12, 2, num_heads=3, window_size=4, attention_backend="reference")
     save_model(tmp_path / "s.pt", swin)
     assert load_pretrained(tmp_path / "s.pt", attention_backend="auto").attention_backend == "auto"
+
+
+def test_a_layout_is_detected_by_its_key_patterns():
+    layout = models.CheckpointFormat("Demo", ("head.weight", "blocks.<i>.conv.weight", "*.attn.*"), lambda *a: {})
+    assert layout.detect({"head.weight": 0, "blocks.12.conv.weight": 0, "layers.0.attn.qkv": 0})
+    assert not layout.detect({"head.weight": 0, "blocks.x.conv.weight": 0, "layers.0.attn.qkv": 0})  # <i>: digits
+    assert not layout.detect({"head.weight": 0, "blocks.1.conv.weight": 0})  # every pattern must match a key
+    assert not layout.detect({"head.weight.extra": 0, "blocks.1.conv.weight": 0, "a.attn.b": 0})  # whole keys
+    assert layout.describe() == "Demo (head.weight, blocks.<i>.conv.weight, *.attn.*)"
