@@ -141,3 +141,11 @@ def test_shipped_names_work_in_upscale_eval_and_models(tmp_path, capsys):
         assert name in listing
     set5 = models.pretrained_info("edsr_mini_291")["scores"]["Set5"]
     assert f"{set5['psnr']:.2f} / {set5['ssim']:.4f}" in listing
+
+
+def test_a_misspelt_shipped_name_in_eval_lists_the_close_names(tmp_path, capsys):
+    assert main(["eval", "--model", "edsr_mini_29", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "got 'edsr_mini_29'; did you mean edsr_mini_291 (a shipped trained model)" in err
+    with pytest.raises(ValueError, match="got 'edsr_mni'; did you mean edsr_mini\\?$"):
+        models.build("edsr_mni")

@@ -2,6 +2,8 @@
 family's module is imported) and the architecture record ``model.pt`` keeps."""
 from __future__ import annotations
 
+import difflib
+
 from torch import nn
 
 from .common import construct
@@ -20,9 +22,24 @@ def build(name: str, scale: int = 2, **overrides) -> nn.Module:
     """The untrained model of preset ``name`` at ×``scale``; ``overrides`` replace constructor
     arguments of its family (e.g. ``res_scale``, ``attention_backend``)."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"name must be a preset, one of {list(ARCHITECTURES)}, got {name!r}")
+        raise ValueError(f"name must be a preset, one of {list(ARCHITECTURES)}, got {name!r}{_close_names(name)}")
     preset = ARCHITECTURES[name]
     return construct(FAMILIES[preset.family], f"preset {name!r}", {**preset.config, **overrides}, scale=scale)
+
+
+def _close_names(name: str) -> str:
+    """The presets and shipped models whose names are close to ``name``, as a hint (a typo of
+    ``edsr_mini_291`` reaches the presets from ``--model``); shipped names are left out when their
+    registry cannot be read."""
+    from .pretrained import CLOSE_NAME_RATIO, read_registry
+
+    try:
+        shipped = list(read_registry())
+    except ValueError:
+        shipped = []
+    close = difflib.get_close_matches(name, [*ARCHITECTURES, *shipped], n=3, cutoff=CLOSE_NAME_RATIO)
+    named = [f"{match} (a shipped trained model)" if match in shipped else match for match in close]
+    return f"; did you mean {', '.join(named)}?" if named else ""
 
 
 def from_structure(family: str, n_b: int, n_l: int, n_c: int, scale: int = 2, **rest) -> nn.Module:
