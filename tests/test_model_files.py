@@ -105,3 +105,5 @@ def test_a_layout_is_detected_by_its_key_patterns():
     assert not layout.detect({"head.weight": 0, "blocks.1.conv.weight": 0})  # every pattern must match a key
     assert not layout.detect({"head.weight.extra": 0, "blocks.1.conv.weight": 0, "a.attn.b": 0})  # whole keys
     assert layout.describe() == "Demo (head.weight, blocks.<i>.conv.weight, *.attn.*)"
+    with pytest.raises(TypeError, match="keys of checkpoint format 'Demo' must be a non-empty tuple"):
+        models.CheckpointFormat("Demo", "head.weight", lambda *a: {})

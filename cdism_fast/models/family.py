@@ -94,6 +94,11 @@ class CheckpointFormat:
     to_native: Callable[[dict, str], tuple[dict, dict, dict]] = (
         lambda state, source: (dict(state), {k: k for k in state}, {}))
 
+    def __post_init__(self):
+        if not isinstance(self.keys, tuple) or not self.keys or not all(isinstance(k, str) and k for k in self.keys):
+            raise TypeError(f"keys of checkpoint format {self.name!r} must be a non-empty tuple of key patterns, "
+                            f"got {self.keys!r}")
+
     def detect(self, state: dict) -> bool:
         """Whether every key pattern matches a key of ``state``."""
         patterns = [re.compile(_key_regex(key)) for key in self.keys]
