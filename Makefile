@@ -108,8 +108,8 @@ $(GPU_STAMP):
 # compiles, the benchmark cases' construction, all with torch 2.11 and Triton 3.6.
 GPU_STACK_TESTS = tests/test_dispatch.py tests/test_charbonnier.py tests/test_gaussian.py tests/test_laplacian.py \
   tests/test_distillation.py tests/test_nn_losses.py tests/test_obproxsg.py tests/test_optim.py \
-  tests/test_window_attention.py tests/test_models.py tests/test_triton_interpret.py tests/test_triton_compile.py \
-  tests/test_gpu_check_script.py
+  tests/test_window_attention.py tests/test_family_contract.py tests/test_edsr.py tests/test_swinir.py \
+  tests/test_triton_interpret.py tests/test_triton_compile.py tests/test_gpu_check_script.py
 gpu-stack-check: $(GPU_STAMP)
 	mkdir -p $(GPU_TREE) && find $(GPU_TREE) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 	tar -cf - --exclude=./build --exclude='./cdism_fast/*.so' --exclude=./.git --exclude=./runs --exclude=./cmake-build . \

@@ -359,7 +359,7 @@ def distill_cases(device: torch.device, quick: bool = False) -> list[Case]:
     """A stage-3 step (student forward, distillation loss, backward, AdaMax) with the teacher run on the
     patch ("live") against the same step reading the teacher's float16 output from the cache
     ("cached"), each model in its default layout; and the cache's build time for one image."""
-    from cdism_fast.models import PRESETS, build
+    from cdism_fast.models import ARCHITECTURES, build
     from cdism_fast.training.engine import uses_channels_last
 
     def layout(model):
@@ -367,7 +367,7 @@ def distill_cases(device: torch.device, quick: bool = False) -> list[Case]:
 
     cases = []
     for student_name, teacher_name, n, lr_hw in DISTILL_PAIRS:
-        if teacher_name not in PRESETS:
+        if teacher_name not in ARCHITECTURES:
             print(f"[distill] {student_name}<-{teacher_name} skipped: no {teacher_name!r} model preset here")
             continue
         n = max(1, n // 4) if quick else n

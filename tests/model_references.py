@@ -1,10 +1,24 @@
 """Independent float64 formulations of EDSR and SwinIR, written from the papers and the facts of the
 official code (names, mean, range, window partition, shifted-window mask by region labels), working
-directly on state dicts in the official formats; and writers of those formats."""
+directly on state dicts in the official formats; writers of those formats; and what the model tests share
+(random weights, meta-device presets, checkpoint files, model comparison)."""
+import json
 import math
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from cdism_fast import models
+from cdism_fast.cli import main
+from cdism_fast.data import read_image
+from cdism_fast.evaluation import evaluate, upscale
+from cdism_fast.training.artifacts import save_model
+from cdism_fast.training.stages import StageSettings
+
+from tolerances import assert_close
 
 DIV2K_MEAN = torch.tensor([0.4488, 0.4371, 0.4040], dtype=torch.float64).view(1, 3, 1, 1)
 
@@ -177,3 +191,96 @@ def with_official_buffers(sd, depths, ws, hw=(64, 64), fill=None):
                 mask = official_mask(*hw, ws, ws // 2)
                 out[p + ".attn_mask"] = mask if fill is None else torch.full_like(mask, float(fill))
     return out
+
+
+# --- shared by the model tests -------------------------------------------------------------------------------------
+
+
+def randomize(model):
+    """Non-trivial values everywhere (zero biases and unit norms would hide mistakes)."""
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                unit = isinstance(module, torch.nn.LayerNorm) and name == "weight"
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if unit else 0.0))
+    return model
+
+
+def randomized(model):
+    """The model's own initialisation with noise added, in eval mode."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def meta_preset(name, scale=2, **overrides):
+    """Preset ``name`` on the meta device: structure and counts, no memory."""
+    with torch.device("meta"):
+        return models.build(name, scale=scale, **overrides)
+
+
+def presets_of(family):
+    """The names of the presets of ``family``, from the registry."""
+    return [name for name, preset in models.ARCHITECTURES.items() if preset.family == family]
+
+
+def save(tmp_path, content, name="weights.pth"):
+    path = tmp_path / name
+    torch.save(content, path)
+    return path
+
+
+def assert_same_model(loaded, original, x):
+    assert type(loaded) is type(original) and loaded.config() == original.config()
+    assert not loaded.training
+    for key, value in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with torch.no_grad():
+        assert_close(loaded(x), original(x))
+
+
+def conv_params(c_in, c_out, k=3):
+    return c_in * c_out * k * k + c_out
+
+
+def shuffle_steps(scale):
+    return [3] if scale == 3 else [2] * (scale.bit_length() - 1)
+
+
+def tiny_settings(**changes):
+    values = dict(iterations=2, batch_size=2, patch_size=12, checkpoint_every=0, log_every=1, progress=False)
+    return StageSettings(**{**values, **changes})
+
+
+def check_model_file_in_eval_upscale_and_export(model, tmp_path):
+    """``model`` saved as a model.pt gives the model's own numbers in ``eval``, its pixels in ``upscale`` and its
+    outputs in the ONNX graph of ``export`` (skipped without onnxruntime)."""
+    scale = model.scale
+    path = save_model(tmp_path / "model.pt", model)
+    hr = tmp_path / "set" / "HR"
+    hr.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8 * scale, 12 * scale, 3), dtype=np.uint8)).save(hr / "a.png")
+    # eval: the same numbers as the model itself
+    assert main(["eval", "--model", str(path), "--data", str(tmp_path / "set"), "--device", "cpu",
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    reported = json.loads((tmp_path / "eval.json").read_text())["sets"]["set"]
+    expected = evaluate(model, tmp_path / "set", scale, progress=False)
+    assert (reported["psnr"], reported["ssim"]) == (expected["psnr"], expected["ssim"])
+    # upscale: the same pixels
+    lr = tmp_path / "lr.png"
+    Image.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)).save(lr)
+    assert main(["upscale", str(lr), str(tmp_path / "sr.png"), "--model", str(path), "--device", "cpu"]) == 0
+    assert torch.equal(read_image(tmp_path / "sr.png"), upscale(model, read_image(lr), scale))
+    # export: the loaded model is the saved one (ONNX graph against the model)
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime
+
+    assert main(["export", str(path), str(tmp_path / "model.onnx"), "--input-size", "8", "12"]) == 0
+    x = torch.rand(1, 3, 8, 12)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(session.run(None, {"lr": x.numpy()})[0] - want).max() < 1e-4

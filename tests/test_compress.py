@@ -1,5 +1,7 @@
 """The compression rule (eqs. 5-7 with the square root; N̂_c by exact weight count or by eq. 7), its
-required results, overrides, bad input, and a third model family through the protocol and the stages."""
+required results, overrides, bad input, a third model family through the protocol and the stages, and the
+compress command."""
+import json
 import math
 
 import pytest
@@ -7,6 +9,7 @@ import torch
 from torch import nn
 
 from cdism_fast import models
+from cdism_fast.cli import main
 from cdism_fast.compress import (
     Compressible,
     Structure,
@@ -15,11 +18,9 @@ from cdism_fast.compress import (
     compress_config,
     deep_feature_weights,
 )
+from cdism_fast.training.artifacts import save_model
 
-
-def meta_preset(name, **overrides):
-    with torch.device("meta"):
-        return models.build(name, **overrides)
+from model_references import meta_preset
 
 
 def rule(n_b, n_l, n_c, d, multiple):
@@ -50,7 +51,7 @@ def test_cube_root_would_not_give_the_papers_table():
     assert 6 * round(channels / 6) == 30
 
 
-@pytest.mark.parametrize("name", list(models.PRESETS))
+@pytest.mark.parametrize("name", list(models.ARCHITECTURES))
 @pytest.mark.parametrize("d", [1.0, 0.5, 0.2, 0.089, 0.03, 0.01, 1e-4])
 def test_rule_against_float64_formulation(name, d):
     teacher = meta_preset(name)
@@ -59,7 +60,7 @@ def test_rule_against_float64_formulation(name, d):
 
 
 def test_density_one_keeps_the_structure():
-    for name in models.PRESETS:
+    for name in models.ARCHITECTURES:
         teacher = meta_preset(name)
         assert compress_config(teacher, 1) == teacher.structure()
 
@@ -136,30 +137,7 @@ def test_student_channels_must_suit_heads():
         compact_model(meta_preset("swinir_lightweight"), 0.089, n_c=25)
 
 
-# --- N̂_c by exact count, for every family ------------------------------------------------------------------------
-
-FAMILY_TEACHERS = {"edsr": "edsr_baseline", "swinir": "swinir_lightweight", "imdn": "imdn", "pan": "pan"}
-
-
-@pytest.mark.parametrize("family", list(models.FAMILIES))
-@pytest.mark.parametrize("d", [0.03, 0.05, 0.1, 0.3])
-def test_no_allowed_neighbour_comes_closer(family, d):
-    teacher = meta_preset(FAMILY_TEACHERS[family])
-    assert teacher.family == family
-    s = compress_config(teacher, d)
-    target = d * deep_feature_weights(teacher)
-
-    def gap(n_c):
-        with torch.device("meta"):
-            return abs(deep_feature_weights(teacher.with_structure(s.n_b, s.n_l, n_c)) - target)
-
-    multiple = teacher.channel_multiple()
-    assert s.n_c % multiple == 0
-    for neighbour in (s.n_c - multiple, s.n_c + multiple):
-        if neighbour >= multiple:
-            assert gap(neighbour) >= gap(s.n_c), (s, neighbour)
-    # N̂_b and N̂_l are eq. (6)'s
-    assert s[:2] == compress_config(teacher, d, channels="eq7")[:2]
+# --- N̂_c by exact count (for every preset: tests/test_family_contract.py) -----------------------------------------
 
 
 def test_count_rounding_modes_bracket_the_target():
@@ -192,7 +170,7 @@ def test_third_family_through_the_protocol(tmp_path):
     """PAN, a family whose blocks are not plain stacks, compressed, counted, pruned and distilled."""
     from cdism_fast.training.stages import StageSettings, distill, prune
 
-    teacher = models.from_structure("pan", 16, 1, 4, 2, unf=8)
+    teacher = models.from_structure("pan", 4, 1, 16, 2, unf=8)
     assert isinstance(teacher, Compressible) and teacher.family == "pan"
     structure = compress_config(teacher, 0.25)
     assert structure[:2] == (3, 1) == rule(4, 1, 16, 0.25, 2)[:2]
@@ -211,3 +189,22 @@ def test_third_family_through_the_protocol(tmp_path):
     assert pruned.status == "completed" and 0 < pruned.extra["density"]["density"] <= 1
     distilled = distill(pruned.model, student, tmp_path / "distill", settings)
     assert distilled.status == "completed" and distilled.model.structure() == structure
+
+
+def test_compress_command_prints_the_achieved_ratio_and_refuses_bad_densities(tmp_path, capsys):
+    teacher = models.build("imdn", scale=2)
+    save_model(tmp_path / "imdn.pt", teacher)
+    assert main(["compress", "--teacher", str(tmp_path / "imdn.pt"), "--density", "0.1",
+                 "--out", str(tmp_path / "c")]) == 0
+    record = json.loads((tmp_path / "c" / "student.json").read_text())
+    from cdism_fast.compress import compress_config
+
+    assert record["student"]["family"] == "imdn" and record["structure"] == compress_config(teacher, 0.1)._asdict()
+    assert f"density d = 0.1; achieved (the student's deep-feature weights over the teacher's) = " \
+           f"{record['achieved_density']:.4g}" in capsys.readouterr().out
+    assert abs(record["achieved_density"] - 0.1) < 0.01
+    for bad in ("nan", "1.5", "0", "-0.2"):
+        assert main(["compress", "--teacher", str(tmp_path / "imdn.pt"), "--density", bad,
+                     "--out", str(tmp_path / "refused")]) == 2
+        assert f"density must be a number in (0, 1], got {float(bad)}" in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()

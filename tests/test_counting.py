@@ -1,4 +1,6 @@
-"""Parameter and multiply-accumulate counts against hand counts of the architectures and the paper."""
+"""The counting machinery: parameters and buffers, MACs under the flop counter and the window-attention formula,
+bad arguments, the `cdism-fast models` table (each family's hand counts: tests/test_<family>.py; the counts of
+every preset: tests/test_family_contract.py)."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -8,124 +10,9 @@ from cdism_fast.models.counting import _window_attention_flops
 from cdism_fast.ops import available_backends
 from cdism_fast.ops.window_attention import window_attention_reference
 
-
-def meta_preset(name, scale=2, **overrides):
-    with torch.device("meta"):
-        return models.build(name, scale=scale, **overrides)
-
-
-def conv_params(c_in, c_out, k=3):
-    return c_in * c_out * k * k + c_out
-
-
-def shuffle_steps(scale):
-    return [3] if scale == 3 else [2] * (scale.bit_length() - 1)
-
-
-# --- hand counts -------------------------------------------------------------------------------------------------
-
-def edsr_params(c, n_b, n_l, scale):
-    body = n_b * (n_l + 1) * conv_params(c, c) + conv_params(c, c)
-    upsample = sum(conv_params(c, r * r * c) for r in shuffle_steps(scale))
-    return conv_params(3, c) + body + upsample + conv_params(c, 3)
-
-
-def swinir_params(c, depths, heads, ws, mlp_ratio, upsampler, scale, tables=True):
-    hidden = int(c * mlp_ratio)
-    layer = (4 * c + ((2 * ws - 1) ** 2 * heads if tables else 0) + 3 * c * c + 3 * c + c * c + c
-             + c * hidden + hidden + hidden * c + c)
-    total = conv_params(3, c) + 2 * c + sum(depths) * layer + len(depths) * conv_params(c, c) + 2 * c
-    total += conv_params(c, c)
-    if upsampler == "pixelshuffledirect":
-        return total + conv_params(c, 3 * scale * scale)
-    return (total + conv_params(c, 64) + sum(conv_params(64, r * r * 64) for r in shuffle_steps(scale))
-            + conv_params(64, 3))
-
-
-def imdn_params(c, n_b, n_l, scale):
-    distilled = c // 4
-    steps = conv_params(c, c) + (n_l - 2) * conv_params(c - distilled, c) + conv_params(c - distilled, distilled)
-    attention_channels = distilled * n_l
-    hidden = max(1, attention_channels // 16)
-    block = steps + conv_params(attention_channels, hidden, 1) + conv_params(hidden, attention_channels, 1) \
-        + conv_params(attention_channels, c, 1)
-    return (conv_params(3, c) + n_b * block + conv_params(n_b * c, c, 1) + conv_params(c, c)
-            + conv_params(c, 3 * scale * scale))
-
-
-def pan_params(c, n_b, n_l, unf, scale):
-    half = c // 2
-    block = 2 * c * half + n_l * 9 * half * half + conv_params(half, half, 1) + 2 * 9 * half * half + c * c
-    steps = 2 if scale == 4 else 1
-    reconstruction = conv_params(c, unf) + (steps - 1) * conv_params(unf, unf) \
-        + steps * (conv_params(unf, unf, 1) + conv_params(unf, unf)) + conv_params(unf, 3)
-    return conv_params(3, c) + n_b * block + conv_params(c, c) + reconstruction
-
-
-def edsr_macs(c, n_b, n_l, scale, out_hw):
-    lr = (out_hw[0] // scale) * (out_hw[1] // scale)
-    per_pixel = 27 * c + (n_b * (n_l + 1) + 1) * 9 * c * c
-    pixels, upsample = lr, 0
-    for r in shuffle_steps(scale):
-        upsample += pixels * 9 * c * r * r * c
-        pixels *= r * r
-    return lr * per_pixel + upsample + pixels * 27 * c
-
-
-def swinir_macs(c, depths, ws, mlp_ratio, upsampler, scale, out_hw):
-    """(conv, linear, attention) on the LR grid padded to multiples of the window."""
-    h, w = out_hw[0] // scale, out_hw[1] // scale
-    lr = (h + -h % ws) * (w + -w % ws)
-    hidden = int(c * mlp_ratio)
-    layers = sum(depths)
-    linear = lr * layers * (3 * c * c + c * c + 2 * c * hidden)
-    attention = lr * layers * 2 * ws * ws * c  # q·kᵀ and attn·v: N·D per head per token, N = ws²
-    conv = lr * (27 * c + (len(depths) + 1) * 9 * c * c)
-    if upsampler == "pixelshuffledirect":
-        conv += lr * 9 * c * 3 * scale * scale
-    else:
-        conv += lr * 9 * c * 64
-        pixels = lr
-        for r in shuffle_steps(scale):
-            conv += pixels * 9 * 64 * r * r * 64
-            pixels *= r * r
-        conv += pixels * 27 * 64
-    return conv, linear, attention
-
+from model_references import meta_preset
 
 # --- parameters --------------------------------------------------------------------------------------------------
-
-def test_required_parameter_counts():
-    bias_tables = ("relative_position_bias_table",)
-    assert models.count_params(meta_preset("edsr_baseline")) == 1_369_859
-    assert models.count_params(meta_preset("edsr_mini")) == 49_603
-    assert models.count_params(meta_preset("swinir_lightweight")) == 910_152
-    assert models.count_params(meta_preset("swinir_lightweight"), exclude=bias_tables) == 877_752
-    assert models.count_params(meta_preset("swinir_mini")) == 98_868
-    assert models.count_params(meta_preset("imdn")) == 694_404  # the published IMDN_x2.pth
-    assert models.count_params(meta_preset("pan")) == 261_403  # the published PANx2_DF2K.pth
-
-
-@pytest.mark.parametrize("name", list(models.PRESETS))
-@pytest.mark.parametrize("scale", [2, 3, 4])
-def test_parameters_against_hand_count(name, scale):
-    model = meta_preset(name, scale)
-    config = model.config()
-    if model.family == "edsr":
-        assert models.count_params(model) == edsr_params(config["n_c"], config["n_b"], config["n_l"], scale)
-        return
-    if model.family == "imdn":
-        assert models.count_params(model) == imdn_params(config["n_c"], config["n_b"], config["n_l"], scale)
-        return
-    if model.family == "pan":
-        assert models.count_params(model) == pan_params(config["n_c"], config["n_b"], config["n_l"], config["unf"],
-                                                        scale)
-        return
-    args = (config["embed_dim"], config["depths"], config["num_heads"][0], config["window_size"],
-            config["mlp_ratio"], config["upsampler"], scale)
-    assert models.count_params(model) == swinir_params(*args)
-    assert models.count_params(model, exclude=("relative_position_bias_table",)) == swinir_params(*args, tables=False)
-    assert models.count_params(model, exclude="relative_position_bias_table") == swinir_params(*args, tables=False)
 
 
 def test_mean_shift_is_a_buffer():
@@ -136,43 +23,6 @@ def test_mean_shift_is_a_buffer():
 
 
 # --- multiply-accumulates ----------------------------------------------------------------------------------------
-
-def test_edsr_macs_match_the_paper():
-    baseline = models.count_flops(meta_preset("edsr_baseline"))
-    mini = models.count_flops(meta_preset("edsr_mini"))
-    assert abs(baseline["total"] / 316.3e9 - 1) < 0.01
-    assert abs(mini["total"] / 11.7e9 - 1) < 0.01
-    assert baseline["linear"] == baseline["attention"] == mini["attention"] == 0
-
-
-@pytest.mark.parametrize("name", ["edsr_baseline", "edsr_mini", "edsr"])
-@pytest.mark.parametrize("scale,out_hw", [(2, (720, 1280)), (3, (720, 1281)), (4, (36, 44))])
-def test_edsr_macs_against_hand_count(name, scale, out_hw):
-    config = meta_preset(name).config()
-    macs = models.count_flops(meta_preset(name, scale), out_hw)
-    assert macs["conv"] == macs["total"] == macs["total_without_attention"] == edsr_macs(
-        config["n_c"], config["n_b"], config["n_l"], scale, out_hw)
-
-
-@pytest.mark.parametrize("name", ["swinir_lightweight", "swinir_mini", "swinir_classical"])
-@pytest.mark.parametrize("scale,out_hw", [(2, (720, 1280)), (2, (722, 1282)), (3, (96, 75)), (4, (36, 44))])
-def test_swinir_macs_against_hand_count(name, scale, out_hw):
-    config = meta_preset(name).config()
-    macs = models.count_flops(meta_preset(name, scale), out_hw)
-    conv, linear, attention = swinir_macs(config["embed_dim"], config["depths"], config["window_size"],
-                                          config["mlp_ratio"], config["upsampler"], scale, out_hw)
-    assert (macs["conv"], macs["linear"], macs["attention"]) == (conv, linear, attention)
-    assert macs["total"] == conv + linear + attention
-    assert macs["total_without_attention"] == conv + linear
-
-
-def test_swinir_macs_against_the_papers_figures():
-    """The paper's 195.6G (SwinIR_LW) and 22.0G (SwinIRmini) follow no single convention: ours are
-    198.4G / 18.3G without and 240.9G / 26.8G with the attention products."""
-    light = models.count_flops(meta_preset("swinir_lightweight"))
-    mini = models.count_flops(meta_preset("swinir_mini"))
-    assert round(light["total_without_attention"] / 1e8) == 1984 and round(light["total"] / 1e8) == 2409
-    assert round(mini["total_without_attention"] / 1e8) == 183 and round(mini["total"] / 1e8) == 268
 
 
 def test_counting_a_real_model_leaves_it_unchanged():
@@ -226,7 +76,7 @@ def test_cli_table(capsys):
     lines = capsys.readouterr().out.splitlines()[3:]
     presets = lines[: lines.index("")] if "" in lines else lines  # the shipped trained models follow a blank line
     rows = {line.split()[0]: line.split() for line in presets}
-    assert list(rows) == list(models.PRESETS)
+    assert list(rows) == list(models.ARCHITECTURES)
     assert rows["swinir_lightweight"][2:] == ["4", "6", "60", "910,152", "877,752", "240.9", "198.4"]
     assert rows["edsr_mini"][2:] == ["8", "1", "16", "49,603", "49,603", "11.6", "11.6"]
     assert main(["models", "--scale", "4", "--size", "64x48"]) == 0

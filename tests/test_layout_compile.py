@@ -12,7 +12,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def _tiny(family):
     options = {"num_heads": 3, "window_size": 4, "drop_path_rate": 0.0} if family == "swinir" else {}
     torch.manual_seed(0)
-    return models.from_structure(family, 12, 2, 1, 2, **options)
+    return models.from_structure(family, 1, 2, 12, 2, **options)
 
 
 def test_default_layout_is_the_one_measured_faster():
@@ -41,7 +41,7 @@ def test_compiled_model_is_one_graph_with_the_custom_ops_and_equals_eager(family
             pytest.skip("the C++ extension is not built: no cpp window attention to compile")
         options = {"attention_backend": "cpp"}
     # One block of one layer: inductor's code generation, not the model, is what this test waits for.
-    model = models.from_structure(family, 12, 1, 1, 2, **({"num_heads": 3, "window_size": 4, "drop_path_rate": 0.0,
+    model = models.from_structure(family, 1, 1, 12, 2, **({"num_heads": 3, "window_size": 4, "drop_path_rate": 0.0,
                                                            **options} if family == "swinir" else {}))
     compiled = torch.compile(model, fullgraph=True, dynamic=False)  # inductor, as the --compile training step
     x, teacher, gt = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
@@ -75,7 +75,7 @@ def test_compiled_training_at_a_second_patch_size_in_one_process(tmp_path):
     """Prune then distill in one process compiles one family at two sizes: the second must not go
     dynamic (inductor could not build its backward: TypeError: cannot determine truth value of Relational)."""
     for step, size in enumerate((16, 12)):
-        model = models.from_structure("edsr", 12, 1, 1, 2)
+        model = models.from_structure("edsr", 1, 1, 12, 2)
         data = [(torch.rand(3, size, size), torch.rand(3, 2 * size, 2 * size)) for _ in range(2)]
         trainer = Trainer(model, lambda m, b: (m(b[0]) - b[1]).abs().mean(),
                           torch.optim.SGD(model.parameters(), lr=1e-3), data,

@@ -1,5 +1,9 @@
-"""The trained students shipped inside the package: they load by name, run, and score what is recorded beside them."""
+"""The trained students shipped inside the package: they load by name, run, and score what is recorded beside them;
+a broken registry file fails only what uses it, and a misspelt name lists the close ones."""
+import importlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +15,8 @@ from cdism_fast.cli import main
 from cdism_fast.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+shipped = importlib.import_module("cdism_fast.models.pretrained")
 
 SHIPPED = list(models.PRETRAINED)
 #: The sets every shipped model records (the cpu-291 preset evaluates on all three).
@@ -51,11 +57,72 @@ def test_a_shipped_model_scores_what_is_recorded_on_set5(name, shared_data):
 
 def test_a_changed_weights_file_or_an_unknown_name_is_refused(monkeypatch):
     name = SHIPPED[0]
-    monkeypatch.setitem(models.PRETRAINED, name, {**models.PRETRAINED[name], "sha256": "0" * 64})
+    records = shipped.read_registry()
+    monkeypatch.setattr(shipped, "read_registry", lambda: {**records, name: {**records[name], "sha256": "0" * 64}})
     with pytest.raises(ValueError, match="does not match its recorded sha256"):
         models.pretrained(name)
     with pytest.raises(ValueError, match="the shipped models are: "):
         models.pretrained("edsr_mini_9000")
+
+
+def test_a_misspelt_name_lists_the_close_shipped_names():
+    with pytest.raises(ValueError, match="^no shipped model is named 'edsr_mini_29'; did you mean edsr_mini_291\\? "
+                                         "the shipped models are: .*imdn_mini_291"):
+        models.pretrained("edsr_mini_29")
+    with pytest.raises(ValueError, match="^no shipped model is named 'srcnn'; the shipped models are: "):
+        models.pretrained_info("srcnn")
+
+
+#: Runs the command line with the shipped-model registry read from the folder argv[1].
+REDIRECTED_REGISTRY = """
+import importlib.resources, pathlib, sys
+files = importlib.resources.files
+importlib.resources.files = lambda package: (pathlib.Path(sys.argv[1]) if package == "cdism_fast.models.weights"
+                                             else files(package))
+from cdism_fast.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture
+def broken_registry(tmp_path, monkeypatch):
+    """A weights folder whose pretrained.json is not JSON, read instead of the package's."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "pretrained.json").write_text('{"edsr_mini_291": {"file": ', encoding="utf-8")
+    files = importlib.resources.files
+    monkeypatch.setattr(importlib.resources, "files",
+                        lambda package: folder if package == shipped.WEIGHTS_PACKAGE else files(package))
+    return folder
+
+
+def test_a_broken_registry_fails_only_the_shipped_model_commands(broken_registry, tmp_path, capsys):
+    # A fresh process: the package is imported with the broken file in place, as in a broken installation.
+    help_run = subprocess.run([sys.executable, "-c", REDIRECTED_REGISTRY, str(broken_registry), "prune", "--help"],
+                              capture_output=True, text=True, timeout=300)
+    assert help_run.returncode == 0 and "--teacher" in help_run.stdout, help_run.stderr
+    teacher = tmp_path / "teacher.pt"
+    from cdism_fast.training.artifacts import save_model
+
+    save_model(teacher, models.build("edsr_mini"))
+    assert main(["compress", "--teacher", str(teacher), "--density", "0.5", "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    line = f"the shipped-model registry {broken_registry / 'pretrained.json'} cannot be read ("
+    for command in (["models"], ["eval", "--model", "edsr_mini_291", "--data", str(tmp_path)]):
+        assert main(command) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"cdism-fast {command[0]}: error: {line}"), captured.err
+        assert captured.err.rstrip().endswith("reinstall cdism_fast") and captured.err.count("\n") == 1
+        assert captured.out == ""
+    with pytest.raises(ValueError, match="cannot be read"):
+        models.pretrained("edsr_mini_291")
+
+
+def test_a_registry_of_the_wrong_shape_is_refused_by_name(broken_registry):
+    (broken_registry / "pretrained.json").write_text('{"edsr_mini_291": {"file": "x.safetensors"}}', encoding="utf-8")
+    with pytest.raises(ValueError, match="pretrained.json must map names to records with file, sha256, model; "
+                                         "reinstall cdism_fast$"):
+        list(models.PRETRAINED)
 
 
 def test_shipped_names_work_in_upscale_eval_and_models(tmp_path, capsys):
@@ -74,3 +141,11 @@ def test_shipped_names_work_in_upscale_eval_and_models(tmp_path, capsys):
         assert name in listing
     set5 = models.pretrained_info("edsr_mini_291")["scores"]["Set5"]
     assert f"{set5['psnr']:.2f} / {set5['ssim']:.4f}" in listing
+
+
+def test_a_misspelt_shipped_name_in_eval_lists_the_close_names(tmp_path, capsys):
+    assert main(["eval", "--model", "edsr_mini_29", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "got 'edsr_mini_29'; did you mean edsr_mini_291 (a shipped trained model)" in err
+    with pytest.raises(ValueError, match="got 'edsr_mni'; did you mean edsr_mini\\?$"):
+        models.build("edsr_mni")

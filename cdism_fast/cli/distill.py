@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from ..models import format_names
     from ..ops import STUDENT_LOSSES
     from .options import StageOptions, add_stage_command_arguments
 
@@ -17,8 +18,8 @@ def register(subparsers) -> None:
                     "images): the teacher then sees the whole image instead of the patch (no patch-border "
                     "effects), and the random flips/transpose are applied to its output instead of its input. "
                     "--teacher-cache off runs the teacher on every patch instead.")
-    parser.add_argument("--teacher", help="teacher: any checkpoint `eval` reads (a run's model.pt, EDSR-PyTorch, "
-                                          "BasicSR, SwinIR, IMDN, PAN files) or a preset; its family may differ "
+    parser.add_argument("--teacher", help="teacher: any checkpoint `eval` reads (a run's model.pt, "
+                                          f"{format_names()} files) or a preset; its family may differ "
                                           "from the student's (required unless --no-kd)")
     parser.add_argument("--student", required=True,
                         help="student.json written by `compress`, a preset (e.g. edsr_mini) or family:n_b,n_l,n_c "

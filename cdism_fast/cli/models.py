@@ -33,8 +33,9 @@ def _output_size(text: str) -> tuple[int, int]:
 def run(args) -> int:
     import torch
 
-    from cdism_fast.models import PRESETS, build, count_flops, count_params
+    from cdism_fast.models import ARCHITECTURES, PRETRAINED, build, count_flops, count_params
 
+    shipped = dict(PRETRAINED)  # read first: a broken registry file is refused before the table is printed
     out_hw = args.size
     if out_hw[0] % args.scale or out_hw[1] % args.scale:
         print(f"error: --size {out_hw[1]}x{out_hw[0]} must be divisible by --scale {args.scale}", file=sys.stderr)
@@ -45,7 +46,7 @@ def run(args) -> int:
           "'w/o attn' leaves out the attention products q·kᵀ and attn·v")
     print(header)
     print("-" * len(header))
-    for name, preset in PRESETS.items():
+    for name, preset in ARCHITECTURES.items():
         try:
             with torch.device("meta"):  # no weights are allocated: structure and counts only
                 model = build(name, scale=args.scale)
@@ -57,24 +58,22 @@ def run(args) -> int:
         print(f"{name:<20} {preset.family:<7} {structure.n_b:>4} {structure.n_l:>4} {structure.n_c:>4} "
               f"{count_params(model):>12,} {count_params(model, exclude=('relative_position_bias_table',)):>15,} "
               f"{macs['total'] / 1e9:>9.1f} {macs['total_without_attention'] / 1e9:>9.1f}")
-    _print_shipped()
+    _print_shipped(shipped)
     return 0
 
 
-def _print_shipped() -> None:
+def _print_shipped(shipped: dict) -> None:
     """The trained models inside the package, with the scores measured on them (x2, Y channel)."""
-    from cdism_fast.models import PRETRAINED
-
-    if not PRETRAINED:
+    if not shipped:
         return
-    sets = list(dict.fromkeys(name for info in PRETRAINED.values() for name in info["scores"]))
+    sets = list(dict.fromkeys(name for info in shipped.values() for name in info["scores"]))
     print()
     print("shipped trained models (cdism_fast.models.pretrained(NAME), --model NAME in eval and upscale); "
           "PSNR / SSIM on Y measured on them:")
     header = f"{'name':<20} {'x':>2} {'params':>9} " + " ".join(f"{name:>16}" for name in sets)
     print(header)
     print("-" * len(header))
-    for name, info in PRETRAINED.items():
+    for name, info in shipped.items():
         scores = " ".join(f"{info['scores'][s]['psnr']:>7.2f} / {info['scores'][s]['ssim']:.4f}"
                           if s in info["scores"] else f"{'–':>16}" for s in sets)
         print(f"{name:<20} {info['model']['config']['scale']:>2} {info['params']:>9,} {scores}")

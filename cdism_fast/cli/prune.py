@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from ..models import format_names
     from .options import StageOptions, add_stage_command_arguments
 
     parser = subparsers.add_parser(
@@ -12,7 +13,7 @@ def register(subparsers) -> None:
                     "term is back-propagated. Writes the pruned model.pt and density.json (d of the "
                     "deep-feature module's weights, the paper's d, and per-layer densities).")
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (model.pt of `train`, or an "
-                                                         "EDSR-PyTorch / BasicSR / SwinIR file)")
+                                                         f"{format_names()} file)")
     pruning = StageOptions(parser, "pruning (defaults: the preset's)")
     pruning.add("--lam", type=float, help="l1 weight lambda (paper presets: 1e-4)")
     pruning.add("--n-p", type=int, help="Prox-SG phase length in phase epochs (default: the preset's; without one, "

@@ -22,7 +22,7 @@ from .common import construct
 from .family import LISTED_KEYS, CheckpointFormat, CheckpointMismatch
 from .presets import FAMILIES, build, build_from_spec, preset_of
 
-__all__ = ["MODEL_FORMAT", "CheckpointMismatch", "load_pretrained", "checkpoint_formats"]
+__all__ = ["MODEL_FORMAT", "CheckpointMismatch", "load_pretrained", "checkpoint_formats", "format_names"]
 
 #: The ``format`` entry of the workflow's own model files (``model.pt``).
 MODEL_FORMAT = "cdism_fast.model/1"
@@ -31,6 +31,16 @@ MODEL_FORMAT = "cdism_fast.model/1"
 def checkpoint_formats() -> list[tuple[str, CheckpointFormat]]:
     """(family, format) for every file format of every family, in the order they are tried."""
     return [(family, fmt) for family, cls in FAMILIES.items() for fmt in cls.checkpoint_formats]
+
+
+def format_names() -> str:
+    """The file formats :func:`load_pretrained` reads besides ``model.pt``, for help texts.
+
+    >>> from cdism_fast.models import format_names
+    >>> format_names().split(", ")[0]
+    'EDSR-PyTorch'
+    """
+    return ", ".join(fmt.name for _, fmt in checkpoint_formats())
 
 
 def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = None,
@@ -120,7 +130,7 @@ def _to_native(state: dict, source: str):
         if fmt.detect(state):
             native, original, options = fmt.to_native(state, source)
             return native, original, options, family, fmt
-    known = [f"{fmt.name} ({fmt.signature})" for _, fmt in checkpoint_formats()]
+    known = [fmt.describe() for _, fmt in checkpoint_formats()]
     raise CheckpointMismatch(f"checkpoint {source} is neither {', '.join(known[:-1])} nor {known[-1]}; its first "
                              f"keys are {list(state)[:LISTED_KEYS]}")
 

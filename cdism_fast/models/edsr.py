@@ -31,7 +31,16 @@ from .common import (
     shuffle_upsampler,
     upsampler_scale,
 )
-from .family import CheckpointFormat, CheckpointMismatch, Preset, SRModel, Structure, check_rgb_input, indices
+from .family import (
+    CheckpointFormat,
+    CheckpointMismatch,
+    Preset,
+    SRModel,
+    Structure,
+    check_rgb_input,
+    indices,
+    register_family,
+)
 
 #: What N_c is kept a multiple of when compressing: friendly to 8-wide vector units.
 EDSR_CHANNEL_MULTIPLE = 8
@@ -120,6 +129,7 @@ def _infer_edsr(state: dict, source: str, scale=None) -> dict:
     return dict(scale=scale, n_c=channels, n_b=len(blocks), n_l=depth - 1)
 
 
+@register_family
 class EDSR(SRModel):
     """EDSR with N_c channels, N_b residual blocks of N_l + 1 convolutions, ×``scale`` (2^n or 3).
 
@@ -142,15 +152,12 @@ class EDSR(SRModel):
     checkpoint_formats = (
         # A plain state dict: sub_mean/add_mean (1x1 convs adding ∓range·mean), head.0, body.i.body.0/.2,
         # body.N_b (the conv after the blocks), tail.0.k (upsampler), tail.1 (last conv).
-        CheckpointFormat("EDSR-PyTorch", "head.0.weight, body.0.body.0.weight ...",
-                         lambda state: "head.0.weight" in state, _infer_edsr, _from_edsr_pytorch),
+        CheckpointFormat("EDSR-PyTorch", ("head.0.weight",), _infer_edsr, _from_edsr_pytorch),
         # BasicSR: our own names; the mean and img_range (255) are in its code, not in the file.
-        CheckpointFormat("BasicSR EDSR", "conv_first.weight, body.0.conv1.weight ...",
-                         lambda state: "conv_first.weight" in state
-                         and any(re.match(r"body\.\d+\.conv1\.weight$", k) for k in state), _infer_edsr),
+        CheckpointFormat("BasicSR EDSR", ("conv_first.weight", "body.<i>.conv1.weight"), _infer_edsr),
     )
     deep_feature_modules = ("body", "conv_after_body")  # EDSR-PyTorch's ``body``
-    structural_options = ("scale", "n_c", "n_b", "n_l")
+    structure_keys = ("scale", "n_c", "n_b", "n_l")
 
     def __init__(self, scale: int = 2, n_c: int = 64, n_b: int = 16, n_l: int = 1, res_scale: float = 1.0,
                  rgb_range: float = 255.0, rgb_mean=DIV2K_RGB_MEAN):
@@ -175,7 +182,7 @@ class EDSR(SRModel):
         return self.mean_shift.value_range
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> EDSR:
+    def from_structure(cls, n_b: int, n_l: int, n_c: int, scale: int = 2, **options) -> EDSR:
         """EDSR with N_c channels, N_b blocks of N_l + 1 convolutions; ``options``: res_scale, rgb_range,
         rgb_mean."""
         return construct(cls, "from_structure", options, scale=scale, n_c=n_c, n_l=n_l, n_b=n_b)

@@ -1,13 +1,14 @@
 """The model-family contract: what a family declares once, and all the package reads.
 
 A family is a subclass of :class:`SRModel` (an ``nn.Module`` mapping RGB in [0, 1] to
-RGB in [0, 1], ``scale`` times larger) listed in :data:`cdism_fast.models.FAMILIES`.
-Its declaration is:
+RGB in [0, 1], ``scale`` times larger) decorated with :func:`register_family`, which enters it
+in :data:`FAMILIES` and its presets in :data:`ARCHITECTURES`; ``cdism_fast.models`` imports every
+module of its folder, so a family is one file. Its declaration is:
 
 * ``family``: the registry name (``"edsr"``); ``model.pt`` stores it;
 * ``config()``: every constructor argument, so ``cls(**model.config())`` rebuilds the same
   architecture (this is what ``model.pt`` keeps, options included);
-* ``from_structure(n_c, n_l, n_b, scale, **options)``: a member from the three knobs of the
+* ``from_structure(n_b, n_l, n_c, scale, **options)``: a member from the three knobs of the
   compression rule, with the constructor's other options; knobs out of bounds raise a
   ``ValueError`` naming the knob and the allowed values;
 * ``structure()`` (:class:`Structure`) and ``channel_multiple()``: the knobs of this model,
@@ -15,10 +16,10 @@ Its declaration is:
 * ``deep_feature_modules``: the names of the submodules that make the deep-feature module
   (the density is measured on it; ``prune --penalty deep`` penalises only it);
 * ``presets``: named configurations (:class:`Preset`);
-* ``checkpoint_formats``: the files it reads (:class:`CheckpointFormat`: detection from the
-  key names, the key map to its own names, and the architecture read from the tensors).
+* ``checkpoint_formats``: the files it reads (:class:`CheckpointFormat`: the key names that
+  identify the layout, the key map to its own names, and the architecture read from the tensors).
 
-``with_structure``, ``deep_feature_parameters`` and ``structure_options`` follow from these.
+``with_structure``, ``deep_feature_parameters`` and ``inherited_options`` follow from these.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from torch import nn
 
 #: How many keys of each kind a checkpoint error lists.
 LISTED_KEYS = 8
+#: In the key patterns of a :class:`CheckpointFormat`: what stands for an index, and for any text.
+INDEX, ANY = "<i>", "*"
 
 
 class Structure(NamedTuple):
@@ -101,12 +104,13 @@ class CheckpointFormat:
     """One file layout a family reads (after the ``params``/``params_ema`` wrapper and a
     ``module.`` prefix are removed).
 
-    ``detect(state)``: whether the key names are this layout's. ``to_native(state, source)``:
-    (the state dict in the family's own names, own name → the file's name, constructor
-    options the file tells). ``infer(native, source)``: the constructor arguments, ``scale``
-    included, that the tensors' names and shapes describe (a ``KeyError`` names a missing
-    key; :class:`CheckpointMismatch` anything else). ``signature``: keys that identify the
-    layout, for error messages.
+    ``keys``: the key patterns that identify the layout, each matched by some key of the file
+    (``<i>`` stands for an index, ``*`` for any text: ``"IMDB<i>.c1.weight"``); :meth:`detect`
+    and the error naming the layouts a file was compared against both read them.
+    ``to_native(state, source)``: (the state dict in the family's own names, own name → the
+    file's name, constructor options the file tells). ``infer(native, source, scale)``: the
+    constructor arguments, ``scale`` included, that the tensors' names and shapes describe (a
+    ``KeyError`` names a missing key; :class:`CheckpointMismatch` anything else).
 
     >>> from cdism_fast.models import EDSR
     >>> [fmt.name for fmt in EDSR.checkpoint_formats]
@@ -114,11 +118,28 @@ class CheckpointFormat:
     """
 
     name: str
-    signature: str
-    detect: Callable[[dict], bool]
+    keys: tuple[str, ...]
     infer: Callable[[dict, str, Optional[int]], dict]
     to_native: Callable[[dict, str], tuple[dict, dict, dict]] = (
         lambda state, source: (dict(state), {k: k for k in state}, {}))
+
+    def __post_init__(self):
+        if not isinstance(self.keys, tuple) or not self.keys or not all(isinstance(k, str) and k for k in self.keys):
+            raise TypeError(f"keys of checkpoint format {self.name!r} must be a non-empty tuple of key patterns, "
+                            f"got {self.keys!r}")
+
+    def detect(self, state: dict) -> bool:
+        """Whether every key pattern matches a key of ``state``."""
+        patterns = [re.compile(_key_regex(key)) for key in self.keys]
+        return all(any(pattern.fullmatch(k) for k in state) for pattern in patterns)
+
+    def describe(self) -> str:
+        """The layout for error messages: ``IMDN (fea_conv.weight, IMDB<i>.c1.weight)``."""
+        return f"{self.name} ({', '.join(self.keys)})"
+
+
+def _key_regex(pattern: str) -> str:
+    return ".*".join(r"\d+".join(map(re.escape, part.split(INDEX))) for part in pattern.split(ANY))
 
 
 class SRModel(nn.Module):
@@ -137,11 +158,11 @@ class SRModel(nn.Module):
     checkpoint_formats: ClassVar[tuple[CheckpointFormat, ...]] = ()
     deep_feature_modules: ClassVar[tuple[str, ...]]
     #: The config() keys that from_structure sets from the knobs (and scale).
-    structural_options: ClassVar[tuple[str, ...]] = ("scale", "n_b", "n_l", "n_c")
+    structure_keys: ClassVar[tuple[str, ...]] = ("scale", "n_b", "n_l", "n_c")
     scale: int
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> SRModel:
+    def from_structure(cls, n_b: int, n_l: int, n_c: int, scale: int = 2, **options) -> SRModel:
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -153,16 +174,50 @@ class SRModel(nn.Module):
     def channel_multiple(self) -> int:
         raise NotImplementedError
 
-    def structure_options(self) -> dict:
+    def inherited_options(self) -> dict:
         """The options ``from_structure`` takes besides the knobs: what a compressed student keeps."""
-        return {k: v for k, v in self.config().items() if k not in self.structural_options}
+        return {k: v for k, v in self.config().items() if k not in self.structure_keys}
 
     def with_structure(self, n_b: int, n_l: int, n_c: int) -> SRModel:
-        return type(self).from_structure(n_c, n_l, n_b, self.scale, **self.structure_options())
+        return type(self).from_structure(n_b, n_l, n_c, self.scale, **self.inherited_options())
 
     def deep_feature_parameters(self) -> Iterator[nn.Parameter]:
         for name in self.deep_feature_modules:
             yield from getattr(self, name).parameters()
+
+
+#: Model families by name, in the order their modules were imported (see :func:`register_family`).
+FAMILIES: dict[str, type[SRModel]] = {}
+#: Every family's presets (named architectures), by name.
+ARCHITECTURES: dict[str, Preset] = {}
+
+
+def register_family(cls: type[SRModel]) -> type[SRModel]:
+    """Class decorator entering a family in :data:`FAMILIES` and its presets in :data:`ARCHITECTURES`:
+    importing the family's module is all it takes to make it known to every command.
+
+    >>> from cdism_fast.models import EDSR, FAMILIES, register_family
+    >>> register_family(EDSR) is EDSR and FAMILIES["edsr"] is EDSR  # registering the same class again is a no-op
+    True
+    """
+    name = getattr(cls, "family", None)
+    if not (isinstance(cls, type) and issubclass(cls, SRModel)) or not isinstance(name, str) or not name:
+        raise TypeError(f"register_family takes an SRModel subclass with a family name, got {cls!r}")
+    if not getattr(cls, "deep_feature_modules", None):
+        raise TypeError(f"family {name!r} ({cls.__qualname__}) must declare its deep_feature_modules")
+    previous = FAMILIES.get(name)
+    if previous is not None and (previous.__module__, previous.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"family {name!r} is registered twice: {previous.__module__}.{previous.__qualname__} and "
+                         f"{cls.__module__}.{cls.__qualname__}")
+    for preset_name, preset in cls.presets.items():
+        owner = ARCHITECTURES.get(preset_name)
+        if owner is not None and owner.family != name:
+            raise ValueError(f"preset {preset_name!r} of family {name!r} is already a preset of {owner.family!r}")
+        if preset.family != name:
+            raise ValueError(f"preset {preset_name!r} of family {name!r} says it is of family {preset.family!r}")
+    FAMILIES[name] = cls
+    ARCHITECTURES.update(cls.presets)
+    return cls
 
 
 def indices(state: dict, pattern: str) -> list[int]:

@@ -17,14 +17,21 @@ official test feeds it (no mean shift).
 """
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import check_positive_int, check_rgb, construct
-from .family import CheckpointFormat, Preset, SRModel, Structure, check_multiple, check_rgb_input, indices
+from .family import (
+    CheckpointFormat,
+    Preset,
+    SRModel,
+    Structure,
+    check_multiple,
+    check_rgb_input,
+    indices,
+    register_family,
+)
 
 #: N_c must be a multiple of this: a quarter of the channels is distilled at every step.
 IMDN_CHANNEL_MULTIPLE = 4
@@ -86,6 +93,7 @@ def _infer_imdn(state: dict, source: str, scale=None) -> dict:
     return dict(scale=scale, n_c=channels, n_b=len(blocks), n_l=steps)
 
 
+@register_family
 class IMDN(SRModel):
     """IMDN with N_c channels, N_b IMDBs of N_l progressive 3x3 convs, ×``scale`` (any integer >= 2).
 
@@ -102,9 +110,7 @@ class IMDN(SRModel):
     family = "imdn"
     presets = {"imdn": Preset("imdn", "IMDN (Hui et al. 2019)", dict(n_c=64, n_b=6, n_l=4))}
     checkpoint_formats = (
-        CheckpointFormat("IMDN", "fea_conv.weight, IMDB1.c1.weight ...",
-                         lambda state: "fea_conv.weight" in state
-                         and any(re.match(r"IMDB\d+\.c1\.weight$", k) for k in state), _infer_imdn),
+        CheckpointFormat("IMDN", ("fea_conv.weight", "IMDB<i>.c1.weight"), _infer_imdn),
     )
     #: The blocks, the fusion of their outputs and the conv before the global skip.
     deep_feature_modules = ("blocks", "c", "LR_conv")
@@ -129,7 +135,7 @@ class IMDN(SRModel):
         return nn.ModuleList(getattr(self, f"IMDB{i + 1}") for i in range(self.n_b))
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> IMDN:
+    def from_structure(cls, n_b: int, n_l: int, n_c: int, scale: int = 2, **options) -> IMDN:
         """IMDN with N_c channels and N_b blocks of N_l progressive convs (no other options)."""
         return construct(cls, "from_structure", options, scale=scale, n_c=n_c, n_l=n_l, n_b=n_b)
 

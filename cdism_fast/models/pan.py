@@ -31,6 +31,7 @@ from .family import (
     check_multiple,
     check_rgb_input,
     indices,
+    register_family,
 )
 
 #: Upscaling factors of the U-PA reconstruction: one ×2 or ×3 step, or two ×2 steps.
@@ -101,6 +102,7 @@ def _infer_pan(state: dict, source: str, scale=None) -> dict:
     return dict(scale=scale, n_c=channels, n_b=len(blocks), n_l=depth, unf=state["upconv1.weight"].shape[0])
 
 
+@register_family
 class PAN(SRModel):
     """PAN with N_c channels, N_b SC-PA blocks (N_l convs in the plain half), ``unf`` reconstruction channels.
 
@@ -115,8 +117,7 @@ class PAN(SRModel):
     family = "pan"
     presets = {"pan": Preset("pan", "PAN (Zhao et al. 2020)", dict(n_c=40, n_b=16, n_l=1, unf=24))}
     checkpoint_formats = (
-        CheckpointFormat("PAN", "conv_first.weight, SCPA_trunk.0.conv1_a.weight ...",
-                         lambda state: "SCPA_trunk.0.conv1_a.weight" in state, _infer_pan),
+        CheckpointFormat("PAN", ("SCPA_trunk.0.conv1_a.weight",), _infer_pan),
     )
     deep_feature_modules = ("SCPA_trunk", "trunk_conv")
 
@@ -140,7 +141,7 @@ class PAN(SRModel):
         self.conv_last = nn.Conv2d(unf, 3, 3, padding=1)
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, **options) -> PAN:
+    def from_structure(cls, n_b: int, n_l: int, n_c: int, scale: int = 2, **options) -> PAN:
         """PAN with N_c channels and N_b SC-PA blocks of N_l plain convs; ``options``: ``unf``."""
         return construct(cls, "from_structure", options, scale=scale, n_c=n_c, n_l=n_l, n_b=n_b)
 

@@ -1,20 +1,26 @@
-"""The registry of model families, their presets, and the architecture record ``model.pt`` keeps."""
+"""Building models from the registry of families (:data:`FAMILIES`, :data:`ARCHITECTURES`: filled as each
+family's module is imported) and the architecture record ``model.pt`` keeps."""
 from __future__ import annotations
+
+import difflib
 
 from torch import nn
 
 from .common import construct
-from .edsr import EDSR
-from .family import Preset, SRModel
-from .imdn import IMDN
-from .pan import PAN
-from .swinir import SwinIR
+from .family import ARCHITECTURES, FAMILIES, SRModel
 
-#: Model families by name (see :mod:`cdism_fast.models.family` for what a family declares).
-FAMILIES: dict[str, type[SRModel]] = {cls.family: cls for cls in (EDSR, SwinIR, IMDN, PAN)}
+__all__ = ["FAMILIES", "ARCHITECTURES", "family_names", "build", "from_structure", "preset_of", "model_spec",
+           "build_from_spec"]
 
-#: Every family's presets, by name.
-PRESETS: dict[str, Preset] = {name: preset for cls in FAMILIES.values() for name, preset in cls.presets.items()}
+
+def family_names() -> str:
+    """The registered families' names, for help texts and messages.
+
+    >>> from cdism_fast.models import family_names
+    >>> family_names()
+    'edsr, imdn, pan, swinir'
+    """
+    return ", ".join(FAMILIES)
 
 
 def build(name: str, scale: int = 2, **overrides) -> nn.Module:
@@ -29,14 +35,29 @@ def build(name: str, scale: int = 2, **overrides) -> nn.Module:
     >>> tuple(model(torch.rand(1, 3, 5, 5)).shape)
     (1, 3, 15, 15)
     """
-    if name not in PRESETS:
-        raise ValueError(f"name must be a preset, one of {list(PRESETS)}, got {name!r}")
-    preset = PRESETS[name]
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name must be a preset, one of {list(ARCHITECTURES)}, got {name!r}{_close_names(name)}")
+    preset = ARCHITECTURES[name]
     return construct(FAMILIES[preset.family], f"preset {name!r}", {**preset.config, **overrides}, scale=scale)
 
 
-def from_structure(family: str, n_c: int, n_l: int, n_b: int, scale: int = 2, **rest) -> nn.Module:
-    """An untrained model of ``family`` with N_c channels, N_b blocks of N_l layers, ×``scale``.
+def _close_names(name: str) -> str:
+    """The presets and shipped models whose names are close to ``name``, as a hint (a typo of
+    ``edsr_mini_291`` reaches the presets from ``--model``); shipped names are left out when their
+    registry cannot be read."""
+    from .pretrained import CLOSE_NAME_RATIO, read_registry
+
+    try:
+        shipped = list(read_registry())
+    except ValueError:
+        shipped = []
+    close = difflib.get_close_matches(name, [*ARCHITECTURES, *shipped], n=3, cutoff=CLOSE_NAME_RATIO)
+    named = [f"{match} (a shipped trained model)" if match in shipped else match for match in close]
+    return f"; did you mean {', '.join(named)}?" if named else ""
+
+
+def from_structure(family: str, n_b: int, n_l: int, n_c: int, scale: int = 2, **rest) -> nn.Module:
+    """An untrained model of ``family`` with N_b blocks of N_l layers, N_c channels, ×``scale``.
 
     ``rest``: the family's other options (see the family's ``from_structure``).
 
@@ -46,7 +67,7 @@ def from_structure(family: str, n_c: int, n_l: int, n_b: int, scale: int = 2, **
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-    return FAMILIES[family].from_structure(n_c, n_l, n_b, scale, **rest)
+    return FAMILIES[family].from_structure(n_b, n_l, n_c, scale, **rest)
 
 
 def preset_of(family: str, config: dict) -> str | None:
@@ -57,7 +78,8 @@ def preset_of(family: str, config: dict) -> str | None:
     >>> preset_of("edsr", {"n_c": 16, "n_b": 8, "n_l": 1}), preset_of("edsr", {"n_c": 24})
     ('edsr_mini', None)
     """
-    for name, preset in PRESETS.items():
+
+    for name, preset in ARCHITECTURES.items():
         if preset.family == family and all(config[key] == value for key, value in preset.config.items()
                                            if key in config):
             return name

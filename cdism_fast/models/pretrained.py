@@ -9,27 +9,62 @@ NAME`` and ``cdism-fast upscale --model NAME`` accept the same names.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from importlib import resources
 
 from torch import nn
 
-__all__ = ["PRETRAINED", "pretrained", "pretrained_info", "WEIGHTS_PACKAGE"]
+__all__ = ["PRETRAINED", "pretrained", "pretrained_info", "read_registry", "WEIGHTS_PACKAGE"]
 
 #: Where the files live inside the package.
 WEIGHTS_PACKAGE = "cdism_fast.models.weights"
 #: The registry file beside the weights: ``{name: {"file", "sha256", "model", "scores", ...}}``.
 REGISTRY_FILE = "pretrained.json"
+#: What every record of the registry file holds (the other entries are descriptive).
+RECORD_KEYS = ("file", "sha256", "model")
+#: How alike a name must be to a shipped one to be offered for it (difflib's ratio; the names share suffixes).
+CLOSE_NAME_RATIO = 0.8
 
 
-def _registry() -> dict:
-    text = resources.files(WEIGHTS_PACKAGE).joinpath(REGISTRY_FILE).read_text(encoding="utf-8")
-    return json.loads(text)
+def read_registry() -> dict:
+    """The records of the registry file; a file that cannot be read or parsed is one ``ValueError`` naming it.
+
+    >>> from cdism_fast.models.pretrained import read_registry
+    >>> sorted(read_registry())
+    ['edsr_mini_291', 'imdn_mini_291']
+    """
+    registry = resources.files(WEIGHTS_PACKAGE).joinpath(REGISTRY_FILE)
+    try:
+        records = json.loads(registry.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"the shipped-model registry {registry} cannot be read ({error}); reinstall "
+                         "cdism_fast") from None
+    if not isinstance(records, dict) or not all(
+            isinstance(record, dict) and all(key in record for key in RECORD_KEYS) for record in records.values()):
+        raise ValueError(f"the shipped-model registry {registry} must map names to records with "
+                         f"{', '.join(RECORD_KEYS)}; reinstall cdism_fast")
+    return records
+
+
+class ShippedModels(Mapping):
+    """The registry read when it is used, not when the package is imported: a broken file fails only the
+    commands that use shipped models."""
+
+    def __getitem__(self, name: str) -> dict:
+        return read_registry()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(read_registry())
+
+    def __len__(self) -> int:
+        return len(read_registry())
 
 
 #: Every shipped model by name, with its record (architecture, training, licence, measured scores).
-PRETRAINED: dict[str, dict] = _registry()
+PRETRAINED: Mapping[str, dict] = ShippedModels()
 
 
 def pretrained_info(name: str) -> dict:
@@ -40,10 +75,13 @@ def pretrained_info(name: str) -> dict:
     >>> info["model"]["family"], round(info["scores"]["Set5"]["psnr"], 2)
     ('edsr', 37.26)
     """
-    if name not in PRETRAINED:
-        known = ", ".join(PRETRAINED) or "none"
-        raise ValueError(f"no shipped model is named {name!r}; the shipped models are: {known}")
-    return PRETRAINED[name]
+    records = read_registry()
+    if name not in records:
+        close = difflib.get_close_matches(name, list(records), n=3, cutoff=CLOSE_NAME_RATIO)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        known = ", ".join(records) or "none"
+        raise ValueError(f"no shipped model is named {name!r}; {hint}the shipped models are: {known}")
+    return records[name]
 
 
 def pretrained(name: str) -> nn.Module:

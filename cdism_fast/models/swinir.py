@@ -38,7 +38,16 @@ from .common import (
     shuffle_upsampler,
     upsampler_scale,
 )
-from .family import CheckpointFormat, CheckpointMismatch, Preset, SRModel, Structure, check_rgb_input, indices
+from .family import (
+    CheckpointFormat,
+    CheckpointMismatch,
+    Preset,
+    SRModel,
+    Structure,
+    check_rgb_input,
+    indices,
+    register_family,
+)
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
 ATTENTION_BACKENDS = ("auto",) + BACKEND_NAMES
@@ -233,6 +242,7 @@ def _infer_swinir(state: dict, source: str, scale=None) -> dict:
                 patch_norm="patch_embed.norm.weight" in state)
 
 
+@register_family
 class SwinIR(SRModel):
     """SwinIR for ×``scale`` super-resolution.
 
@@ -269,12 +279,11 @@ class SwinIR(SRModel):
     # attn.proj|norm2|mlp.fc1|mlp.fc2), layers.i.conv, norm, conv_after_body and conv_before_upsample.0/
     # upsample.k/conv_last (classical) or upsample.0 (lightweight): our own names.
     checkpoint_formats = (
-        CheckpointFormat("SwinIR", "conv_first.weight, layers.0.residual_group.blocks.0.attn.qkv.weight ...",
-                         lambda state: any(".residual_group." in k for k in state), _infer_swinir, _from_official),
+        CheckpointFormat("SwinIR", ("*.residual_group.*",), _infer_swinir, _from_official),
     )
     #: The patch-embedding norm, the RSTBs, the final norm and the conv after the body.
     deep_feature_modules = ("patch_embed", "layers", "norm", "conv_after_body")
-    structural_options = ("scale", "embed_dim", "depths", "num_heads")
+    structure_keys = ("scale", "embed_dim", "depths", "num_heads")
 
     def __init__(self, scale: int = 2, embed_dim: int = 60, depths: Sequence[int] = (6, 6, 6, 6),
                  num_heads: Sequence[int] = (6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,
@@ -357,7 +366,7 @@ class SwinIR(SRModel):
         return [m for m in self.modules() if isinstance(m, WindowAttention)]
 
     @classmethod
-    def from_structure(cls, n_c: int, n_l: int, n_b: int, scale: int = 2, num_heads: int = 6,
+    def from_structure(cls, n_b: int, n_l: int, n_c: int, scale: int = 2, num_heads: int = 6,
                        **options) -> SwinIR:
         """SwinIR with embed_dim N_c and N_b RSTBs of N_l Swin layers, ``num_heads`` heads in each;
         ``options``: the constructor's others (defaults: the lightweight model's window 8, MLP
@@ -406,8 +415,8 @@ class SwinIR(SRModel):
         return Structure(len(self.depths), self._uniform("depths", self.depths), self.embed_dim)
 
     def with_structure(self, n_b: int, n_l: int, n_c: int) -> SwinIR:
-        return SwinIR.from_structure(n_c, n_l, n_b, self.scale, self._uniform("num_heads", self.num_heads),
-                                     **self.structure_options())
+        return SwinIR.from_structure(n_b, n_l, n_c, self.scale, self._uniform("num_heads", self.num_heads),
+                                     **self.inherited_options())
 
     def channel_multiple(self) -> int:
         return math.lcm(*self.num_heads)

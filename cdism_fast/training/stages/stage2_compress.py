@@ -80,15 +80,15 @@ def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, over
     and returns the before/after table in ``extra["table"]`` and the deep-feature
     weight ratio the student realises in ``extra["achieved_density"]``.
     """
-    from ...compress import achieved_density, compress_config
+    from ...compress import achieved_density, compact_model
 
     value, record = _read_density(density, teacher)
     if value == 0 and record is not None:
         raise ValueError(f"the pruning run of {density} zeroed every deep-feature weight (d = 0), so no structure "
                          "follows from it; prune again with a smaller --lam (or fewer Prox-SG epochs --n-p)")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    structure = compress_config(teacher, value, **overrides)
-    student = teacher.with_structure(*structure)
+    student = compact_model(teacher, value, **overrides)
+    structure = student.structure()
     rows = structure_table({"teacher": teacher, "student": student})
     spec = model_spec(student)
     result = {"density": value, "achieved_density": achieved_density(teacher, student), "overrides": overrides,

@@ -49,14 +49,14 @@ def student_from(spec_or_file, scale: int = 2) -> nn.Module:
         return spec_or_file
     source = "the student spec"
     if isinstance(spec_or_file, (str, Path)):
-        from ...models import PRESETS, build, from_structure
+        from ...models import ARCHITECTURES, build, from_structure
         from ..artifacts import read_json
 
         text = str(spec_or_file)
         path = Path(spec_or_file)
         if path.is_file():
             spec_or_file, source = read_json(path, "student file"), f"student file {path}"
-        elif text in PRESETS:
+        elif text in ARCHITECTURES:
             return build(text, scale=scale)
         elif match := STRUCTURE_SPEC.match(text):
             family, n_b, n_l, n_c = match.group(1), *map(int, match.groups()[1:])
@@ -65,7 +65,7 @@ def student_from(spec_or_file, scale: int = 2) -> nn.Module:
             raise FileNotFoundError(f"student file {path} does not exist; pass the student.json that "
                                     "`cdism-fast compress` wrote, a preset or family:n_b,n_l,n_c")
         else:
-            raise ValueError(f"student must be a student.json, a preset ({', '.join(PRESETS)}) or "
+            raise ValueError(f"student must be a student.json, a preset ({', '.join(ARCHITECTURES)}) or "
                              f"family:n_b,n_l,n_c (e.g. edsr:8,1,16), got {text!r}")
     spec = spec_or_file.get("student", spec_or_file) if isinstance(spec_or_file, dict) else None
     if not isinstance(spec, dict):
