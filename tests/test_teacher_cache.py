@@ -43,7 +43,7 @@ class ConvTeacher(nn.Sequential):
 
 
 def make_cache(folder, teacher, patches, pairs, **options):
-    cache = TeacherCache(folder, teacher.eval(), patches, pairs, progress=False, **options)
+    cache = TeacherCache(folder, teacher.eval(), patches, progress=False, **options)
     cache.prepare()
     patches.use_targets(cache)
     return cache
