@@ -224,7 +224,8 @@ def _regular(path):
     return stat.S_ISREG(os.lstat(path).st_mode)
 
 
-def test_links_planted_at_every_predictable_name_are_never_written_through(tmp_path):
+@pytest.mark.parametrize("planted", ["temporary names", "final names"])
+def test_links_planted_at_every_predictable_name_are_never_written_through(tmp_path, planted):
     pairs = nearest_pairs(tmp_path / "data", [(24, 24), (20, 28)])
     patches = TrainingPatches(pairs, patch_size=12, progress=False)
     cache = TeacherCache(tmp_path / "cache", ConvTeacher().eval(), patches, progress=False)
@@ -232,15 +233,21 @@ def test_links_planted_at_every_predictable_name_are_never_written_through(tmp_p
     outside.mkdir()
     cache.paths[0].parent.mkdir(parents=True)
     for path in cache.paths:
-        for name in (path.name, cache.record_path(path).name, cache.lock_path(path).name,
-                     f"{path.stem}.partial0.npy", f"{path.stem}.partial0.json"):
+        names = ((cache.lock_path(path).name, f"{path.stem}.partial0.npy", f"{path.stem}.partial0.json")
+                 if planted == "temporary names" else (path.name, cache.record_path(path).name))
+        for name in names:
             victim = outside / name
             victim.write_bytes(b"not the cache's " + name.encode())
             (path.parent / name).symlink_to(victim)
     before = _digests(outside.iterdir())
-    with pytest.warns(UserWarning, match=r"2 unusable entries rebuilt \(first .*: .* is a symbolic link"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cache.prepare()
     assert _digests(outside.iterdir()) == before
+    assert [str(w.message) for w in caught if "teacher cache" in str(w.message)] == (
+        [] if planted == "temporary names" else
+        [f"teacher cache: 2 unusable entries rebuilt (first {cache.paths[0]}: has "
+         f"{cache.record_path(cache.paths[0]).name} as a symbolic link, not a file the cache wrote)"])
     assert cache.built == [0, 1]
     for image, path in enumerate(cache.paths):
         assert _regular(path) and _regular(cache.record_path(path)) and not os.path.lexists(cache.lock_path(path))
@@ -250,7 +257,7 @@ def test_links_planted_at_every_predictable_name_are_never_written_through(tmp_p
 def _build_in_rounds(root, rounds, barrier):
     patches = TrainingPatches(folder_dataset(root / "data", 2), patch_size=12, progress=False)
     for round_ in range(rounds):
-        barrier.wait()
+        barrier.wait(timeout=120)  # the other process failed: fail too instead of waiting forever
         TeacherCache(root / "cache", ConvTeacher(seed=round_).eval(), patches, progress=False).prepare()
 
 
@@ -259,11 +266,13 @@ def test_two_processes_building_the_same_entries_in_one_folder_both_succeed(tmp_
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
     rounds = 4
-    processes = [context.Process(target=_build_in_rounds, args=(tmp_path, rounds, barrier)) for _ in range(2)]
+    processes = [context.Process(target=_build_in_rounds, args=(tmp_path, rounds, barrier), daemon=True)
+                 for _ in range(2)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(timeout=240)
+        process.kill()
     assert [process.exitcode for process in processes] == [0, 0]
     patches = TrainingPatches(folder_dataset(tmp_path / "data", 2), patch_size=12, progress=False)
     for round_ in range(rounds):
@@ -338,7 +347,7 @@ def test_a_record_linked_to_dev_zero_and_a_fifo_entry_are_neither_read_nor_waite
     previous = signal.signal(signal.SIGALRM, give_up)
     signal.alarm(60)
     try:
-        with pytest.warns(UserWarning, match="2 unusable entries rebuilt .* is a symbolic link"):
+        with pytest.warns(UserWarning, match="2 unusable entries rebuilt .* as a symbolic link"):
             again = make_cache(tmp_path / "cache", ConvTeacher(), patches)
     finally:
         signal.alarm(0)

@@ -168,12 +168,12 @@ def _open_regular(path: Path):
         return None
     kind = _kind(mode)
     if kind is not None:
-        raise _BadEntry(f"{path.name} is {kind}, not a file the cache wrote", rebuild=kind != "a folder")
+        raise _BadEntry(f"has {path.name} as {kind}, not a file the cache wrote", rebuild=kind != "a folder")
     descriptor = os.open(path, _READ_FLAGS)
     stream = open(descriptor, "rb")
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # replaced between lstat and open
         stream.close()
-        raise _BadEntry(f"{path.name} is not a regular file", rebuild=True)
+        raise _BadEntry(f"has {path.name} as a file that is not regular", rebuild=True)
     return stream
 
 
