@@ -6,7 +6,11 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import stat
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -404,3 +408,30 @@ def test_cache_folder_turns_the_option_value_into_the_cache_setting(tmp_path, mo
     monkeypatch.setenv("CDISM_CACHE", "")
     with pytest.raises(TeacherCacheError, match="^the environment variable CDISM_CACHE is set but empty: set it to"):
         teacher_cache.cache_folder(None)
+
+
+def test_the_lock_of_a_process_that_died_is_taken_over(tmp_path):
+    pairs = nearest_pairs(tmp_path / "data", [(24, 24), (20, 28)])
+    patches = TrainingPatches(pairs, patch_size=12, progress=False)
+    cache = TeacherCache(tmp_path / "cache", ConvTeacher().eval(), patches, progress=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cache.paths[0].parent.mkdir(parents=True)
+    cache.lock_path(cache.paths[0]).write_text(f"{dead.pid} {socket.gethostname()}")
+    cache.lock_path(cache.paths[1]).write_text("")  # its owner died between creating and writing it
+    os.utime(cache.lock_path(cache.paths[1]), (time.time() - 60, time.time() - 60))
+    cache.prepare()
+    assert cache.built == [0, 1] and not list(cache.paths[0].parent.glob("*.lock"))
+
+
+def test_a_teacher_whose_output_leaves_the_sane_range_is_refused_naming_the_image(tmp_path):
+    class Overshooting(nn.Module):
+        def forward(self, x):
+            return nn.functional.interpolate(x, scale_factor=2) * 10
+
+    pairs = nearest_pairs(tmp_path / "data", [(24, 24)])
+    patches = TrainingPatches(pairs, patch_size=12, progress=False)
+    with pytest.raises(TeacherCacheError, match=r"^the teacher's output for 0000 holds values from 0\.0 to [\d.]+, "
+                                                r"outside \[-1, 2\] in float16; check the teacher"):
+        make_cache(tmp_path / "cache", Overshooting(), patches)
+    assert list((tmp_path / "cache").rglob("*")) == [next((tmp_path / "cache").iterdir())]

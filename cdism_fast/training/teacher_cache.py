@@ -102,7 +102,7 @@ def default_cache_folder() -> Path:
 
     if os.environ.get("CDISM_CACHE") is not None and not os.environ["CDISM_CACHE"].strip():
         raise TeacherCacheError("the environment variable CDISM_CACHE is set but empty: set it to a folder or unset "
-                                "it (default ~/.cache/cdism-fast), or pass --teacher-cache DIR or off")
+                                "it (the default is ~/.cache/cdism-fast)")
     return cache_dir() / "teacher-outputs"
 
 
