@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -435,3 +436,19 @@ def test_a_teacher_whose_output_leaves_the_sane_range_is_refused_naming_the_imag
                                                 r"outside \[-1, 2\] in float16; check the teacher"):
         make_cache(tmp_path / "cache", Overshooting(), patches)
     assert list((tmp_path / "cache").rglob("*")) == [next((tmp_path / "cache").iterdir())]
+
+
+def test_an_entry_locked_by_a_live_process_is_waited_for_and_the_wait_is_said(tmp_path, monkeypatch):
+    pairs = nearest_pairs(tmp_path / "data", [(24, 24)])
+    patches = TrainingPatches(pairs, patch_size=12, progress=False)
+    cache = TeacherCache(tmp_path / "cache", ConvTeacher().eval(), patches, progress=False)
+    lock = cache.lock_path(cache.paths[0])
+    lock.parent.mkdir(parents=True)
+    lock.write_text("1 another-host")  # a process of another machine: only it can release the lock
+    monkeypatch.setattr(teacher_cache, "_LOCK_PATIENCE", 0.2)
+    release = threading.Timer(1.0, lock.unlink)
+    release.start()
+    with pytest.warns(UserWarning, match=f"waiting for another process to build {cache.paths[0]} .*delete the lock"):
+        cache.prepare()
+    release.join()
+    assert cache.built == [0] and cache.target(0) is not None

@@ -73,8 +73,9 @@ _FORMAT = "cdism_fast.teacher_cache/1"
 _ENTRY_OVERHEAD = 4096
 #: The most bytes read from a record or a lock file (a link to /dev/zero is never read unboundedly).
 _RECORD_LIMIT = 1 << 16
-#: Seconds between two looks at an entry another process is building.
+#: Seconds between two looks at an entry another process is building, and before saying that it waits.
 _LOCK_POLL = 0.05
+_LOCK_PATIENCE = 60.0
 _OFF = "off"
 #: Seconds after which an empty lock file (its owner died before writing its pid) is stale.
 _EMPTY_LOCK_AGE = 10.0
@@ -322,11 +323,17 @@ class TeacherCache:
         """Hold entry ``image``'s lock file (``O_EXCL``: pid and host), waiting while a live process holds it."""
         lock = self.lock_path(self.paths[image])
         owner = f"{os.getpid()} {socket.gethostname()}".encode()
+        started, told = time.monotonic(), False
         while True:
             try:
                 descriptor = os.open(lock, _LOCK_FLAGS, 0o666)
             except FileExistsError:
                 if not self._take_over(lock):
+                    if not told and time.monotonic() - started > _LOCK_PATIENCE:
+                        warnings.warn(f"teacher cache: waiting for another process to build {self.paths[image]} "
+                                      f"(its lock {lock} names the process and the host); delete the lock if that "
+                                      "process is gone", stacklevel=4)
+                        told = True
                     time.sleep(_LOCK_POLL)
                 continue
             try:
