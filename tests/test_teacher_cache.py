@@ -452,3 +452,16 @@ def test_an_entry_locked_by_a_live_process_is_waited_for_and_the_wait_is_said(tm
         cache.prepare()
     release.join()
     assert cache.built == [0] and cache.target(0) is not None
+
+
+def test_a_folder_at_an_entry_name_is_refused_in_one_line_and_left_alone(tmp_path):
+    pairs = nearest_pairs(tmp_path / "data", [(24, 24)])
+    patches = TrainingPatches(pairs, patch_size=12, progress=False)
+    cache = make_cache(tmp_path / "cache", ConvTeacher(), patches)
+    path = cache.paths[0]
+    path.unlink()
+    (path / "kept").mkdir(parents=True)
+    with pytest.raises(TeacherCacheError, match=f"^teacher cache entry {path} has {path.name} as a folder, not a file "
+                                                f"the cache wrote; delete {path} and .*--teacher-cache off$"):
+        make_cache(tmp_path / "cache", ConvTeacher(), patches)
+    assert (path / "kept").is_dir()
