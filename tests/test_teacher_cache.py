@@ -411,7 +411,7 @@ def test_cache_folder_turns_the_option_value_into_the_cache_setting(tmp_path, mo
         teacher_cache.cache_folder(None)
 
 
-def test_the_lock_of_a_process_that_died_is_taken_over(tmp_path):
+def test_the_lock_and_temporary_files_of_a_process_that_died_are_taken_over(tmp_path):
     pairs = nearest_pairs(tmp_path / "data", [(24, 24), (20, 28)])
     patches = TrainingPatches(pairs, patch_size=12, progress=False)
     cache = TeacherCache(tmp_path / "cache", ConvTeacher().eval(), patches, progress=False)
@@ -421,8 +421,11 @@ def test_the_lock_of_a_process_that_died_is_taken_over(tmp_path):
     cache.lock_path(cache.paths[0]).write_text(f"{dead.pid} {socket.gethostname()}")
     cache.lock_path(cache.paths[1]).write_text("")  # its owner died between creating and writing it
     os.utime(cache.lock_path(cache.paths[1]), (time.time() - 60, time.time() - 60))
+    left_behind = cache.paths[0].parent / f".{cache.paths[0].name}.0123456789ab.partial"  # the dead build's
+    left_behind.write_bytes(b"half an array")
     cache.prepare()
     assert cache.built == [0, 1] and not list(cache.paths[0].parent.glob("*.lock"))
+    assert not os.path.lexists(left_behind)
 
 
 def test_a_teacher_whose_output_leaves_the_sane_range_is_refused_naming_the_image(tmp_path):
