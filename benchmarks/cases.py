@@ -408,14 +408,13 @@ def _cache_build_case(device: torch.device, side: int) -> Case:
 
     teacher = build("edsr_baseline", scale=2).to(device).eval().requires_grad_(False)
     image = np.random.default_rng(0).integers(0, 256, (3, side, side), dtype=np.uint8)
-    patches = types.SimpleNamespace(scale=2, sources=[0], names=["benchmark"], lr_image=lambda index: image)
-    pairs = types.SimpleNamespace(cache_key=lambda index: "benchmark image")
+    patches = types.SimpleNamespace(scale=2, names=["benchmark"], lr_image=lambda index: image)
     folder = tempfile.mkdtemp(prefix="teacher-cache-benchmark-")
-    cache = TeacherCache(folder, teacher, patches, pairs, progress=False)
+    cache = TeacherCache(folder, teacher, patches, progress=False)
     cache.paths[0].parent.mkdir(parents=True, exist_ok=True)
     megapixels = side * side / 1e6
     return Case("teacher cache build", f"edsr_baseline x2, LR {side}x{side} ({megapixels:.3f} MP)", "build",
-                {"tiled": lambda: cache.build_entry(0, suffix=".partial")}, None, 1)
+                {"tiled": lambda: cache.build_entry(0)}, None, 1)
 
 
 #: Layout group: per family, (teacher preset, student as ``distill --student`` takes it, patches per

@@ -30,7 +30,7 @@ def worker(root: Path) -> None:
     student = build("edsr_baseline", scale=2).with_structure(1, 1, 8)
     pairs = folder_dataset(root / "data", 2)
     patches = TrainingPatches(pairs, patch_size=12, progress=False)
-    cache = TeacherCache(root / "cache", teacher, patches, pairs, progress=False)
+    cache = TeacherCache(root / "cache", teacher, patches, progress=False)
     cache.prepare()
     built = distributed.gather_objects(cache.built)
     patches.use_targets(cache)

@@ -143,7 +143,7 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
     pairs = training_pairs(data, model.scale)
     patches = stage_patches(pairs, settings)
-    cache = _teacher_cache(teacher, patches, pairs, teacher_cache, settings) if kd and teacher_cache else None
+    cache = _teacher_cache(teacher, patches, teacher_cache, settings) if kd and teacher_cache else None
     step_loss = _step_loss(teacher, cache, alpha=alpha, student_loss=student_loss, reduction=reduction)
     trainer = Trainer(model, step_loss, optimizer, patches,
                       settings.train_config("stage 3: distill" if kd else "stage 3: no-KD ablation"), out_dir,
@@ -194,12 +194,12 @@ def _step_loss(teacher: Optional[nn.Module], cache, *, alpha: float, student_los
     return step_loss
 
 
-def _teacher_cache(teacher: nn.Module, patches, pairs, folder, settings: StageSettings):
+def _teacher_cache(teacher: nn.Module, patches, folder, settings: StageSettings):
     """The teacher's outputs on every training image, checked and built before training (see distill)."""
     from ..engine import AMP_DTYPES
     from ..teacher_cache import TeacherCache, default_cache_folder
 
-    cache = TeacherCache(default_cache_folder() if folder is True else folder, teacher, patches, pairs,
+    cache = TeacherCache(default_cache_folder() if folder is True else folder, teacher, patches,
                          amp_dtype=AMP_DTYPES[settings.amp], progress=settings.progress)
     cache.prepare()
     patches.use_targets(cache)
