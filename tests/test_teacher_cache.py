@@ -277,7 +277,7 @@ def test_two_processes_building_the_same_entries_in_one_folder_both_succeed(tmp_
 
 def test_an_image_replaced_with_its_size_and_modification_time_gets_a_new_entry(tmp_path):
     root = tmp_path / "data"
-    lr = _random_image(20, 24, seed=3)
+    lr = random_image(20, 24, seed=3)
     write_image(root / "HR" / "0000.bmp", lr.repeat_interleave(2, 1).repeat_interleave(2, 2))
     original = root / "LR_bicubic" / "X2" / "0000.bmp"
     write_image(original, lr)
