@@ -181,8 +181,8 @@ def test_distill_teacher_is_frozen_in_eval_mode_without_grad(tmp_path, images):
     assert seen == [(False, False, False)] * 2  # per patch: once per iteration
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
     seen.clear()
-    result = distill(teacher, student, tmp_path / "cached", tiny(2), DistillOptions(teacher_cache=str(tmp_path / "cache")),
-                     data=train)
+    cached = DistillOptions(teacher_cache=str(tmp_path / "cache"))
+    result = distill(teacher, student, tmp_path / "cached", tiny(2), cached, data=train)
     assert result.status == "completed"
     assert seen == [(False, False, False)] * 3  # cached: once per training image, before training
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
