@@ -255,6 +255,17 @@ def _inside(path, folder: Path) -> bool:
         return False
 
 
+#: The recorded fingerprints, and what changed when one differs (their values mean nothing to a reader).
+_FINGERPRINTS = {"teacher_weights": "another --teacher, or its weights changed",
+                 "data_fingerprint": "images added to, removed from or replaced in the --data folders"}
+
+
+def _shown_change(key: str, old, new) -> str:
+    if key in _FINGERPRINTS:
+        return f"{key} changed: {_FINGERPRINTS[key]}"
+    return f"{key} was {old!r}, now {new!r}"
+
+
 def _resume_changes(folder: Path, record: dict, settings: dict) -> dict:
     """{setting: [old, new]} of the settings that changed; refuses those a resume may not change."""
     saved = record.get("settings") or {}
@@ -262,9 +273,9 @@ def _resume_changes(folder: Path, record: dict, settings: dict) -> dict:
                if key in saved and saved[key] != value}
     refused = sorted(key for key in changed if key not in RESUMABLE_SETTINGS)
     if refused:
-        details = "; ".join(f"{key} was {changed[key][0]!r}, now {changed[key][1]!r}" for key in refused)
+        details = "; ".join(_shown_change(key, *changed[key]) for key in refused)
         raise ValueError(f"cannot resume the run in {folder} with other settings ({details}): that would change what "
-                         "it trains; resume with the same ones, or pass --overwrite to start over")
+                         "it trains; resume with the original values, or pass --overwrite to start over")
     return changed
 
 
