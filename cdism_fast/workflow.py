@@ -147,7 +147,7 @@ def _given_teacher(preset: WorkflowPreset, teacher, scale: int | None) -> nn.Mod
         raise FileNotFoundError(f"--teacher {teacher} does not exist; pass a model file (a run's model.pt or a "
                                 "published checkpoint)")
     else:
-        model = load_model(str(teacher), scale)
+        model = load_model(str(teacher), scale, "--teacher")
     if getattr(model, "scale", preset.scale) != preset.scale:
         raise ValueError(f"the teacher is a x{model.scale} model but preset {preset.name!r} is x{preset.scale}; "
                          f"pass --scale {model.scale} to run the workflow at x{model.scale} (nothing was written)")

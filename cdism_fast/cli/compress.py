@@ -28,7 +28,7 @@ def _compress(args) -> str:
     from .options import options_from_args
 
     density = density_value(args.density)
-    result = compress(load_model(args.teacher, args.scale), density, args.out,
+    result = compress(load_model(args.teacher, args.scale, "--teacher"), density, args.out,
                       options_from_args(args, CompressOptions()), overwrite=args.overwrite,
                       inputs={"--teacher": args.teacher})
     print(format_table(result.extra["table"]))

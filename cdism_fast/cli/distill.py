@@ -42,7 +42,7 @@ def _distill(args) -> str:
     options = options_from_args(args, preset.distill_options)
     if not args.no_kd and args.teacher is None:
         raise ValueError("--teacher is required for distillation; pass --no-kd for the ground-truth-only ablation")
-    teacher = load_model(args.teacher, args.scale) if args.teacher and not args.no_kd else None
+    teacher = load_model(args.teacher, args.scale, "--teacher") if args.teacher and not args.no_kd else None
     context = distributed.setup(args.device)
     result = distill(teacher, args.student, args.out, settings, options, args.data, args.val, kd=not args.no_kd,
                      scale=args.scale, resume=args.resume, overwrite=args.overwrite, context=context,

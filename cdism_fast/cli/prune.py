@@ -29,7 +29,7 @@ def _prune(args) -> str:
     settings = settings_from_args(args, preset.prune)
     options = options_from_args(args, preset.prune_options)
     context = distributed.setup(args.device)
-    result = prune(load_model(args.teacher, args.scale), args.out, settings, options, args.data, args.val,
+    result = prune(load_model(args.teacher, args.scale, "--teacher"), args.out, settings, options, args.data, args.val,
                    resume=args.resume, overwrite=args.overwrite, context=context, inputs={"--teacher": args.teacher})
     if context.is_main and result.status == "completed":
         report = result.extra["density"]
