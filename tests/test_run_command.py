@@ -96,7 +96,7 @@ def test_a_teacher_of_another_scale_is_refused_before_the_run_folder_and_run_sca
         tmp_path, x3_teacher, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["run", "--teacher", str(x3_teacher), *TINY, "--out", str(out)]) == 2
-    assert _one_line(capsys, "run") == (f"the teacher is a x3 model but preset 'demo' is x2; pass --scale 3 to run "
+    assert _one_line(capsys, "run") == ("the teacher is a x3 model but preset 'demo' is x2; pass --scale 3 to run "
                                         "the workflow at x3 (nothing was written)")
     assert not out.exists()
 
