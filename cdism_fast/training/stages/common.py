@@ -178,14 +178,18 @@ def data_fingerprint(data) -> Optional[str]:
     return digest.hexdigest()
 
 
-def open_stage(folder, stage: str, settings: StageSettings | None, record: dict, *, data, val, resume: bool,
-               overwrite: bool, inputs: dict | None, files=TRAINING_FILES) -> None:
-    """Prepare the stage folder (rank 0): ``stage.json`` records ``settings``, ``record`` (the stage's options
-    and what it depends on) and the data with its fingerprint, so that a resume with other inputs is refused."""
-    record = {**(asdict(settings) if settings is not None else {}), **record, "data": data_source(data),
+def open_stage(folder, stage: str, settings: StageSettings, record: dict, *, scale: int, data, val, resume: bool,
+               overwrite: bool, inputs: dict | None, files=TRAINING_FILES):
+    """(pairs, patches): the training pairs of ``data`` at ``scale`` (checked first: a refusal leaves no folder)
+    and their patch stream (:func:`stage_patches`), once the stage folder is prepared (rank 0): ``stage.json``
+    records ``settings``, ``record`` (the stage's options and what it depends on) and the data with its
+    fingerprint, so that a resume with other inputs is refused."""
+    pairs = training_pairs(data, scale)
+    record = {**asdict(settings), **record, "data": data_source(data),
               "data_fingerprint": data_fingerprint(data)}
     on_main(prepare_run_folder, folder, stage, record, resume=resume, overwrite=overwrite, files=files,
             inputs=stage_inputs(data, val, inputs))
+    return pairs, stage_patches(pairs, settings)
 
 
 def stage_trainer(model: nn.Module, step_loss: Callable, optimizer, patches, settings: StageSettings, folder, *,

@@ -22,10 +22,8 @@ from .common import (
     fit_stage,
     open_stage,
     setting,
-    stage_patches,
     stage_trainer,
     to_unit,
-    training_pairs,
 )
 
 #: Whose parameters the l1 penalty covers.
@@ -90,7 +88,6 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
         raise ValueError("ema_decay must be None for pruning: an average of sparse weights is not sparse")
     context = context or distributed.setup()
     schedule = options.schedule(settings.iterations)
-    pairs = training_pairs(data, teacher.scale)
     model = copy.deepcopy(teacher).train().requires_grad_(True)
     if options.penalty == "all":
         groups = [{"params": list(model.parameters())}]
@@ -99,16 +96,16 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
         groups = [{"params": [p for p in model.parameters() if id(p) in deep]},
                   {"params": [p for p in model.parameters() if id(p) not in deep], "l1": False}]
     optimizer = OBProxSG(groups, lr=settings.lr, **{k: v for k, v in schedule.items() if k != "penalty"})
-    open_stage(out_dir, "prune", settings,
-               {**schedule, "teacher": model_spec(teacher), "teacher_weights": teacher_fingerprint(teacher)},
-               data=data, val=val, resume=resume, overwrite=overwrite, inputs=inputs,
-               files=(*TRAINING_FILES, DENSITY_FILE))
+    _, patches = open_stage(out_dir, "prune", settings,
+                       {**schedule, "teacher": model_spec(teacher), "teacher_weights": teacher_fingerprint(teacher)},
+                       scale=model.scale, data=data, val=val, resume=resume, overwrite=overwrite, inputs=inputs,
+                       files=(*TRAINING_FILES, DENSITY_FILE))
 
     def step_loss(net, batch):
         lr, hr = to_unit(batch)
         return charbonnier(net(lr).float(), hr, eps=CHARBONNIER_EPS)
 
-    trainer = stage_trainer(model, step_loss, optimizer, stage_patches(pairs, settings), settings, out_dir,
+    trainer = stage_trainer(model, step_loss, optimizer, patches, settings, out_dir,
                             description="stage 1: prune", kind="prune", data=data, val=val, context=context,
                             metadata={"model": model_spec(model), **schedule}, ema=False)
     result = fit_stage(trainer, out_dir, resume)

@@ -23,10 +23,8 @@ from .common import (
     fit_stage,
     open_stage,
     setting,
-    stage_patches,
     stage_trainer,
     to_unit,
-    training_pairs,
 )
 
 #: How the distillation loss sums a pyramid level.
@@ -184,7 +182,6 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     context = context or distributed.setup()
     torch.manual_seed(settings.seed)  # the same initial student for the KD run and its ablation
     model = build_from_spec(model_spec(student))
-    pairs = training_pairs(data, model.scale)
     kind = "distill" if kd else "distill-no-kd"
     used = teacher is not None and kd
     record = {"kd": kd, "alpha": options.alpha, "student_loss": options.student_loss, "reduction": options.reduction,
@@ -192,10 +189,10 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
               "student": model_spec(model), "teacher": _describe(teacher) if used else None,
               "teacher_weights": teacher_fingerprint(teacher) if used else None}
     given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
-    open_stage(out_dir, kind, settings, record, data=data, val=val, resume=resume, overwrite=overwrite, inputs=given)
+    pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val, resume=resume,
+                       overwrite=overwrite, inputs=given)
     teacher = _frozen(teacher, context.device, settings) if used else None
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
-    patches = stage_patches(pairs, settings)
     cache = _teacher_cache(teacher, patches, pairs, cache_folder, settings) if used and cache_folder else None
     trainer = stage_trainer(model, _step_loss(teacher, cache, options), optimizer, patches, settings, out_dir,
                             description="stage 3: distill" if kd else "stage 3: no-KD ablation", kind=kind,
