@@ -159,3 +159,22 @@ def test_an_options_value_is_checked_where_it_is_declared():
     with pytest.raises(ValueError, match="reduction must be one of"):
         STAGE_OPTIONS["distill"](reduction="max")
     assert STAGE_OPTIONS["prune"]().schedule(1000)["n_p"] == 100
+
+
+@pytest.mark.parametrize("command", ["distill", "run"])
+def test_kd_reduction_is_another_spelling_of_reduction(command):
+    required = ["--student", "edsr_mini", "--out", "o"] if command == "distill" else []
+    parser = build_parser()
+    by_alias = parser.parse_args([command, *required, "--kd-reduction", "sum"])
+    assert by_alias.reduction == "sum" == parser.parse_args([command, *required, "--reduction", "sum"]).reduction
+
+
+def test_stage_json_records_every_distill_option_with_the_cache_folder_resolved(tmp_path):
+    from cdism_fast.training.artifacts import read_stage
+    from cdism_fast.training.stages import DistillOptions, distill
+
+    settings = StageSettings(iterations=1, batch_size=2, patch_size=12, progress=False)
+    distill(None, "edsr:1,1,4", tmp_path / "s", settings, DistillOptions(alpha=0.5), kd=False)
+    recorded = read_stage(tmp_path / "s")["settings"]
+    assert {f.name: recorded[f.name] for f in fields(DistillOptions)} == {
+        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "teacher_cache": "off"}

@@ -5,7 +5,7 @@ import copy
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -184,9 +184,8 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     model = build_from_spec(model_spec(student))
     kind = "distill" if kd else "distill-no-kd"
     used = teacher is not None and kd
-    record = {"kd": kd, "alpha": options.alpha, "student_loss": options.student_loss, "reduction": options.reduction,
-              "teacher_cache": str(cache_folder) if cache_folder is not None else CACHE_OFF,
-              "student": model_spec(model), "teacher": _describe(teacher) if used else None,
+    recorded_options = {**asdict(options), "teacher_cache": str(cache_folder) if cache_folder else CACHE_OFF}
+    record = {"kd": kd, **recorded_options, "student": model_spec(model), "teacher": _describe(teacher) if used else None,
               "teacher_weights": teacher_fingerprint(teacher) if used else None}
     given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
     pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val, resume=resume,
@@ -197,9 +196,7 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     trainer = stage_trainer(model, _step_loss(teacher, cache, options), optimizer, patches, settings, out_dir,
                             description="stage 3: distill" if kd else "stage 3: no-KD ablation", kind=kind,
                             data=data, val=val, context=context,
-                            metadata={"student": model_spec(model), "kd": kd, "alpha": options.alpha,
-                                      "student_loss": options.student_loss, "reduction": options.reduction,
-                                      "teacher_cache": str(cache.folder) if cache else None})
+                            metadata={"student": model_spec(model), "kd": kd, **recorded_options})
     return finish_stage(fit_stage(trainer, out_dir, resume), trainer, out_dir, extra_info={"kd": kd})
 
 
