@@ -185,7 +185,8 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     kind = "distill" if kd else "distill-no-kd"
     used = teacher is not None and kd
     recorded_options = {**asdict(options), "teacher_cache": str(cache_folder) if cache_folder else CACHE_OFF}
-    record = {"kd": kd, **recorded_options, "student": model_spec(model), "teacher": _describe(teacher) if used else None,
+    record = {"kd": kd, **recorded_options, "student": model_spec(model),
+              "teacher": _describe(teacher) if used else None,
               "teacher_weights": teacher_fingerprint(teacher) if used else None}
     given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
     pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val, resume=resume,
