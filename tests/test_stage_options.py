@@ -13,13 +13,12 @@ import cdism_fast.evaluation
 import cdism_fast.training.stages as stages
 import cdism_fast.workflow as workflow
 from cdism_fast.cli import build_parser, main
-from cdism_fast.cli.options import option_name, settings_from_args
+from cdism_fast.cli.options import STAGE_COMMAND_PRESET, option_name, settings_from_args
+from cdism_fast.cli.run import RUN_PRESET
 from cdism_fast.models import build
 from cdism_fast.training.presets import WORKFLOWS
 from cdism_fast.training.stages import STAGE_OPTIONS, StageResult, StageSettings
 
-#: The preset each entry point's defaults come from (stage commands: paper-edsr; run: demo).
-STAGE_COMMAND_PRESET, RUN_PRESET = "paper-edsr", "demo"
 FIELDS = [(stage, f.name) for stage, cls in STAGE_OPTIONS.items() for f in fields(cls)]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from .options import STAGE_COMMAND_PRESET, add_stage_command_arguments, add_stage_options
+    from .options import add_stage_command_arguments
 
     parser = subparsers.add_parser(
         "distill", help="stage 3: distill the compact student (AdaMax), or --no-kd",
@@ -26,7 +26,6 @@ def register(subparsers) -> None:
                         help="scale of a preset or family:n_b,n_l,n_c student, and of a teacher file that does not "
                              "tell it (default: the teacher's, else 2)")
     parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only, no teacher")
-    add_stage_options(parser, "distill", STAGE_COMMAND_PRESET)
     add_stage_command_arguments(parser, "distill", run)
 
 

@@ -128,8 +128,11 @@ STAGE_COMMAND_PRESET = "paper-edsr"
 
 
 def add_stage_command_arguments(parser: argparse.ArgumentParser, stage: str, run) -> None:
-    """What every stage command takes after its own options: ``--preset``, the data, one option per
-    training setting (``--help`` shows the default preset's values for ``stage``), the output folder."""
+    """What every stage command takes after its own options: the stage's options (when it has a dataclass of
+    them), ``--preset``, the data, one option per training setting (``--help`` shows the default preset's
+    values for ``stage``), the output folder."""
+    if stage in STAGE_OPTIONS:
+        add_stage_options(parser, stage, STAGE_COMMAND_PRESET)
     preset_argument(parser, STAGE_COMMAND_PRESET)
     add_data_arguments(parser)
     add_training_arguments(parser, stage_defaults(STAGE_COMMAND_PRESET, stage), STAGE_COMMAND_PRESET)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from .options import STAGE_COMMAND_PRESET, add_stage_command_arguments, add_stage_options
+    from .options import add_stage_command_arguments
 
     parser = subparsers.add_parser(
         "prune", help="stage 1: OBProx-SG pruning, writes density.json",
@@ -14,7 +14,6 @@ def register(subparsers) -> None:
     parser.add_argument("--teacher", required=True, help="teacher: any checkpoint `eval` reads (a run's model.pt, "
                                                          "a published file) or a shipped model")
     parser.add_argument("--scale", type=int, default=None, help="scale of a teacher file that does not tell it")
-    add_stage_options(parser, "prune", STAGE_COMMAND_PRESET)
     add_stage_command_arguments(parser, "prune", run)
 
 
