@@ -52,7 +52,7 @@ from .training.stages import (
     with_overrides,
 )
 
-__all__ = ["run_workflow", "WorkflowResult", "stage_folders", "workflow_preset"]
+__all__ = ["run_workflow", "WorkflowResult", "stage_folders"]
 
 #: The stage folders of a run (besides the students', see :func:`stage_folders`), and the files the run
 #: writes beside them (``--overwrite`` removes only these).
@@ -104,7 +104,7 @@ def _stage(out_dir: Path, name: str, run, *, loads=True):
     return result.status, result.model
 
 
-def workflow_preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
+def _preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
                     scale: int | None = None) -> WorkflowPreset:
     """``preset`` (a name of :data:`~cdism_fast.training.presets.WORKFLOWS` or a preset) with ``option_overrides``
     (fields of any stage's options dataclass, by name; None values ignored) and another ``scale``."""
@@ -204,10 +204,10 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     tells the scale of a teacher file that does not record it).
     ``settings_overrides`` replace fields of every stage's settings (e.g.
     ``num_workers``, ``amp``), ``option_overrides`` fields of the stages'
-    options (e.g. ``lam``, ``alpha``, ``teacher_cache``; see
-    :func:`workflow_preset`). Each stage's wall time is kept in ``timings.json``.
+    options (any field of :data:`~cdism_fast.training.stages.STAGE_OPTIONS`' dataclasses, e.g. ``lam``,
+    ``alpha``, ``teacher_cache``). Each stage's wall time is kept in ``timings.json``.
     """
-    preset = _check_preset(workflow_preset(preset, option_overrides, scale), data, teacher)
+    preset = _check_preset(_preset(preset, option_overrides, scale), data, teacher)
     context = context or distributed.setup()
     out_dir = Path(out_dir)
     overrides = {**(settings_overrides or {}), "progress": progress}

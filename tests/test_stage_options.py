@@ -177,3 +177,9 @@ def test_stage_json_records_every_distill_option_with_the_cache_folder_resolved(
     recorded = read_stage(tmp_path / "s")["settings"]
     assert {f.name: recorded[f.name] for f in fields(DistillOptions)} == {
         "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "teacher_cache": "off"}
+
+
+def test_an_option_no_stage_has_is_refused_by_the_workflow_before_its_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"no stage has the option\(s\) \['lamda'\]"):
+        workflow.run_workflow("demo", tmp_path / "run", option_overrides={"lamda": 0.1})
+    assert not (tmp_path / "run").exists()
