@@ -16,6 +16,7 @@ from cdism_fast.cli import build_parser, main
 from cdism_fast.cli.options import STAGE_COMMAND_PRESET, option_name, settings_from_args
 from cdism_fast.cli.run import RUN_PRESET
 from cdism_fast.models import build
+from cdism_fast.training.artifacts import save_model
 from cdism_fast.training.presets import WORKFLOWS
 from cdism_fast.training.stages import STAGE_OPTIONS, StageResult, StageSettings
 
@@ -183,3 +184,14 @@ def test_an_option_no_stage_has_is_refused_by_the_workflow_before_its_folder(tmp
     with pytest.raises(ValueError, match=r"no stage has the option\(s\) \['lamda'\]"):
         workflow.run_workflow("demo", tmp_path / "run", option_overrides={"lamda": 0.1})
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_teacher_cache_names_no_folder_and_is_refused(tmp_path, capsys):
+    teacher = tmp_path / "teacher.pt"
+    save_model(teacher, build("edsr_baseline", scale=2).with_structure(1, 1, 8))
+    assert main(["distill", "--teacher", str(teacher), "--student", "edsr_mini", "--teacher-cache", "", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cdism-fast distill: error: --teacher-cache '' names no folder; pass --teacher-cache DIR, or "
+        "--teacher-cache off for the per-patch teacher")
+    assert not (tmp_path / "o").exists()
