@@ -96,10 +96,10 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
         groups = [{"params": [p for p in model.parameters() if id(p) in deep]},
                   {"params": [p for p in model.parameters() if id(p) not in deep], "l1": False}]
     optimizer = OBProxSG(groups, lr=settings.lr, **{k: v for k, v in schedule.items() if k != "penalty"})
-    _, patches = open_stage(out_dir, "prune", settings,
-                       {**schedule, "teacher": model_spec(teacher), "teacher_weights": teacher_fingerprint(teacher)},
-                       scale=model.scale, data=data, val=val, resume=resume, overwrite=overwrite, inputs=inputs,
-                       files=(*TRAINING_FILES, DENSITY_FILE))
+    depends = {"teacher": model_spec(teacher), "teacher_weights": teacher_fingerprint(teacher)}
+    _, patches = open_stage(out_dir, "prune", settings, {**schedule, **depends}, scale=model.scale, data=data,
+                            val=val, resume=resume, overwrite=overwrite, inputs=inputs,
+                            files=(*TRAINING_FILES, DENSITY_FILE))
 
     def step_loss(net, batch):
         lr, hr = to_unit(batch)

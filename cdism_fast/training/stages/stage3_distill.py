@@ -189,8 +189,8 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
               "teacher": _describe(teacher) if used else None,
               "teacher_weights": teacher_fingerprint(teacher) if used else None}
     given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
-    pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val, resume=resume,
-                       overwrite=overwrite, inputs=given)
+    pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val,
+                                resume=resume, overwrite=overwrite, inputs=given)
     teacher = _frozen(teacher, context.device, settings) if used else None
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
     cache = _teacher_cache(teacher, patches, pairs, cache_folder, settings) if used and cache_folder else None
