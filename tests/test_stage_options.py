@@ -131,8 +131,8 @@ def test_the_presets_hold_options_instances():
 
 @pytest.mark.parametrize("text, message", [
     ("0.5x", "--density '0.5x' is neither a number in (0, 1] nor an existing file"),
-    ("1.5", "--density 1.5 is not in (0, 1]"),
-    ("0", "--density 0 is not in (0, 1]"),
+    ("1.5", "density must be a number in (0, 1], got 1.5"),
+    ("density.jsn", "--density 'density.jsn' is neither a number in (0, 1] nor an existing file"),
 ])
 def test_compress_density_is_a_number_in_range_or_an_existing_file(tmp_path, teacher, capsys, text, message):
     assert main(["compress", "--teacher", str(teacher), "--density", text, "--out", str(tmp_path / "c")]) == 2

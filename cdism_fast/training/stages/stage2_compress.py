@@ -55,18 +55,15 @@ def format_table(rows: list[dict]) -> str:
 
 
 def density_value(text: str) -> float | Path:
-    """A ``--density`` as given: a number in (0, 1] or an existing density file; anything else is refused."""
+    """A ``--density`` as given: a number (its range is :func:`~cdism_fast.compress.compress_config`'s to
+    check) or an existing density file; anything else is refused."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         if Path(text).is_file():
             return Path(text)
         raise ValueError(f"--density {text!r} is neither a number in (0, 1] nor an existing file; pass the "
                          "density.json that `cdism-fast prune` wrote, or a number such as 0.05") from None
-    if not 0 < value <= 1:
-        raise ValueError(f"--density {text} is not in (0, 1]; pass the fraction of the deep-feature weights the "
-                         "student keeps (e.g. 0.05), or the density.json that `cdism-fast prune` wrote")
-    return value
 
 
 def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
