@@ -6,6 +6,7 @@ A model here is any ``nn.Module`` that maps an RGB image batch in [0, 1]
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import warnings
 from collections.abc import Iterator
@@ -180,39 +181,50 @@ def infer_scale(model: nn.Module) -> int:
     return scale
 
 
-def load_model(spec: str, scale: int | None = None) -> nn.Module:
-    """The model a command line names: ``bicubic``, a checkpoint file, a shipped trained model
-    (:data:`cdism_fast.models.PRETRAINED`, e.g. ``edsr_mini_291``) or a preset name of ``cdism_fast.models``.
+def load_model(spec: str, scale: int | None = None, option: str = "--model") -> nn.Module:
+    """The model a command line names (``option``, named in every message): ``bicubic``, a shipped trained
+    model (:data:`cdism_fast.models.PRETRAINED`, e.g. ``edsr_mini_291``), a checkpoint file or a preset
+    name of ``cdism_fast.models``.
 
-    Files go to :func:`cdism_fast.models.load_pretrained`, the one loader of every command: a
-    run's ``model.pt`` comes back with every option it was built with, official files
-    (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) with their inferred architecture; ``scale``
-    is checked against a ``model.pt`` and tells a file that does not record it (PAN ×2/×3).
-    A preset gives an untrained model (useful for timing and checks, not for results).
+    A shipped name means the shipped model even when a file of that name is in the working directory
+    (a warning says so; ``./name`` picks the file). Files go to :func:`cdism_fast.models.load_pretrained`,
+    the one loader of every command: a run's ``model.pt`` comes back with every option it was built
+    with, official files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) with their inferred architecture;
+    ``scale`` is checked against a ``model.pt`` and tells a file that does not record it (PAN ×2/×3).
+    A preset gives an untrained model (useful for timing and checks, not for results). A name that is
+    none of these is refused, listing the close shipped names and presets.
     """
     if spec == "bicubic":
         if scale is None:
-            raise ValueError("--model bicubic needs the scale: pass --scale")
+            raise ValueError(f"{option} bicubic needs the scale: pass --scale")
         return Bicubic(scale)
     try:
         from . import models
     except ImportError as error:
-        raise RuntimeError(f"--model {spec}: checkpoints and presets need cdism_fast.models, which cannot be "
-                           f"imported ({error}); only --model bicubic works without it") from error
+        raise RuntimeError(f"{option} {spec}: checkpoints and presets need cdism_fast.models, which cannot be "
+                           f"imported ({error}); only {option} bicubic works without it") from error
     path = Path(spec)
-    if path.is_file():
-        return models.load_pretrained(path, scale=scale)
     if spec in models.PRETRAINED:
+        if path.is_file():
+            warnings.warn(f"{option} {spec} is the shipped model {spec}, not the file {spec} in the working "
+                          f"directory; pass {option} ./{spec} to use the file", stacklevel=2)
         model = models.pretrained(spec)
         if scale is not None and scale != model.scale:
-            raise ValueError(f"--model {spec} is a x{model.scale} model, not x{scale}: drop --scale or pass "
+            raise ValueError(f"{option} {spec} is a x{model.scale} model, not x{scale}: drop --scale or pass "
                              f"--scale {model.scale}")
         return model
+    if path.is_file():
+        return models.load_pretrained(path, scale=scale)
     if path.suffix or len(path.parts) > 1:
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint file, a shipped model "
                                 f"({', '.join(models.PRETRAINED) or 'none'}) or a preset name")
+    if spec not in models.ARCHITECTURES:
+        close = difflib.get_close_matches(spec, [*models.PRETRAINED, *models.ARCHITECTURES], n=4)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ValueError(f"{option} {spec} is not a file, a shipped model or a preset; {hint}shipped models: "
+                         f"{', '.join(models.PRETRAINED) or 'none'}; presets: {', '.join(models.ARCHITECTURES)}")
     model = models.build(spec, scale=scale if scale is not None else 2)
-    warnings.warn(f"--model {spec} is a preset name: its weights are random, not trained", stacklevel=2)
+    warnings.warn(f"{option} {spec} is a preset name: its weights are random, not trained", stacklevel=2)
     return model
 
 

@@ -11,6 +11,7 @@ This module sits above :mod:`cdism_fast.training` (the stages),
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,10 @@ import torch
 from torch import nn
 
 from .report import NO_KD_SUFFIX, TIMINGS_FILE, build_report
-from .run_evaluation import CROP_SIZE, EVALUATION_FILE, evaluate_models
+from .run_evaluation import EVALUATION_FILE, evaluate_models
 from .training import distributed
 from .training.artifacts import (
     data_source,
-    load_model,
     mark_stage,
     prepare_run_folder,
     read_json,
@@ -34,12 +34,13 @@ from .training.artifacts import (
     write_json,
 )
 from .training.distributed import on_main
-from .training.presets import PRESETS, WorkflowPreset
+from .training.presets import WORKFLOWS, WorkflowPreset
 from .training.stages import (
     DENSITY_FILE,
+    STAGE_OPTIONS,
     STUDENT_FILE,
     StageResult,
-    StageSettings,
+    check_cache_folder,
     compress,
     distill,
     format_table,
@@ -48,10 +49,10 @@ from .training.stages import (
     train_teacher,
     training_pairs,
     validation_sets,
+    with_overrides,
 )
 
-__all__ = ["run_workflow", "WorkflowResult", "evaluate_models", "stage_folders", "EVALUATION_FILE", "TIMINGS_FILE",
-           "CROP_SIZE"]
+__all__ = ["run_workflow", "WorkflowResult", "stage_folders"]
 
 #: The stage folders of a run (besides the students', see :func:`stage_folders`), and the files the run
 #: writes beside them (``--overwrite`` removes only these).
@@ -103,15 +104,29 @@ def _stage(out_dir: Path, name: str, run, *, loads=True):
     return result.status, result.model
 
 
-def _settings(base: StageSettings, overrides: dict) -> StageSettings:
-    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _preset(preset: str | WorkflowPreset, data, teacher) -> WorkflowPreset:
+def _preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
+                    scale: int | None = None) -> WorkflowPreset:
+    """``preset`` (a name of :data:`~cdism_fast.training.presets.WORKFLOWS` or a preset) with ``option_overrides``
+    (fields of any stage's options dataclass, by name; None values ignored) and another ``scale``."""
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        preset = PRESETS[preset]
+        if preset not in WORKFLOWS:
+            raise ValueError(f"preset must be one of {sorted(WORKFLOWS)}, got {preset!r}")
+        preset = WORKFLOWS[preset]
+    given = {key: value for key, value in (option_overrides or {}).items() if value is not None}
+    changes = {}
+    for stage, cls in STAGE_OPTIONS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        mine = {key: given.pop(key) for key in list(given) if key in names}
+        if mine:
+            changes[f"{stage}_options"] = dataclasses.replace(getattr(preset, f"{stage}_options"), **mine)
+    if given:
+        raise ValueError(f"no stage has the option(s) {sorted(given)}")
+    if scale is not None:
+        changes["scale"] = scale
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
+def _check_preset(preset: WorkflowPreset, data, teacher) -> WorkflowPreset:
     if preset.needs_data and data is None:
         raise ValueError(f"preset {preset.name!r} needs training data: pass --data DIR (DIV2K: the folder holding "
                          "DIV2K_train_HR and DIV2K_train_LR_bicubic; cpu-291: --data T91 --data BSD200), and --val "
@@ -122,27 +137,40 @@ def _preset(preset: str | WorkflowPreset, data, teacher) -> WorkflowPreset:
     return preset
 
 
-def _teacher(preset: WorkflowPreset, teacher, out_dir: Path, overrides: dict, data, val, context):
-    """Stage 0: the given teacher, or one trained by the preset's recipe; (status, model)."""
-    if teacher is None:
-        def train(resume):
-            torch.manual_seed(_settings(preset.teacher, overrides).seed)
-            from .models import build
+def _given_teacher(preset: WorkflowPreset, teacher, scale: int | None) -> nn.Module:
+    """The model of ``--teacher``, at the run's scale."""
+    from .evaluation import load_model
 
-            model = build(preset.teacher_model, scale=preset.scale)
-            if preset.teacher_structure is not None:
-                model = model.with_structure(*preset.teacher_structure)
-            return train_teacher(model, out_dir / "teacher", _settings(preset.teacher, overrides), data, val,
-                                 resume=resume, context=context)
-
-        return _stage(out_dir, "teacher", train)
     if isinstance(teacher, nn.Module):
         model = teacher
+    elif not Path(teacher).is_file():
+        raise FileNotFoundError(f"--teacher {teacher} does not exist; pass a model file (a run's model.pt or a "
+                                "published checkpoint)")
     else:
-        model = load_model(teacher)
+        model = load_model(str(teacher), scale, "--teacher")
     if getattr(model, "scale", preset.scale) != preset.scale:
-        raise ValueError(f"the teacher is a x{model.scale} model but preset {preset.name!r} is x{preset.scale}")
-    return "completed", model
+        raise ValueError(f"the teacher is a x{model.scale} model but preset {preset.name!r} is x{preset.scale}; "
+                         f"pass --scale {model.scale} to run the workflow at x{model.scale} (nothing was written)")
+    return model
+
+
+def _teacher(preset: WorkflowPreset, teacher: nn.Module | None, out_dir: Path, overrides: dict, data, val,
+             context):
+    """Stage 0: the given teacher, or one trained by the preset's recipe; (status, model)."""
+    if teacher is not None:
+        return "completed", teacher
+
+    def train(resume):
+        torch.manual_seed(with_overrides(preset.teacher, overrides).seed)
+        from .models import build
+
+        model = build(preset.teacher_model, scale=preset.scale)
+        if preset.teacher_structure is not None:
+            model = model.with_structure(*preset.teacher_structure)
+        return train_teacher(model, out_dir / "teacher", with_overrides(preset.teacher, overrides), data, val,
+                             resume=resume, context=context)
+
+    return _stage(out_dir, "teacher", train)
 
 
 def _students(preset: WorkflowPreset, teacher_model, out_dir: Path, overrides: dict, data, val, context,
@@ -155,42 +183,46 @@ def _students(preset: WorkflowPreset, teacher_model, out_dir: Path, overrides: d
         for folder, kd in runs.items():
             status, trained[folder] = _stage(out_dir, folder, lambda resume, kd=kd, folder=folder, student=student:
                                              distill(teacher_model if kd else None, student, out_dir / folder,
-                                                     _settings(preset.distill, overrides), data, val, kd=kd,
-                                                     scale=preset.scale, resume=resume, context=context,
-                                                     **preset.distill_options))
+                                                     with_overrides(preset.distill, overrides),
+                                                     preset.distill_options, data, val, kd=kd, scale=preset.scale,
+                                                     resume=resume, context=context))
             if status != "completed":
                 return folder, trained
     return "completed", trained
 
 
 @records_failure
-def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, teacher=None,
+def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, teacher=None, scale: int | None = None,
                  no_kd_baseline: bool = True, resume: bool = False, overwrite: bool = False,
-                 settings_overrides: dict | None = None, progress: bool = True,
-                 context: distributed.DistributedContext | None = None) -> WorkflowResult:
+                 settings_overrides: dict | None = None, option_overrides: dict | None = None,
+                 progress: bool = True, context: distributed.DistributedContext | None = None) -> WorkflowResult:
     """Run every stage of ``preset`` into ``out_dir`` and write the report.
 
     ``data``: a training folder or a list of them (read as one set). ``teacher``:
-    a model file (any format :func:`~cdism_fast.training.artifacts.load_model`
-    reads) or model; None trains one (stage 0). ``settings_overrides`` replace
-    fields of every stage's settings (e.g. ``num_workers``, ``amp``). Each
-    stage's wall time is kept in ``timings.json``.
+    a model file (any format :func:`~cdism_fast.evaluation.load_model` reads)
+    or model; None trains one (stage 0). ``scale`` replaces the preset's (and
+    tells the scale of a teacher file that does not record it).
+    ``settings_overrides`` replace fields of every stage's settings (e.g.
+    ``num_workers``, ``amp``), ``option_overrides`` fields of the stages'
+    options (any field of :data:`~cdism_fast.training.stages.STAGE_OPTIONS`' dataclasses, e.g. ``lam``,
+    ``alpha``, ``teacher_cache``). Each stage's wall time is kept in ``timings.json``.
     """
-    preset = _preset(preset, data, teacher)
+    preset = _check_preset(_preset(preset, option_overrides, scale), data, teacher)
     context = context or distributed.setup()
     out_dir = Path(out_dir)
     overrides = {**(settings_overrides or {}), "progress": progress}
-    record = {"preset": preset.name, "data": data_source(data) if data is not None else "built-in",
+    given = {k: v for k, v in {**overrides, **(option_overrides or {})}.items() if v is not None}
+    record = {"preset": preset.name, "scale": preset.scale,
+              "data": data_source(data) if data is not None else "built-in",
               "val": [str(v) for v in val] if val else None, "teacher": str(teacher) if teacher else None,
-              "no_kd_baseline": no_kd_baseline, "overrides": {k: v for k, v in overrides.items() if v is not None}}
+              "no_kd_baseline": no_kd_baseline, "overrides": given}
     # Fail on bad input now, before the run folder is made.
-    if isinstance(teacher, (str, Path)) and not Path(teacher).is_file():
-        raise FileNotFoundError(f"--teacher {teacher} does not exist; pass a model file (a run's model.pt or a "
-                                "published checkpoint)")
     training_pairs(data, preset.scale)
     eval_sets = validation_sets(val, data, preset.scale)
     if not eval_sets:
         raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
+    given_teacher = _given_teacher(preset, teacher, scale) if teacher is not None else None
+    check_cache_folder(preset.distill_options)
     on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
             runs=stage_folders(preset),
             inputs=stage_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
@@ -199,20 +231,21 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
         return WorkflowResult("interrupted", out_dir)
 
-    status, teacher_model = _teacher(preset, teacher, out_dir, overrides, data, val, context)
+    status, teacher_model = _teacher(preset, given_teacher, out_dir, overrides, data, val, context)
     if status != "completed":
         return interrupted("teacher")
 
     # Stage 1: prune.
     status, pruned = _stage(out_dir, "prune", lambda resume: prune(
-        teacher_model, out_dir / "prune", _settings(preset.prune, overrides), data, val, resume=resume,
-        context=context, **preset.prune_options))
+        teacher_model, out_dir / "prune", with_overrides(preset.prune, overrides), preset.prune_options, data, val,
+        resume=resume, context=context))
     if status != "completed":
         return interrupted("prune")
 
     # Stage 2: compress.
     compressed = _timed(out_dir, "compress", lambda: compress(pruned, out_dir / "prune" / DENSITY_FILE,
-                                                              out_dir / "compress", overwrite=True))
+                                                              out_dir / "compress", preset.compress_options,
+                                                              overwrite=True))
     if context.is_main:
         print(format_table(compressed.extra["table"]))
 

@@ -3,7 +3,6 @@
 These tests parse command lines only: nothing trains.
 """
 import ast
-import inspect
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -17,11 +16,10 @@ from cdism_fast.cli.options import (
     option_name,
     overrides_from_args,
     settings_from_args,
-    stage_options_from_args,
 )
 from cdism_fast.training.engine import LoopSettings, TrainConfig
-from cdism_fast.training.presets import PRESETS
-from cdism_fast.training.stages import StageSettings, distill, prune
+from cdism_fast.training.presets import WORKFLOWS
+from cdism_fast.training.stages import StageSettings
 
 #: The required options of each training command, and the preset stage its settings start from.
 COMMANDS = {
@@ -74,7 +72,7 @@ def test_the_settings_are_the_loop_settings_and_the_stage_schedule():
 def test_every_setting_reaches_every_command(parser, command, name):
     required, stage = COMMANDS[command]
     field = next(f for f in fields(StageSettings) if f.name == name)
-    base = getattr(PRESETS["demo"], stage)
+    base = getattr(WORKFLOWS["demo"], stage)
     words, expected = _other_value(field, base)
     args = parser.parse_args([command, *required, "--preset", "demo", *words])
     assert getattr(args, name) == expected
@@ -91,7 +89,7 @@ def test_nothing_given_keeps_the_preset(parser, command):
     required, stage = COMMANDS[command]
     args = parser.parse_args([command, *required, "--preset", "demo"])
     assert overrides_from_args(args) == {}
-    base = getattr(PRESETS["demo"], stage)
+    base = getattr(WORKFLOWS["demo"], stage)
     assert settings_from_args(args, base) == base
 
 
@@ -99,7 +97,7 @@ def test_nothing_given_keeps_the_preset(parser, command):
 def test_grad_clip_from_the_command_line(parser, command):
     required, stage = COMMANDS[command]
     args = parser.parse_args([command, *required, "--grad-clip", "0.5"])
-    settings = settings_from_args(args, getattr(PRESETS[args.preset], stage))
+    settings = settings_from_args(args, getattr(WORKFLOWS[args.preset], stage))
     assert settings.grad_clip == 0.5
     assert settings.train_config("test").grad_clip == 0.5
 
@@ -132,7 +130,9 @@ def test_every_setting_is_an_option_under_its_own_name(parser, command):
 
 
 def test_every_alias_names_a_setting():
-    assert set(SETTING_ALIASES) <= set(SETTINGS)
+    from cdism_fast.training.stages import STAGE_OPTIONS
+
+    assert set(SETTING_ALIASES) <= set(SETTINGS) | {f.name for cls in STAGE_OPTIONS.values() for f in fields(cls)}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -146,26 +146,6 @@ def test_help_shows_units_and_the_presets_defaults(parser, command, capsys):
     assert "--workers NUM_WORKERS" in text and "--ema EMA_DECAY" in text
     assert "in LR pixels" in text and "in iterations" in text
     assert "Default: the preset's (" in text
-
-
-@pytest.mark.parametrize("spelling", ["--kd-reduction", "--reduction"])
-def test_distill_options_reach_the_stage_function(parser, spelling):
-    args = parser.parse_args(["distill", "--student", "edsr_mini", "--out", "o", "--preset", "paper-edsr",
-                              spelling, "sum", "--alpha", "0.5"])
-    options = stage_options_from_args(args, PRESETS["paper-edsr"].distill_options)
-    assert options == {"alpha": 0.5, "student_loss": "l1", "reduction": "sum"}
-    assert set(args.stage_options) <= set(inspect.signature(distill).parameters)
-
-
-def test_prune_options_reach_the_stage_function(parser):
-    args = parser.parse_args(["prune", "--teacher", "t.pt", "--out", "o", "--preset", "demo", "--lam", "0.5",
-                              "--n-p", "7", "--n-o", "2", "--steps-per-epoch", "3", "--eps", "0.01",
-                              "--penalty", "all"])
-    options = stage_options_from_args(args, PRESETS["demo"].prune_options)
-    assert options == {"lam": 0.5, "n_p": 7, "n_o": 2, "steps_per_epoch": 3, "eps": 0.01, "penalty": "all"}
-    assert set(args.stage_options) <= set(inspect.signature(prune).parameters)
-    untouched = parser.parse_args(["prune", "--teacher", "t.pt", "--out", "o", "--preset", "demo"])
-    assert stage_options_from_args(untouched, PRESETS["demo"].prune_options) == PRESETS["demo"].prune_options
 
 
 def test_a_setting_missing_from_a_command_is_an_error(parser):

@@ -168,7 +168,7 @@ def test_channel_rule_is_checked():
 
 def test_third_family_through_the_protocol(tmp_path):
     """PAN, a family whose blocks are not plain stacks, compressed, counted, pruned and distilled."""
-    from cdism_fast.training.stages import StageSettings, distill, prune
+    from cdism_fast.training.stages import PruneOptions, StageSettings, distill, prune
 
     teacher = models.from_structure("pan", 4, 1, 16, 2, unf=8)
     assert isinstance(teacher, Compressible) and teacher.family == "pan"
@@ -185,7 +185,7 @@ def test_third_family_through_the_protocol(tmp_path):
         + 9 * unf * unf + unf + 27 * unf + 3)
     settings = StageSettings(iterations=2, batch_size=2, patch_size=12, checkpoint_every=0, log_every=1,
                              progress=False)
-    pruned = prune(teacher, tmp_path / "prune", settings, lam=1e-3)
+    pruned = prune(teacher, tmp_path / "prune", settings, PruneOptions(lam=1e-3))
     assert pruned.status == "completed" and 0 < pruned.extra["density"]["density"] <= 1
     distilled = distill(pruned.model, student, tmp_path / "distill", settings)
     assert distilled.status == "completed" and distilled.model.structure() == structure

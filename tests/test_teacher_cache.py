@@ -24,7 +24,7 @@ from cdism_fast.data import TrainingPatches, folder_dataset, training_loader, wr
 from cdism_fast.training import teacher_cache
 from cdism_fast.training.artifacts import model_spec, save_model, write_json
 from cdism_fast.training.checkpoint import load_checkpoint
-from cdism_fast.training.stages import StageSettings, distill
+from cdism_fast.training.stages import DistillOptions, StageSettings, distill
 from cdism_fast.training.teacher_cache import TeacherCache, TeacherCacheError, teacher_fingerprint
 
 from helpers.images import nearest_pairs, random_image
@@ -185,7 +185,7 @@ def test_distill_uses_the_cache_by_default_and_resumes_bit_identically(tmp_path,
     assert [p.stat().st_mtime_ns for p in entries] == built_at  # reused, not rebuilt
     for got, want in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
         assert torch.equal(got, want)
-    live = distill(teacher, student, tmp_path / "live", settings, data=data, teacher_cache=False)
+    live = distill(teacher, student, tmp_path / "live", settings, DistillOptions(teacher_cache="off"), data=data)
     assert any(not torch.equal(a, b) for a, b in zip(live.model.state_dict().values(),
                                                      straight.model.state_dict().values()))
     checkpoint = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
@@ -393,7 +393,8 @@ def test_cache_folder_turns_the_option_value_into_the_cache_setting(tmp_path, mo
     assert teacher_cache.cache_folder(None) == tmp_path / "home" / "teacher-outputs"
     assert teacher_cache.cache_folder("off") is None
     assert teacher_cache.cache_folder(str(tmp_path / "elsewhere")) == tmp_path / "elsewhere"
-    with pytest.raises(TeacherCacheError, match=r"^--teacher-cache '' is empty: pass a folder or off$"):
+    with pytest.raises(TeacherCacheError, match=r"^--teacher-cache '' names no folder; pass --teacher-cache DIR, "
+                                                  r"or --teacher-cache off for the per-patch teacher$"):
         teacher_cache.cache_folder("")
     monkeypatch.setenv("CDISM_CACHE", "")
     with pytest.raises(TeacherCacheError, match="^the environment variable CDISM_CACHE is set but empty: set it to"):

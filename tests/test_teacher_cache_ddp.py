@@ -21,7 +21,7 @@ def worker(root: Path) -> None:
     from cdism_fast.data import TrainingPatches, folder_dataset
     from cdism_fast.models import build
     from cdism_fast.training import distributed
-    from cdism_fast.training.stages import StageSettings, distill
+    from cdism_fast.training.stages import DistillOptions, StageSettings, distill
     from cdism_fast.training.teacher_cache import TeacherCache
 
     context = distributed.setup("cpu")
@@ -38,12 +38,12 @@ def worker(root: Path) -> None:
 
     settings = StageSettings(iterations=4, batch_size=2, patch_size=12, lr=1e-3, checkpoint_every=0, log_every=1,
                              progress=False)
-    straight = distill(teacher, student, root / "straight", settings, data=root / "data",
-                       teacher_cache=root / "cache", context=context)
-    distill(teacher, student, root / "resumed", settings.replace(iterations=2), data=root / "data",
-            teacher_cache=root / "cache", context=context)
-    resumed = distill(teacher, student, root / "resumed", settings, data=root / "data",
-                      teacher_cache=root / "cache", context=context, resume=True)
+    cached = DistillOptions(teacher_cache=str(root / "cache"))
+    straight = distill(teacher, student, root / "straight", settings, cached, data=root / "data", context=context)
+    distill(teacher, student, root / "resumed", settings.replace(iterations=2), cached, data=root / "data",
+            context=context)
+    resumed = distill(teacher, student, root / "resumed", settings, cached, data=root / "data", context=context,
+                      resume=True)
     if context.is_main:
         result = {
             "built": built,

@@ -11,9 +11,9 @@ from cdism_fast.cli import exit_code, main
 from cdism_fast.compress import compress_config
 from cdism_fast.models import build, count_params
 from cdism_fast.training import read_log
-from cdism_fast.training.artifacts import load_model, model_spec, save_model
-from cdism_fast.training.presets import PRESETS, WorkflowPreset
-from cdism_fast.training.stages import StageSettings, compress, distill, prune
+from cdism_fast.training.artifacts import model_spec, read_model_file, save_model
+from cdism_fast.training.presets import WORKFLOWS, WorkflowPreset
+from cdism_fast.training.stages import DistillOptions, PruneOptions, StageSettings, compress, distill, prune
 from cdism_fast.workflow import run_workflow
 
 from helpers.images import write_smooth_images as write_images
@@ -42,7 +42,7 @@ def tiny_teacher():
 TINY = WorkflowPreset(
     name="tiny", description="test", teacher_model="edsr_baseline", teacher_structure=(2, 1, 16), scale=2,
     teacher=tiny(4), prune=tiny(3, lr=1e-2), distill=tiny(3),
-    prune_options={"lam": 0.5, "n_p": 2, "n_o": None, "steps_per_epoch": 1, "eps": 0.0, "penalty": "all"})
+    prune_options=PruneOptions(lam=0.5, n_p=2))
 
 
 def test_workflow_interrupted_resumed_end_to_end_writes_the_report(tmp_path, images, monkeypatch):
@@ -138,7 +138,7 @@ def test_stage_commands_chain(tmp_path, images, capsys):
         assert main(["distill", "--teacher", teacher, "--student", str(tmp_path / "c" / "student.json"), *extra,
                      "--out", str(tmp_path / folder), *common]) == 0
     assert json.loads((tmp_path / "s" / "stage.json").read_text())["settings"]["reduction"] == "sum"
-    kd, no_kd = load_model(tmp_path / "s" / "model.pt"), load_model(tmp_path / "n" / "model.pt")
+    kd, no_kd = read_model_file(tmp_path / "s" / "model.pt"), read_model_file(tmp_path / "n" / "model.pt")
     assert kd.structure() == no_kd.structure() == (1, student["structure"]["n_l"], student["structure"]["n_c"])
     assert not all(torch.equal(a, b) for a, b in zip(kd.parameters(), no_kd.parameters()))
 
@@ -146,7 +146,8 @@ def test_stage_commands_chain(tmp_path, images, capsys):
 def test_prune_penalty_is_the_optimizers_and_can_spare_the_shallow_modules(tmp_path, images):
     train, _ = images
     teacher = tiny_teacher()
-    result = prune(teacher, tmp_path / "deep", tiny(3, lr=1e-2), data=train, lam=2.0, n_p=5, penalty="deep")
+    result = prune(teacher, tmp_path / "deep", tiny(3, lr=1e-2), PruneOptions(lam=2.0, n_p=5, penalty="deep"),
+                   data=train)
     report = result.extra["density"]
     assert report["density"] < 0.5
     assert report["layers"]["conv_first.weight"] == 1.0 and report["layers"]["conv_last.weight"] == 1.0
@@ -165,12 +166,13 @@ def test_distill_teacher_is_frozen_in_eval_mode_without_grad(tmp_path, images):
     teacher.register_forward_hook(lambda module, inputs, output: seen.append(
         (module.training, torch.is_grad_enabled(), output.requires_grad)))
     before = [p.clone() for p in teacher.parameters()]
-    result = distill(teacher, student, tmp_path / "s", tiny(2), data=train, teacher_cache=False)
+    result = distill(teacher, student, tmp_path / "s", tiny(2), DistillOptions(teacher_cache="off"), data=train)
     assert result.status == "completed"
     assert seen == [(False, False, False)] * 2  # per patch: once per iteration
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
     seen.clear()
-    result = distill(teacher, student, tmp_path / "cached", tiny(2), data=train, teacher_cache=tmp_path / "cache")
+    cached = DistillOptions(teacher_cache=str(tmp_path / "cache"))
+    result = distill(teacher, student, tmp_path / "cached", tiny(2), cached, data=train)
     assert result.status == "completed"
     assert seen == [(False, False, False)] * 3  # cached: once per training image, before training
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
@@ -210,19 +212,19 @@ def test_bad_inputs_give_clear_errors(tmp_path, images, capsys):
 def test_model_files_round_trip_exactly(tmp_path):
     model = build("edsr_baseline", scale=3, res_scale=0.5).with_structure(2, 2, 8)
     save_model(tmp_path / "m.pt", model, note="x")
-    loaded = load_model(tmp_path / "m.pt")
+    loaded = read_model_file(tmp_path / "m.pt")
     assert loaded.config() == model.config()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_presets_are_consistent():
-    for preset in PRESETS.values():
+    for preset in WORKFLOWS.values():
         assert preset.prune.ema_decay is None
-        assert preset.distill_options["alpha"] == 0.1 and preset.distill_options["student_loss"] == "l1"
+        assert preset.distill_options.alpha == 0.1 and preset.distill_options.student_loss == "l1"
     for name in ("paper-edsr", "paper-swinir"):  # the authors' forms
-        assert PRESETS[name].distill_options["reduction"] == "mean"
-        assert PRESETS[name].prune_options["penalty"] == "all"
-    assert PRESETS["paper-edsr"].prune_options["lam"] == PRESETS["paper-swinir"].prune_options["lam"] == 1e-4
+        assert WORKFLOWS[name].distill_options.reduction == "mean"
+        assert WORKFLOWS[name].prune_options.penalty == "all"
+    assert WORKFLOWS["paper-edsr"].prune_options.lam == WORKFLOWS["paper-swinir"].prune_options.lam == 1e-4
 
 
 def test_exit_codes_of_stopped_runs():
@@ -237,7 +239,7 @@ def test_exit_codes_of_stopped_runs():
 TWO_STUDENTS = WorkflowPreset(
     name="two-students", description="test", teacher_model="edsr_baseline", scale=2, needs_data=True,
     needs_teacher=True, teacher=tiny(4), prune=tiny(3, lr=1e-2), distill=tiny(2),
-    prune_options={"lam": 0.5, "n_p": 2, "n_o": None, "steps_per_epoch": 1, "eps": 0.0, "penalty": "all"},
+    prune_options=PruneOptions(lam=0.5, n_p=2),
     students={"student": None, "mini": "edsr:1,1,8"})
 
 

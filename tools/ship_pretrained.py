@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from cdism_fast.export import export
     from cdism_fast.models import count_flops, count_params, model_spec
-    from cdism_fast.training.artifacts import load_model, read_json
+    from cdism_fast.training.artifacts import read_json, read_model_file
 
     evaluation = read_json(args.run_dir / "evaluation.json", "evaluation file")
     run = read_json(args.run_dir / "stage.json", "run record")
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
             print(f"error: {pair!r} must be STAGE=NAME with STAGE one of {sorted(evaluation['models'])} and NAME "
                   "an identifier", file=sys.stderr)
             return 2
-        model = load_model(args.run_dir / stage / "model.pt").eval()
+        model = read_model_file(args.run_dir / stage / "model.pt").eval()
         target = export(model, WEIGHTS / f"{name}.safetensors", scale=model.scale)
         scores = {set_name: {"psnr": result["psnr"], "ssim": result["ssim"]}
                   for set_name, result in evaluation["models"][stage]["sets"].items()}

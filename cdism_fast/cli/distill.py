@@ -4,8 +4,7 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     from ..models import format_names
-    from ..ops import STUDENT_LOSSES
-    from .options import StageOptions, add_stage_command_arguments
+    from .options import add_stage_command_arguments
 
     parser = subparsers.add_parser(
         "distill", help="stage 3: distill the compact student (AdaMax), or --no-kd",
@@ -19,8 +18,8 @@ def register(subparsers) -> None:
                     "effects), and the random flips/transpose are applied to its output instead of its input. "
                     "--teacher-cache off runs the teacher on every patch instead.")
     parser.add_argument("--teacher", help="teacher: any checkpoint `eval` reads (a run's model.pt, "
-                                          f"{format_names()} files) or a preset; its family may differ "
-                                          "from the student's (required unless --no-kd)")
+                                          f"{format_names()} files), a shipped model or a preset; its family "
+                                          "may differ from the student's (required unless --no-kd)")
     parser.add_argument("--student", required=True,
                         help="student.json written by `compress`, a preset (e.g. edsr_mini) or family:n_b,n_l,n_c "
                              "(e.g. edsr:8,1,16)")
@@ -28,37 +27,26 @@ def register(subparsers) -> None:
                         help="scale of a preset or family:n_b,n_l,n_c student, and of a teacher file that does not "
                              "tell it (default: the teacher's, else 2)")
     parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only, no teacher")
-    distillation = StageOptions(parser, "distillation (defaults: the preset's)")
-    distillation.add("--alpha", type=float, help="weight of the student loss (default 0.1)")
-    distillation.add("--student-loss", choices=STUDENT_LOSSES,
-                     help="the teacher family's original loss (default l1: EDSR and SwinIR)")
-    distillation.add("--reduction", "--kd-reduction", choices=("mean", "sum"),
-                     help="of the distillation loss, per pyramid level: mean (the authors' code; paper presets) "
-                          "or sum (Niklaus and Liu; the demo and cpu-291 presets)")
-    parser.add_argument("--teacher-cache", default=None, metavar="DIR|off",
-                        help="folder of the teacher-output cache (default: $CDISM_CACHE/teacher-outputs, "
-                             "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
     add_stage_command_arguments(parser, "distill", run)
 
 
 def _distill(args) -> str:
     from ..evaluation import load_model
     from ..training import distributed
-    from ..training.presets import PRESETS
+    from ..training.presets import WORKFLOWS
     from ..training.stages import distill
-    from .options import settings_from_args, stage_options_from_args
+    from .options import options_from_args, settings_from_args
 
-    preset = PRESETS[args.preset]
+    preset = WORKFLOWS[args.preset]
     settings = settings_from_args(args, preset.distill)
-    options = stage_options_from_args(args, preset.distill_options)
+    options = options_from_args(args, preset.distill_options)
     if not args.no_kd and args.teacher is None:
         raise ValueError("--teacher is required for distillation; pass --no-kd for the ground-truth-only ablation")
-    teacher = load_model(args.teacher, args.scale) if args.teacher and not args.no_kd else None
+    teacher = load_model(args.teacher, args.scale, "--teacher") if args.teacher and not args.no_kd else None
     context = distributed.setup(args.device)
-    cache = True if args.teacher_cache is None else (False if args.teacher_cache == "off" else args.teacher_cache)
-    result = distill(teacher, args.student, args.out, settings, args.data, args.val, kd=not args.no_kd,
-                     teacher_cache=cache, resume=args.resume, overwrite=args.overwrite, scale=args.scale,
-                     context=context, inputs={"--teacher": args.teacher}, **options)
+    result = distill(teacher, args.student, args.out, settings, options, args.data, args.val, kd=not args.no_kd,
+                     scale=args.scale, resume=args.resume, overwrite=args.overwrite, context=context,
+                     inputs={"--teacher": args.teacher})
     if context.is_main and result.status == "completed":
         print(f"student: {result.model_path}" + (f"  validation: {result.validation}" if result.validation else ""))
     return result.status

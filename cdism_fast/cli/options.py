@@ -1,13 +1,17 @@
-"""Command-line pieces shared by the stage commands (train, prune, distill, run).
+"""Command-line pieces shared by the stage commands (train, prune, compress, distill, run).
 
 Every training command takes the same data, budget and output options. The
 budget options are generated from the fields of
-:class:`~cdism_fast.training.stages.StageSettings` (one option per field, the
-field's name in kebab-case: ``num_workers`` is ``--num-workers``), with the
-help, unit and choices that the field declares; their defaults come from a
-workflow preset (``--preset``, default ``paper-edsr`` for the stage commands),
-so ``cdism-fast prune --preset demo ...`` runs the demo's pruning schedule.
-The spellings of earlier versions (``--workers``, ``--ema``) are aliases.
+:class:`~cdism_fast.training.stages.StageSettings`, and each stage's own
+options from its options dataclass (:data:`~cdism_fast.training.stages.STAGE_OPTIONS`:
+``PruneOptions``, ``CompressOptions``, ``DistillOptions``): one option per
+field, the field's name in kebab-case (``num_workers`` is ``--num-workers``),
+with the help, unit, choices and metavar that the field declares. Their
+defaults come from a workflow preset (``--preset``, default ``paper-edsr`` for
+the stage commands), so ``cdism-fast prune --preset demo ...`` runs the demo's
+pruning schedule; ``run`` has every option of every stage it runs.
+``--workers``, ``--ema`` and ``--kd-reduction`` are other spellings of
+``--num-workers``, ``--ema-decay`` and ``--reduction``.
 
 Exit codes: 0 completed, 2 bad input or stopped by a non-finite loss, 130
 interrupted (resume with ``--resume``).
@@ -15,21 +19,22 @@ interrupted (resume with ``--resume``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 
-from ..training.stages import StageSettings
+from ..training.stages import STAGE_OPTIONS, StageSettings
 
 __all__ = ["add_data_arguments", "data_argument", "add_output_arguments", "add_training_arguments",
-           "settings_from_args", "overrides_from_args", "run_safely", "EXIT_INTERRUPTED", "preset_argument",
-           "option_name", "SETTING_ALIASES", "stage_defaults", "StageOptions", "stage_options_from_args"]
+           "add_stage_options", "settings_from_args", "overrides_from_args", "run_safely", "EXIT_INTERRUPTED",
+           "preset_argument", "option_name", "SETTING_ALIASES", "stage_defaults", "options_from_args"]
 
 EXIT_INTERRUPTED = 130
-#: Earlier spellings of setting options, still accepted: field → option strings.
-SETTING_ALIASES = {"num_workers": ("--workers",), "ema_decay": ("--ema",)}
+#: Other spellings of setting and option flags, also accepted: field → option strings.
+SETTING_ALIASES = {"num_workers": ("--workers",), "ema_decay": ("--ema",), "reduction": ("--kd-reduction",)}
 
 
 def option_name(field_name: str) -> str:
@@ -69,7 +74,7 @@ def _shown(value) -> str:
     return str(value)
 
 
-def _help(field, defaults: Mapping[str, StageSettings], preset: str | None) -> str:
+def _help(field, defaults: Mapping[str, object], preset: str | None) -> str:
     text = field.metadata["help"]
     if field.metadata.get("unit"):
         text += f", in {field.metadata['unit']}"
@@ -82,23 +87,40 @@ def _help(field, defaults: Mapping[str, StageSettings], preset: str | None) -> s
     return text.replace("%", "%%")
 
 
+def _add_fields(parser: argparse.ArgumentParser, cls, title: str, defaults: Mapping[str, object],
+                preset: str | None) -> None:
+    """One option per field of the dataclass ``cls``, its dest the field's name and its default None (given
+    options are told apart from the preset's values by that)."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for field in fields(cls):
+        extra = {key: field.metadata[key] for key in ("choices", "metavar") if field.metadata.get(key)}
+        group.add_argument(option_name(field.name), *SETTING_ALIASES.get(field.name, ()), dest=field.name,
+                           default=None, help=_help(field, defaults, preset), **{**_parser_of(hints[field.name]),
+                                                                                  **extra})
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, StageSettings] | None = None,
                            preset: str | None = None) -> None:
     """One option per field of :class:`StageSettings` (and ``--device``, ``--threads``).
 
     ``defaults``: ``{stage: settings}`` of the default ``preset``, shown in ``--help``; the values a run
     uses are those of the ``--preset`` given (see :func:`settings_from_args`)."""
-    group = parser.add_argument_group("training (defaults: the preset's)")
-    hints = typing.get_type_hints(StageSettings)
-    for field in fields(StageSettings):
-        choices = field.metadata.get("choices")
-        group.add_argument(option_name(field.name), *SETTING_ALIASES.get(field.name, ()), dest=field.name,
-                           default=None, help=_help(field, defaults or {}, preset),
-                           **({"choices": choices} if choices else {}), **_parser_of(hints[field.name]))
+    _add_fields(parser, StageSettings, "training (defaults: the preset's)", defaults or {}, preset)
+    group = parser.add_argument_group("device")
     group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available)")
     group.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice; on a machine "
                                                    "that other jobs share, 1 avoids OpenMP threads waiting on "
                                                    "each other, which can make steps 10-20x slower)")
+
+
+def add_stage_options(parser: argparse.ArgumentParser, stage: str, preset: str | None) -> None:
+    """One option per field of ``stage``'s options dataclass (``--help`` shows ``preset``'s values)."""
+    from ..training.presets import WORKFLOWS
+
+    defaults = {stage: getattr(WORKFLOWS[preset], f"{stage}_options")} if preset else {}
+    _add_fields(parser, STAGE_OPTIONS[stage], f"{stage} (defaults: the preset's)" if preset else stage, defaults,
+                preset)
 
 
 # The preset whose values the stage commands (train, prune, distill) use unless --preset is given.
@@ -106,8 +128,11 @@ STAGE_COMMAND_PRESET = "paper-edsr"
 
 
 def add_stage_command_arguments(parser: argparse.ArgumentParser, stage: str, run) -> None:
-    """What every stage command takes after its own options: ``--preset``, the data, one option per
-    training setting (``--help`` shows the default preset's values for ``stage``), the output folder."""
+    """What every stage command takes after its own options: the stage's options (when it has a dataclass of
+    them), ``--preset``, the data, one option per training setting (``--help`` shows the default preset's
+    values for ``stage``), the output folder."""
+    if stage in STAGE_OPTIONS:
+        add_stage_options(parser, stage, STAGE_COMMAND_PRESET)
     preset_argument(parser, STAGE_COMMAND_PRESET)
     add_data_arguments(parser)
     add_training_arguments(parser, stage_defaults(STAGE_COMMAND_PRESET, stage), STAGE_COMMAND_PRESET)
@@ -117,15 +142,15 @@ def add_stage_command_arguments(parser: argparse.ArgumentParser, stage: str, run
 
 def stage_defaults(preset_name: str, *stages: str) -> dict[str, StageSettings]:
     """``{stage: settings}`` of a preset (stages: ``teacher``, ``prune``, ``distill``), for ``--help``."""
-    from ..training.presets import PRESETS
+    from ..training.presets import WORKFLOWS
 
-    return {stage: getattr(PRESETS[preset_name], stage) for stage in stages}
+    return {stage: getattr(WORKFLOWS[preset_name], stage) for stage in stages}
 
 
 def preset_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
-    from ..training.presets import PRESETS
+    from ..training.presets import WORKFLOWS
 
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=default,
+    parser.add_argument("--preset", choices=sorted(WORKFLOWS), default=default,
                         help=f"workflow preset whose settings are the defaults (default: {default})")
 
 
@@ -141,7 +166,8 @@ def data_argument(parser, default_text: str = "the built-in photographs") -> Non
     """``--data``, repeatable: several folders are read as one training set (e.g. T91 and BSD200)."""
     parser.add_argument("--data", action="append", metavar="DIR",
                         help="training images: a folder of HR images, or a dataset root in the DIV2K or HR/LR_bicubic "
-                             f"layout; repeat it to train on several folders as one set (default: {default_text})")
+                             "layout; repeat it to train on several folders as one set, none inside another "
+                             f"(default: {default_text})")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -153,37 +179,25 @@ def add_output_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 
 def settings_from_args(args: argparse.Namespace, base: StageSettings) -> StageSettings:
-    """``base`` with every setting the user gave on the command line."""
-    return base.replace(**overrides_from_args(args))
+    """``base`` with every setting the user gave on the command line (a preset's ``num_workers`` capped by
+    the CPUs this process may use)."""
+    from ..training.stages import with_overrides
+
+    return with_overrides(base, overrides_from_args(args))
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    """The settings the user gave, by :class:`StageSettings` field (for every stage of a workflow).
+def options_from_args(args: argparse.Namespace, base):
+    """A stage's options dataclass ``base`` (a preset's) with every option the user gave."""
+    return dataclasses.replace(base, **overrides_from_args(args, type(base)))
 
-    Every field must be an option of the command (:func:`add_training_arguments`): one that is not raises
-    KeyError instead of being left at the preset's value unnoticed."""
+
+def overrides_from_args(args: argparse.Namespace, cls=StageSettings) -> dict:
+    """The fields of the dataclass ``cls`` that the user gave (for every stage of a workflow).
+
+    Every field must be an option of the command (:func:`add_training_arguments`, :func:`add_stage_options`):
+    one that is not raises KeyError instead of being left at the preset's value unnoticed."""
     given = vars(args)
-    return {f.name: given[f.name] for f in fields(StageSettings) if given[f.name] is not None}
-
-
-class StageOptions:
-    """The options of one stage function that a command writes by hand (prune's ``--lam``, distill's
-    ``--alpha``, ...): each option's dest is a keyword of that function, its default the preset's
-    (see :func:`stage_options_from_args`), so no other place lists them."""
-
-    def __init__(self, parser: argparse.ArgumentParser, title: str):
-        self._group = parser.add_argument_group(title)
-        self.dests: list[str] = []
-        parser.set_defaults(stage_options=self.dests)
-
-    def add(self, *flags: str, **kwargs) -> None:
-        self.dests.append(self._group.add_argument(*flags, default=None, **kwargs).dest)
-
-
-def stage_options_from_args(args: argparse.Namespace, defaults: Mapping) -> dict:
-    """The preset's options of a stage (``defaults``) with those given on the command line."""
-    return {**defaults, **{dest: getattr(args, dest) for dest in args.stage_options
-                           if getattr(args, dest) is not None}}
+    return {f.name: given[f.name] for f in fields(cls) if given[f.name] is not None}
 
 
 def run_safely(function, args: argparse.Namespace) -> int:

@@ -33,11 +33,11 @@ def _train(args) -> str:
 
     from ..models import build
     from ..training import distributed
-    from ..training.presets import PRESETS
+    from ..training.presets import WORKFLOWS
     from ..training.stages import train_teacher
     from .options import settings_from_args
 
-    preset = PRESETS[args.preset]
+    preset = WORKFLOWS[args.preset]
     settings = settings_from_args(args, preset.teacher)
     context = distributed.setup(args.device)
     torch.manual_seed(settings.seed)

@@ -267,9 +267,14 @@ def folder_dataset(path, scale: int, cache_dir=None) -> PairedFolderDataset | HR
         if len(path) == 1:
             return folder_dataset(path[0], scale, cache_dir)
         resolved = [Path(folder).resolve() for folder in path]
-        repeated = next((folder for i, folder in enumerate(path) if resolved[i] in resolved[:i]), None)
-        if repeated is not None:
-            raise ValueError(f"data folder {repeated} is given twice; pass each folder once")
+        for first, second in itertools.combinations(range(len(path)), 2):
+            one, other = resolved[first], resolved[second]
+            if one == other:
+                raise ValueError(f"data folder {path[second]} is given twice; pass each folder once")
+            if one.is_relative_to(other) or other.is_relative_to(one):
+                inner, outer = (first, second) if one.is_relative_to(other) else (second, first)
+                raise ValueError(f"data folder {path[inner]} lies inside data folder {path[outer]}, so its images "
+                                 "would be read twice; pass only one of the two --data folders")
         return CombinedPairs([folder_dataset(folder, scale, cache_dir) for folder in path])
     hr_dir, lr_dir = resolve_layout(path, scale)
     name = Path(path).name if hr_dir != Path(path) else None

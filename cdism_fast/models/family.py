@@ -77,8 +77,8 @@ class Compressible(Protocol):
 class Preset:
     """A named configuration of a family: its constructor options.
 
-    >>> from cdism_fast.models import PRESETS
-    >>> PRESETS["edsr_mini"].family, PRESETS["edsr_mini"].config
+    >>> from cdism_fast.models import ARCHITECTURES
+    >>> ARCHITECTURES["edsr_mini"].family, ARCHITECTURES["edsr_mini"].config
     ('edsr', {'n_c': 16, 'n_b': 8, 'n_l': 1, 'res_scale': 1.0})
     """
 

@@ -3,7 +3,7 @@
 A model file (``model.pt``) holds the weights under ``params`` (the layout
 BasicSR and KAIR use, so :func:`cdism_fast.models.load_pretrained` and other
 tools read it too) plus the family and the exact constructor arguments, so
-:func:`load_model` rebuilds the same architecture without guessing.
+:func:`read_model_file` rebuilds the same architecture without guessing.
 
 A run folder holds ``stage.json`` (which stage, the command line, the
 settings, the status). A folder that holds another run is refused unless the
@@ -27,10 +27,10 @@ from ..models.presets import json_plain as _plain
 from ..safe_io import atomic_write, temporary_target
 from .checkpoint import atomic_save
 
-__all__ = ["MODEL_FORMAT", "STAGE_FILE", "save_model", "load_model", "model_spec", "build_from_spec", "command_line",
-           "prepare_run_folder", "write_json", "read_json", "read_stage", "mark_stage", "release_run_folder",
-           "records_failure", "one_line", "LOCK_FILE", "RESUMABLE_SETTINGS", "RunFolderLocked", "stage_inputs",
-           "data_source"]
+__all__ = ["MODEL_FORMAT", "STAGE_FILE", "save_model", "read_model_file", "model_spec", "build_from_spec",
+           "command_line", "prepare_run_folder", "write_json", "read_json", "read_stage", "mark_stage",
+           "release_run_folder", "records_failure", "one_line", "LOCK_FILE", "RESUMABLE_SETTINGS", "RunFolderLocked",
+           "stage_inputs", "data_source"]
 
 STAGE_FILE = "stage.json"
 
@@ -41,11 +41,12 @@ def save_model(path, model: nn.Module, **info) -> Path:
     return atomic_save({"format": MODEL_FORMAT, **model_spec(model), "params": state, "info": _plain(info)}, path)
 
 
-def load_model(path, name: str | None = None, scale: int | None = None) -> nn.Module:
-    """The model in ``path``, in eval mode on the CPU, by :func:`cdism_fast.models.load_pretrained`
+def read_model_file(path, name: str | None = None, scale: int | None = None) -> nn.Module:
+    """The model in the file ``path``, in eval mode on the CPU, by :func:`cdism_fast.models.load_pretrained`
     (the one loader of every command): files written by :func:`save_model` are rebuilt exactly,
     options included; other files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) have their
-    architecture inferred, or use preset ``name`` and ``scale``.
+    architecture inferred, or use preset ``name`` and ``scale``. A model named on the command line
+    (a file, a shipped model or a preset) is :func:`cdism_fast.evaluation.load_model`'s.
     """
     from ..models import load_pretrained
 
@@ -250,6 +251,17 @@ def _inside(path, folder: Path) -> bool:
         return False
 
 
+#: The recorded fingerprints, and what changed when one differs (their values mean nothing to a reader).
+_FINGERPRINTS = {"teacher_weights": "another --teacher, or its weights changed",
+                 "data_fingerprint": "images added to, removed from or replaced in the --data folders"}
+
+
+def _shown_change(key: str, old, new) -> str:
+    if key in _FINGERPRINTS:
+        return f"{key} changed: {_FINGERPRINTS[key]}"
+    return f"{key} was {old!r}, now {new!r}"
+
+
 def _resume_changes(folder: Path, record: dict, settings: dict) -> dict:
     """{setting: [old, new]} of the settings that changed; refuses those a resume may not change."""
     saved = record.get("settings") or {}
@@ -257,9 +269,9 @@ def _resume_changes(folder: Path, record: dict, settings: dict) -> dict:
                if key in saved and saved[key] != value}
     refused = sorted(key for key in changed if key not in RESUMABLE_SETTINGS)
     if refused:
-        details = "; ".join(f"{key} was {changed[key][0]!r}, now {changed[key][1]!r}" for key in refused)
+        details = "; ".join(_shown_change(key, *changed[key]) for key in refused)
         raise ValueError(f"cannot resume the run in {folder} with other settings ({details}): that would change what "
-                         "it trains; resume with the same ones, or pass --overwrite to start over")
+                         "it trains; resume with the original values, or pass --overwrite to start over")
     return changed
 
 

@@ -59,7 +59,12 @@ def check_device(device) -> torch.device:
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    elif parsed.type not in ("cpu", "mps", "xpu"):
+    elif parsed.type in ("mps", "xpu"):
+        backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            raise ValueError(f"--device {device}: this torch build (torch {torch.__version__}) or machine has no "
+                             f"{parsed.type} device; pass --device cpu (or cuda on a machine with an NVIDIA GPU)")
+    elif parsed.type != "cpu":
         raise ValueError(f"--device {device}: device type {parsed.type!r} is not supported; use cpu or cuda")
     return parsed
 

@@ -61,14 +61,15 @@ class NonFiniteLossError(FloatingPointError):
     exit_code = 2
 
 
-def setting(default=MISSING, *, help: str, unit: str | None = None, choices: tuple | None = None):
-    """A field of the training settings: its default and what ``--help`` says of it.
+def setting(default=MISSING, *, help: str, unit: str | None = None, choices: tuple | None = None,
+            metavar: str | None = None):
+    """A field of the training settings or of a stage's options: its default and what ``--help`` says of it.
 
     The command line (:mod:`cdism_fast.cli.options`) makes every such field an
-    option of the same name in kebab-case, with ``help``, ``unit`` and ``choices``
-    from here; nothing else lists the fields.
+    option of the same name in kebab-case, with ``help``, ``unit``, ``choices``
+    and ``metavar`` from here; nothing else lists the fields.
     """
-    metadata = {"help": help, "unit": unit, "choices": choices}
+    metadata = {"help": help, "unit": unit, "choices": choices, "metavar": metavar}
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
 
 
@@ -98,7 +99,8 @@ class LoopSettings:
     checkpoint_every: int = setting(1000, help="interval between checkpoints (0: only at the end)", unit="iterations")
     validate_every: int = setting(0, help="interval between validations (0: only at the end)", unit="iterations")
     log_every: int = setting(50, help="interval between log lines", unit="iterations")
-    num_workers: int = setting(0, help="DataLoader worker processes (0: load in the training process)")
+    num_workers: int = setting(0, help="DataLoader worker processes (0: load in the training process; a "
+                                         "preset's value is capped by the CPUs this process may use)")
     amp: str = setting("none", help="autocast precision (fp16 needs CUDA)", choices=tuple(AMP_DTYPES))
     channels_last: Optional[bool] = setting(
         None, help="channels_last memory format (unset: the faster one measured: on for CUDA, and on the CPU "
@@ -424,7 +426,8 @@ class Trainer:
                 log.write("validation", self.iteration, **results)
         self.validation = distributed.broadcast_object(self.validation)
 
-    def _step(self, batch) -> torch.Tensor:
+    def _forward_loss(self, batch) -> torch.Tensor:
+        """``step_loss`` of ``batch`` under the autocast of ``config.amp``."""
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         with autocast:
@@ -495,7 +498,7 @@ class Trainer:
         fetch_start = time.perf_counter()
         batch = _to_device(next(batches), self.device, self.channels_last)
         interval.data_seconds += time.perf_counter() - fetch_start
-        loss = self._step(batch)
+        loss = self._forward_loss(batch)
         loss_value = float(loss.detach().float())
         (not_finite,) = self._agree(not math.isfinite(loss_value))
         if not_finite:

@@ -24,7 +24,7 @@
     (5.7K-parameter student, 1500 iterations, held-out photographs,
     bicubic 32.92 dB): mean-reduced KD 31.44 dB, no KD 33.16 dB; at 600
     iterations, the Laplacian term alone reaches 30.51 dB with means and
-    33.57 dB with sums. ``cdism-fast distill --kd-reduction mean`` runs the
+    33.57 dB with sums. ``cdism-fast distill --reduction mean`` runs the
     authors' form. Everything else follows the paper.
 
 ``cpu-291``
@@ -61,12 +61,13 @@
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .stages import StageSettings
+from .stages import CompressOptions, DistillOptions, PruneOptions, StageSettings
 
-__all__ = ["WorkflowPreset", "PRESETS", "PAPER_NOTES", "DEMO_LAMBDA", "CPU291_LAMBDA"]
+__all__ = ["WorkflowPreset", "WORKFLOWS", "PAPER_NOTES", "DEMO_LAMBDA", "CPU291_LAMBDA"]
 
 #: λ of the demo's pruning (the paper's is 1e-4 over 100k iterations; the demo has 300). Measured on the
 #: demo teacher: 0.02 gives d ≈ 0.5, 0.06 zeroes almost every weight, 0.04 gives d ≈ 0.06.
@@ -86,10 +87,11 @@ class WorkflowPreset:
     scale: int
     teacher: StageSettings  # stage 0, used when no --teacher is given (and by `cdism-fast train --preset`)
     prune: StageSettings
-    prune_options: dict
+    prune_options: PruneOptions
     distill: StageSettings
     teacher_structure: Optional[tuple] = None  # (n_b, n_l, n_c) replacing the preset's
-    distill_options: dict = field(default_factory=lambda: {"alpha": 0.1, "student_loss": "l1", "reduction": "mean"})
+    compress_options: CompressOptions = CompressOptions()
+    distill_options: DistillOptions = DistillOptions()
     needs_data: bool = False
     needs_teacher: bool = False
     #: The students distilled from the teacher, by stage folder: None is stage 2's compressed student, any
@@ -97,7 +99,7 @@ class WorkflowPreset:
     students: dict = field(default_factory=lambda: {"student": None})
 
 
-PRESETS: dict[str, WorkflowPreset] = {
+WORKFLOWS: dict[str, WorkflowPreset] = {
     "demo": WorkflowPreset(
         name="demo",
         description="built-in photographs, small EDSR teacher, under 10 minutes on a 2-core CPU",
@@ -106,11 +108,10 @@ PRESETS: dict[str, WorkflowPreset] = {
                               checkpoint_every=200, log_every=20),
         prune=StageSettings(iterations=300, batch_size=16, patch_size=32, lr=5e-3, checkpoint_every=100,
                             log_every=20),
-        prune_options={"lam": DEMO_LAMBDA, "n_p": 200, "n_o": None, "steps_per_epoch": 1, "eps": 0.0,
-                       "penalty": "deep"},
+        prune_options=PruneOptions(lam=DEMO_LAMBDA, n_p=200, penalty="deep"),
         distill=StageSettings(iterations=1500, batch_size=16, patch_size=32, lr=2e-3, milestones=(1000,),
                               checkpoint_every=500, log_every=50),
-        distill_options={"alpha": 0.1, "student_loss": "l1", "reduction": "sum"},
+        distill_options=DistillOptions(reduction="sum"),
     ),
     "cpu-291": WorkflowPreset(
         name="cpu-291",
@@ -122,11 +123,10 @@ PRESETS: dict[str, WorkflowPreset] = {
                               checkpoint_every=500, log_every=100),
         prune=StageSettings(iterations=340, batch_size=16, patch_size=32, lr=5e-3, checkpoint_every=100,
                             log_every=50),
-        prune_options={"lam": CPU291_LAMBDA, "n_p": 235, "n_o": None, "steps_per_epoch": 1, "eps": 0.0,
-                       "penalty": "deep"},
+        prune_options=PruneOptions(lam=CPU291_LAMBDA, n_p=235, penalty="deep"),
         distill=StageSettings(iterations=8000, batch_size=16, patch_size=48, lr=2e-3, milestones=(4000, 6000, 7000),
                               checkpoint_every=500, log_every=100),
-        distill_options={"alpha": 0.1, "student_loss": "l1", "reduction": "sum"},
+        distill_options=DistillOptions(reduction="sum"),
         students={"student": None, "edsr_mini": "edsr:8,1,16"},
     ),
     "paper-edsr": WorkflowPreset(
@@ -140,7 +140,7 @@ PRESETS: dict[str, WorkflowPreset] = {
         # batch 16), eps 1e-4, 100k iterations, MultiStepLR [20000] x0.5, batch 16, GT 96 (LR 48).
         prune=StageSettings(iterations=100_000, batch_size=16, patch_size=48, lr=5e-3, milestones=(20_000,),
                             checkpoint_every=1_000, validate_every=1_000, num_workers=4),
-        prune_options={"lam": 1e-4, "n_p": 60, "n_o": None, "steps_per_epoch": 160, "eps": 1e-4, "penalty": "all"},
+        prune_options=PruneOptions(lam=1e-4, n_p=60, steps_per_epoch=160, eps=1e-4, penalty="all"),
         # distill_EDSR_Minix2_KD.yml: 800k iterations, MultiStepLR [200000] x0.5, batch 16, GT 96 (LR 48),
         # EMA 0.999, alpha 0.1, L1 student loss; AdaMax (0.9, 0.99) and lr 1e-4 per the paper (see PAPER_NOTES).
         distill=StageSettings(iterations=800_000, batch_size=16, patch_size=48, lr=1e-4, milestones=(200_000,),
@@ -159,8 +159,7 @@ PRESETS: dict[str, WorkflowPreset] = {
         # iterations of batch 16), eps 1e-4, 500k iterations, no milestones, batch 16, GT 128 (LR 64).
         prune=StageSettings(iterations=500_000, batch_size=16, patch_size=64, lr=5e-3,
                             checkpoint_every=1_000, validate_every=5_000, num_workers=4),
-        prune_options={"lam": 1e-4, "n_p": 25, "n_o": None, "steps_per_epoch": 2037, "eps": 1e-4,
-                       "penalty": "all"},
+        prune_options=PruneOptions(lam=1e-4, n_p=25, steps_per_epoch=2037, eps=1e-4, penalty="all"),
         # distill_SwinIRmini_SRx2_scratch_kd.yml: lr 1e-4, 800k iterations, MultiStepLR [250k, 400k, 450k] x0.5,
         # batch 16, GT 128 (LR 64), EMA 0.999, alpha 0.1, L1 student loss; AdaMax (0.9, 0.99) per the paper.
         distill=StageSettings(iterations=800_000, batch_size=16, patch_size=64, lr=1e-4,
@@ -168,6 +167,16 @@ PRESETS: dict[str, WorkflowPreset] = {
                               checkpoint_every=5_000, validate_every=5_000, num_workers=4),
     ),
 }
+
+
+
+def __getattr__(name: str):
+    if name == "PRESETS":  # WORKFLOWS under its 0.1 name, kept for one release
+        warnings.warn("cdism_fast.training.presets.PRESETS is deprecated: use WORKFLOWS", DeprecationWarning,
+                      stacklevel=2)
+        return WORKFLOWS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Where the presets depart from the authors' configuration files, and why.
 PAPER_NOTES = (

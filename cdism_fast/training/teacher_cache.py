@@ -115,7 +115,8 @@ def cache_folder(value: Optional[str]) -> Optional[Path]:
     if value == _OFF:
         return None
     if not value.strip():
-        raise TeacherCacheError(f"--teacher-cache {value!r} is empty: pass a folder or {_OFF}")
+        raise TeacherCacheError(f"--teacher-cache {value!r} names no folder; pass --teacher-cache DIR, or "
+                                f"--teacher-cache {_OFF} for the per-patch teacher")
     return Path(value)
 
 

@@ -1,5 +1,10 @@
 """The stages of the workflow as Python functions (the ``cdism-fast`` commands call these).
 
+Each stage's own options are one frozen dataclass (:class:`PruneOptions`,
+:class:`CompressOptions`, :class:`DistillOptions`, listed in
+:data:`STAGE_OPTIONS`) whose fields the command line, the workflow presets and
+``stage.json`` all read.
+
 * :func:`train_teacher` (stage 0): L1 loss and Adam, from scratch.
 * :func:`prune` (stage 1): Charbonnier loss back-propagated, λ‖θ‖₁ applied by
   :class:`~cdism_fast.optim.OBProxSG`'s proximal and orthant steps (never added
@@ -13,7 +18,7 @@
 
 Every training stage writes into its own folder: ``stage.json`` (command,
 settings, status), ``checkpoint.pt`` (resumable), ``log.jsonl`` and
-``model.pt`` (the result, readable by :func:`load_model` and by
+``model.pt`` (the result, readable by :func:`~cdism_fast.training.artifacts.read_model_file` and by
 :func:`cdism_fast.models.load_pretrained`).
 """
 from .common import (
@@ -25,19 +30,26 @@ from .common import (
     TRAINING_FILES,
     StageResult,
     StageSettings,
+    data_fingerprint,
     load_stage_model,
     make_validator,
     training_pairs,
     validation_sets,
+    with_overrides,
 )
 from .stage0_teacher import train_teacher
-from .stage1_prune import density_report, prune
-from .stage2_compress import compress, format_table, structure_table
-from .stage3_distill import STRUCTURE_SPEC, distill, student_from
+from .stage1_prune import PruneOptions, density_report, prune
+from .stage2_compress import CompressOptions, compress, density_value, format_table, structure_table
+from .stage3_distill import CACHE_OFF, STRUCTURE_SPEC, DistillOptions, check_cache_folder, distill, student_from
 
 __all__ = [
-    "StageSettings", "StageResult", "train_teacher", "prune", "compress", "distill", "student_from",
+    "StageSettings", "PruneOptions", "CompressOptions", "DistillOptions", "STAGE_OPTIONS", "StageResult",
+    "train_teacher", "prune", "compress", "distill", "student_from",
     "density_report", "structure_table", "format_table", "training_pairs", "validation_sets", "make_validator",
     "load_stage_model", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH",
-    "TRAINING_FILES", "STRUCTURE_SPEC",
+    "TRAINING_FILES", "STRUCTURE_SPEC", "CACHE_OFF", "check_cache_folder", "density_value", "data_fingerprint",
+    "with_overrides",
 ]
+
+#: The options dataclass of each stage that has options beyond its :class:`StageSettings`.
+STAGE_OPTIONS = {"prune": PruneOptions, "compress": CompressOptions, "distill": DistillOptions}

@@ -1,9 +1,11 @@
 """What every stage shares: its settings and result, the training data and validation, the stage folder's
-life cycle (start, fit, finish) and reading a completed stage's model."""
+life cycle (open, train, fit, finish) and reading a completed stage's model."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -13,11 +15,7 @@ import torch
 from torch import nn
 
 from ..._checks import check_int
-from ..artifacts import (
-    mark_stage,
-    prepare_run_folder,
-    save_model,
-)
+from ..artifacts import data_source, mark_stage, prepare_run_folder, save_model, stage_inputs
 from ..checkpoint import load_checkpoint
 from ..distributed import on_main
 from ..engine import (
@@ -32,9 +30,9 @@ from ..engine import (
 )
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator", "stage_patches",
-           "to_unit", "start_stage", "fit_stage", "finish_stage", "step_scheduler", "settings_record",
-           "load_stage_model", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH",
-           "TRAINING_FILES"]
+           "to_unit", "with_overrides", "available_cpus", "open_stage", "stage_trainer", "fit_stage",
+           "finish_stage", "data_fingerprint", "load_stage_model", "setting", "MODEL_FILE", "DENSITY_FILE",
+           "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
 
 MODEL_FILE = "model.pt"
 DENSITY_FILE = "density.json"
@@ -82,6 +80,20 @@ class StageSettings(LoopSettings):
 
     def replace(self, **changes) -> StageSettings:
         return dataclasses.replace(self, **changes)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def with_overrides(base: StageSettings, overrides: dict) -> StageSettings:
+    """``base`` (a preset's) with the ``overrides`` that are not None. A ``num_workers`` that is not overridden
+    is capped by :func:`available_cpus`: more loader processes than CPUs only wait for each other."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if "num_workers" not in given:
+        given["num_workers"] = min(base.num_workers, available_cpus())
+    return base.replace(**given)
 
 
 @dataclass
@@ -152,11 +164,44 @@ def to_unit(batch):
     return lr.float().div_(255.0), hr.float().div_(255.0)
 
 
-# ------------------------------------------------------------------------------------------- helpers
-def start_stage(folder, stage: str, settings: dict, resume: bool, overwrite: bool, inputs: dict | None,
-           files=TRAINING_FILES) -> None:
-    on_main(prepare_run_folder, folder, stage, settings, resume=resume, overwrite=overwrite, files=files,
-             inputs=inputs)
+# ----------------------------------------------------------------------------------- the stage folder
+def data_fingerprint(data) -> Optional[str]:
+    """SHA-256 of the names and sizes of every file under the data folder(s) (None for the built-in
+    photographs): cheap, and it changes when an image is added, removed or replaced by one of another size."""
+    if data is None:
+        return None
+    digest = hashlib.sha256()
+    for folder in (data if isinstance(data, (list, tuple)) else [data]):
+        root = Path(folder).resolve()
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(root).as_posix()}|{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def open_stage(folder, stage: str, settings: StageSettings, record: dict, *, scale: int, data, val, resume: bool,
+               overwrite: bool, inputs: dict | None, files=TRAINING_FILES):
+    """(pairs, patches): the training pairs of ``data`` at ``scale`` (checked first: a refusal leaves no folder)
+    and their patch stream (:func:`stage_patches`), once the stage folder is prepared (rank 0): ``stage.json``
+    records ``settings``, ``record`` (the stage's options and what it depends on) and the data with its
+    fingerprint, so that a resume with other inputs is refused."""
+    pairs = training_pairs(data, scale)
+    record = {**asdict(settings), **record, "data": data_source(data),
+              "data_fingerprint": data_fingerprint(data)}
+    on_main(prepare_run_folder, folder, stage, record, resume=resume, overwrite=overwrite, files=files,
+            inputs=stage_inputs(data, val, inputs))
+    return pairs, stage_patches(pairs, settings)
+
+
+def stage_trainer(model: nn.Module, step_loss: Callable, optimizer, patches, settings: StageSettings, folder, *,
+                  description: str, kind: str, data, val, context, metadata: dict, ema: bool = True) -> Trainer:
+    """The :class:`~.engine.Trainer` of a training stage: the step schedule of ``settings``, validation on
+    the held-out sets of ``val`` (or the built-in ones)."""
+    scale = model.scale
+    return Trainer(model, step_loss, optimizer, patches, settings.train_config(description, ema=ema), folder,
+                   scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones),
+                                                                  gamma=settings.gamma),
+                   context=context, kind=kind, validate=make_validator(validation_sets(val, data, scale), scale),
+                   metadata=metadata)
 
 
 def fit_stage(trainer: Trainer, folder, resume: bool) -> TrainResult:
@@ -182,18 +227,9 @@ def finish_stage(result: TrainResult, trainer: Trainer, folder: Path, extra_info
                        result.validation)
 
 
-def step_scheduler(optimizer, settings: StageSettings):
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones), gamma=settings.gamma)
-
-
-def settings_record(settings: StageSettings, **more) -> dict:
-    return {**asdict(settings), **more}
-
-
-
 def load_stage_model(folder) -> nn.Module:
     """The model a completed stage folder holds (``model.pt``)."""
-    from ..artifacts import load_model
+    from ..artifacts import read_model_file
 
     path = Path(folder) / MODEL_FILE
     if not path.is_file():
@@ -201,4 +237,4 @@ def load_stage_model(folder) -> nn.Module:
         hint = (f" (its checkpoint is at iteration {state['iteration']}: resume the stage to finish it)"
                 if state else "")
         raise FileNotFoundError(f"{path} does not exist: that stage has not completed{hint}")
-    return load_model(path)
+    return read_model_file(path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -10,17 +11,8 @@ from torch import nn
 
 from ...ops import CHARBONNIER_EPS
 from .. import distributed
-from ..artifacts import (
-    data_source,
-    model_spec,
-    records_failure,
-    stage_inputs,
-    write_json,
-)
+from ..artifacts import model_spec, records_failure, write_json
 from ..distributed import on_main
-from ..engine import (
-    Trainer,
-)
 from .common import (
     DENSITY_FILE,
     TRAINING_FILES,
@@ -28,15 +20,45 @@ from .common import (
     StageSettings,
     finish_stage,
     fit_stage,
-    make_validator,
-    settings_record,
-    stage_patches,
-    start_stage,
-    step_scheduler,
+    open_stage,
+    setting,
+    stage_trainer,
     to_unit,
-    training_pairs,
-    validation_sets,
 )
+
+#: Whose parameters the l1 penalty covers.
+PENALTIES = ("all", "deep")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """The pruning schedule of stage 1 (OBProx-SG): λ and the phases.
+
+    ``n_p`` is the Prox-SG phase in phase epochs (None: a tenth of the
+    iterations, as the authors' EDSR schedule, 60 epochs of 160 iterations out
+    of 100k), ``n_o`` the orthant phase per cycle (None: orthant to the end),
+    ``steps_per_epoch`` the optimizer steps of a phase epoch. ``penalty``:
+    ``"all"`` parameters (the paper) or only the ``"deep"`` feature module
+    (the rest gets plain SGD steps).
+    """
+    lam: float = setting(1e-4, help="l1 weight lambda (paper presets: 1e-4)")
+    n_p: Optional[int] = setting(None, help="Prox-SG phase length (unset: a tenth of the iterations)",
+                                 unit="phase epochs")
+    n_o: Optional[int] = setting(None, help="orthant phase length per cycle (unset: orthant to the end)",
+                                 unit="phase epochs")
+    steps_per_epoch: int = setting(1, help="optimizer steps per phase epoch")
+    eps: float = setting(0.0, help="orthant projection threshold")
+    penalty: str = setting("all", help="penalise all parameters (the paper) or only the deep-feature module",
+                           choices=PENALTIES)
+
+    def __post_init__(self):
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, got {self.penalty!r}")
+
+    def schedule(self, iterations: int) -> dict:
+        """The optimizer's keywords, ``n_p`` resolved for ``iterations``."""
+        n_p = self.n_p if self.n_p is not None else max(1, math.ceil(iterations / (10 * self.steps_per_epoch)))
+        return {**asdict(self), "n_p": n_p}
 
 
 def density_report(model: nn.Module) -> dict:
@@ -53,57 +75,45 @@ def density_report(model: nn.Module) -> dict:
 
 
 @records_failure
-def prune(teacher: nn.Module, out_dir, settings: StageSettings, data=None, val=None, *, lam: float = 1e-4,
-          n_p: Optional[int] = None, n_o: Optional[int] = None, steps_per_epoch: int = 1, eps: float = 0.0,
-          penalty: str = "all", resume: bool = False, overwrite: bool = False,
+def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOptions = PruneOptions(), data=None,
+          val=None, *, resume: bool = False, overwrite: bool = False,
           context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
-    """Stage 1: fine-tune a copy of ``teacher`` on charbonnier(eps=1e-3) with OBProx-SG's λ‖θ‖₁.
-
-    ``n_p`` (phase epochs of Prox-SG; default: a tenth of the iterations, as
-    the authors' EDSR schedule, 60 epochs of 160 iterations out of 100k),
-    ``n_o`` (orthant epochs per cycle; None: orthant to the end) and
-    ``steps_per_epoch`` (optimizer steps per phase epoch) set the phases.
-    ``penalty``: ``"all"`` parameters (the paper) or only the ``"deep"``
-    feature module (the rest gets plain SGD steps). Writes ``density.json``.
-    """
+    """Stage 1: fine-tune a copy of ``teacher`` on charbonnier(eps=1e-3) with OBProx-SG's λ‖θ‖₁ under the
+    schedule of ``options``. Writes ``density.json``."""
     from ...ops import charbonnier
     from ...optim import OBProxSG
+    from ..teacher_cache import teacher_fingerprint
 
-    if penalty not in ("all", "deep"):
-        raise ValueError(f"penalty must be 'all' or 'deep', got {penalty!r}")
     if settings.ema_decay is not None:
         raise ValueError("ema_decay must be None for pruning: an average of sparse weights is not sparse")
     context = context or distributed.setup()
-    if n_p is None:
-        n_p = max(1, math.ceil(settings.iterations / (10 * steps_per_epoch)))
-    schedule = dict(lam=lam, n_p=n_p, n_o=n_o, steps_per_epoch=steps_per_epoch, eps=eps, penalty=penalty)
-    start_stage(out_dir, "prune",
-           settings_record(settings, **schedule, teacher=model_spec(teacher), data=data_source(data)),
-           resume, overwrite, stage_inputs(data, val, inputs), files=(*TRAINING_FILES, DENSITY_FILE))
+    schedule = options.schedule(settings.iterations)
     model = copy.deepcopy(teacher).train().requires_grad_(True)
-    if penalty == "all":
+    if options.penalty == "all":
         groups = [{"params": list(model.parameters())}]
     else:
         deep = {id(p) for p in model.deep_feature_parameters()}
         groups = [{"params": [p for p in model.parameters() if id(p) in deep]},
                   {"params": [p for p in model.parameters() if id(p) not in deep], "l1": False}]
-    optimizer = OBProxSG(groups, lr=settings.lr, lam=lam, n_p=n_p, n_o=n_o, steps_per_epoch=steps_per_epoch, eps=eps)
-    patches = stage_patches(training_pairs(data, model.scale), settings)
+    optimizer = OBProxSG(groups, lr=settings.lr, **{k: v for k, v in schedule.items() if k != "penalty"})
+    depends = {"teacher": model_spec(teacher), "teacher_weights": teacher_fingerprint(teacher)}
+    _, patches = open_stage(out_dir, "prune", settings, {**schedule, **depends}, scale=model.scale, data=data,
+                            val=val, resume=resume, overwrite=overwrite, inputs=inputs,
+                            files=(*TRAINING_FILES, DENSITY_FILE))
 
     def step_loss(net, batch):
         lr, hr = to_unit(batch)
         return charbonnier(net(lr).float(), hr, eps=CHARBONNIER_EPS)
 
-    trainer = Trainer(model, step_loss, optimizer, patches, settings.train_config("stage 1: prune", ema=False),
-                      out_dir, scheduler=step_scheduler(optimizer, settings), context=context, kind="prune",
-                      validate=make_validator(validation_sets(val, data, model.scale), model.scale),
-                      metadata={"model": model_spec(model), **schedule})
+    trainer = stage_trainer(model, step_loss, optimizer, patches, settings, out_dir,
+                            description="stage 1: prune", kind="prune", data=data, val=val, context=context,
+                            metadata={"model": model_spec(model), **schedule}, ema=False)
     result = fit_stage(trainer, out_dir, resume)
     report = density_report(trainer.model)
     report.update(iteration=result.iteration, **schedule)
     if result.status == "completed":
         on_main(write_json, Path(out_dir) / DENSITY_FILE, report)
     stage = finish_stage(result, trainer, out_dir, extra_info={"density": report["density"]},
-                    extra_outputs={"density": DENSITY_FILE if result.status == "completed" else None})
+                         extra_outputs={"density": DENSITY_FILE if result.status == "completed" else None})
     stage.extra["density"] = report
     return stage

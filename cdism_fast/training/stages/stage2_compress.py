@@ -1,23 +1,34 @@
 """Stage 2: the compact student's structure from the density (the paper's eqs. 5-7)."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 from torch import nn
 
-from ..artifacts import (
-    mark_stage,
-    model_spec,
-    prepare_run_folder,
-    records_failure,
-    write_json,
-)
+from ..artifacts import mark_stage, model_spec, prepare_run_folder, records_failure, write_json
 from ..distributed import on_main
-from .common import (
-    FLOPS_SIZE,
-    STUDENT_FILE,
-    StageResult,
-)
+from .common import FLOPS_SIZE, STUDENT_FILE, StageResult, setting
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """How stage 2 turns the density into the student's structure (:func:`~cdism_fast.compress.compress_config`'s
+    keywords; unset: the paper's rule)."""
+    n_b: Optional[int] = setting(None, help="the student's number of blocks (unset: eq. (6))")
+    n_l: Optional[int] = setting(None, help="the student's layers per block (unset: eq. (6))")
+    n_c: Optional[int] = setting(None, help="the student's channels (unset: from the density)")
+    rounding: Optional[str] = setting(None, help="rounding of the three counts (unset: nearest)",
+                                      choices=("nearest", "down", "up"))
+    channel_multiple: Optional[int] = setting(None, help="N_c is rounded to a multiple of this (unset: the "
+                                                         "family's)")
+    channels: Optional[str] = setting(None, help="how N_c is chosen: exact weight count or the paper's eq. (7) "
+                                                 "(unset: count)", choices=("count", "eq7"))
+
+    def given(self) -> dict:
+        """The keywords that were set."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def structure_table(models: dict[str, nn.Module]) -> list[dict]:
@@ -41,6 +52,18 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{row['model']:<14} {row['n_b']:>4} {row['n_l']:>4} {row['n_c']:>5} "
                      f"{row['params'] / 1e3:>10.1f}K {row['flops'] / 1e9:>11.2f}G")
     return "\n".join(lines)
+
+
+def density_value(text: str) -> float | Path:
+    """A ``--density`` as given: a number (its range is :func:`~cdism_fast.compress.compress_config`'s to
+    check) or an existing density file; anything else is refused."""
+    try:
+        return float(text)
+    except ValueError:
+        if Path(text).is_file():
+            return Path(text)
+        raise ValueError(f"--density {text!r} is neither a number in (0, 1] nor an existing file; pass the "
+                         "density.json that `cdism-fast prune` wrote, or a number such as 0.05") from None
 
 
 def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
@@ -70,12 +93,11 @@ def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
 
 
 @records_failure
-def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, overwrite: bool = False,
-             inputs: dict | None = None, **overrides) -> StageResult:
-    """Stage 2: the compact student's structure from ``density`` (a number or a density.json).
+def compress(teacher: nn.Module, density, out_dir, options: CompressOptions = CompressOptions(), *,
+             resume: bool = False, overwrite: bool = False, inputs: dict | None = None) -> StageResult:
+    """Stage 2: the compact student's structure from ``density`` (a number or a density.json) by the rule
+    of ``options``.
 
-    ``overrides``: :func:`~cdism_fast.compress.compress_config`'s keywords
-    (``n_b``, ``n_l``, ``n_c``, ``rounding``, ``channel_multiple``, ``channels``).
     Writes ``student.json`` (the student's architecture, usable by :func:`distill`)
     and returns the before/after table in ``extra["table"]`` and the deep-feature
     weight ratio the student realises in ``extra["achieved_density"]``.
@@ -86,7 +108,7 @@ def compress(teacher: nn.Module, density, out_dir, *, resume: bool = False, over
     if value == 0 and record is not None:
         raise ValueError(f"the pruning run of {density} zeroed every deep-feature weight (d = 0), so no structure "
                          "follows from it; prune again with a smaller --lam (or fewer Prox-SG epochs --n-p)")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = options.given()
     student = compact_model(teacher, value, **overrides)
     structure = student.structure()
     rows = structure_table({"teacher": teacher, "student": student})

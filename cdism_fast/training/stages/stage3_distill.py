@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -12,31 +14,78 @@ from torch import nn
 
 from ...ops import STUDENT_LOSSES
 from .. import distributed
-from ..artifacts import (
-    build_from_spec,
-    data_source,
-    model_spec,
-    records_failure,
-    stage_inputs,
-)
-from ..engine import (
-    Trainer,
-    uses_channels_last,
-)
+from ..artifacts import build_from_spec, model_spec, records_failure
+from ..engine import uses_channels_last
 from .common import (
     StageResult,
     StageSettings,
     finish_stage,
     fit_stage,
-    make_validator,
-    settings_record,
-    stage_patches,
-    start_stage,
-    step_scheduler,
+    open_stage,
+    setting,
+    stage_trainer,
     to_unit,
-    training_pairs,
-    validation_sets,
 )
+
+#: How the distillation loss sums a pyramid level.
+REDUCTIONS = ("mean", "sum")
+#: The ``teacher_cache`` value that runs the teacher on every patch instead.
+CACHE_OFF = "off"
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """The loss of stage 3 and where the teacher's outputs are kept.
+
+    ``reduction`` is the distillation loss's: ``"mean"`` per pyramid level (the
+    authors' released code) or ``"sum"`` (Niklaus and Liu's Laplacian loss).
+    ``teacher_cache``: unset runs the teacher once per whole training image
+    before training and trains on its stored outputs (see
+    :mod:`~cdism_fast.training.teacher_cache`: the teacher sees the whole image,
+    and flips are applied to its output instead of its input), in
+    :func:`~cdism_fast.training.teacher_cache.default_cache_folder`; a folder
+    puts the cache there; ``"off"`` runs the teacher on every patch.
+    """
+    alpha: float = setting(0.1, help="weight of the student loss")
+    student_loss: str = setting("l1", help="the teacher family's original loss (l1: EDSR and SwinIR)",
+                                choices=STUDENT_LOSSES)
+    reduction: str = setting("mean", help="of the distillation loss, per pyramid level: mean (the authors' code; "
+                                          "paper presets) or sum (Niklaus and Liu; the demo and cpu-291 presets)",
+                             choices=REDUCTIONS)
+    teacher_cache: Optional[str] = setting(
+        None, metavar="DIR|off", help="folder of the teacher-output cache (unset: $CDISM_CACHE/teacher-outputs, "
+                                      "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
+
+    def __post_init__(self):
+        if self.student_loss not in STUDENT_LOSSES:
+            raise ValueError(f"student_loss must be one of {STUDENT_LOSSES}, got {self.student_loss!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+
+    def cache_folder(self) -> Optional[Path]:
+        """The teacher cache's folder (absolute), or None when it is off."""
+        from ..teacher_cache import cache_folder
+
+        folder = cache_folder(self.teacher_cache)
+        return None if folder is None else folder.expanduser().absolute()
+
+
+def check_cache_folder(options: DistillOptions) -> Optional[Path]:
+    """The cache folder of ``options`` when it is (or can be made) a writable folder, before any work: a
+    one-line ValueError naming it and the options otherwise."""
+    folder = options.cache_folder()
+    if folder is None:
+        return None
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return folder
+    raise ValueError(f"teacher cache folder {folder} cannot be used ({problem}); pass --teacher-cache DIR with a "
+                     "writable folder (or set CDISM_CACHE), or --teacher-cache off for the per-patch teacher")
+
 
 #: ``family:n_b,n_l,n_c``, a student named by its structure (e.g. ``edsr:8,1,16``).
 STRUCTURE_SPEC = re.compile(r"^([a-z_]+):(\d+),(\d+),(\d+)$")
@@ -96,69 +145,55 @@ def _describe(model: nn.Module) -> dict:
 
 
 @records_failure
-def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSettings, data=None, val=None, *,
-            kd: bool = True, alpha: float = 0.1, student_loss: str = "l1", reduction: str = "mean",
-            teacher_cache=True, resume: bool = False, overwrite: bool = False, scale: Optional[int] = None,
+def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSettings,
+            options: DistillOptions = DistillOptions(), data=None, val=None, *, kd: bool = True,
+            scale: Optional[int] = None, resume: bool = False, overwrite: bool = False,
             context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
     """Stage 3: train ``student`` (re-initialised from ``settings.seed``) with AdaMax, betas (0.9, 0.99).
 
     With ``kd`` the loss is ``distillation_loss(student(x), teacher(x), gt,
-    alpha, student_loss)``; the teacher is frozen, in eval mode, and runs under
+    alpha, student_loss)`` with the options' ``alpha``, ``student_loss`` and
+    ``reduction``; the teacher is frozen, in eval mode, and runs under
     ``no_grad`` (in the autocast dtype when AMP is on). Without ``kd`` (the
     ablation) the loss is ``student_loss(student(x), gt)`` alone and no teacher
     is needed. The teacher may be any module mapping RGB [0, 1] to RGB [0, 1] at
     the student's scale (another family than the student's, too); another scale is
     refused before anything is written. ``student``: a model, a student.json or its
     dict, a preset or ``family:n_b,n_l,n_c`` (these two at ``scale``, default: the
-    teacher's, else 2). ``reduction``
-    is the distillation loss's: ``"mean"`` per pyramid level (the authors'
-    released code) or ``"sum"`` (Niklaus and Liu's Laplacian loss).
-
-    ``teacher_cache``: True (default) runs the teacher once per whole training
-    image before training and trains on its stored outputs (see
-    :mod:`~cdism_fast.training.teacher_cache`: the teacher sees the whole
-    image, and flips are applied to its output instead of its input), in
-    :func:`~cdism_fast.training.teacher_cache.default_cache_folder`; a folder
-    puts the cache there; False runs the teacher on every patch.
+    teacher's, else 2).
     """
-    _check_losses(student_loss, reduction)
+    from ..teacher_cache import teacher_fingerprint
+
     if kd and teacher is None:
         raise ValueError("teacher is required for distillation (kd=True); pass kd=False for the ground-truth-only "
                          "ablation")
     teacher_scale = _scale_of(teacher) if teacher is not None and kd else None
-    student = student_from(student, scale=scale or teacher_scale or 2)
+    spec = student
+    student = student_from(spec, scale=scale or teacher_scale or 2)
     if teacher_scale is not None and teacher_scale != student.scale:
         raise ValueError(f"the teacher upscales ×{teacher_scale} but the student ×{student.scale}; distill from a "
                          "teacher of the student's scale (nothing was written)")
+    cache_folder = check_cache_folder(options) if kd else None
     context = context or distributed.setup()
     torch.manual_seed(settings.seed)  # the same initial student for the KD run and its ablation
     model = build_from_spec(model_spec(student))
     kind = "distill" if kd else "distill-no-kd"
-    record = settings_record(settings, kd=kd, alpha=alpha, student_loss=student_loss, reduction=reduction,
-                             student=model_spec(model), teacher=_describe(teacher) if teacher is not None else None,
-                             data=data_source(data))
-    given = {**(inputs or {}), "--student": student if isinstance(student, (str, Path)) else None}
-    start_stage(out_dir, kind, record, resume, overwrite, stage_inputs(data, val, given))
-    teacher = _frozen(teacher, context.device, settings) if teacher is not None and kd else None
+    used = teacher is not None and kd
+    recorded_options = {**asdict(options), "teacher_cache": str(cache_folder) if cache_folder else CACHE_OFF}
+    record = {"kd": kd, **recorded_options, "student": model_spec(model),
+              "teacher": _describe(teacher) if used else None,
+              "teacher_weights": teacher_fingerprint(teacher) if used else None}
+    given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
+    pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val,
+                                resume=resume, overwrite=overwrite, inputs=given)
+    teacher = _frozen(teacher, context.device, settings) if used else None
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
-    pairs = training_pairs(data, model.scale)
-    patches = stage_patches(pairs, settings)
-    cache = _teacher_cache(teacher, patches, teacher_cache, settings) if kd and teacher_cache else None
-    step_loss = _step_loss(teacher, cache, alpha=alpha, student_loss=student_loss, reduction=reduction)
-    trainer = Trainer(model, step_loss, optimizer, patches,
-                      settings.train_config("stage 3: distill" if kd else "stage 3: no-KD ablation"), out_dir,
-                      scheduler=step_scheduler(optimizer, settings), context=context, kind=kind,
-                      validate=make_validator(validation_sets(val, data, model.scale), model.scale),
-                      metadata={"student": model_spec(model), "kd": kd, "alpha": alpha, "student_loss": student_loss,
-                                "reduction": reduction, "teacher_cache": str(cache.folder) if cache else None})
+    cache = _teacher_cache(teacher, patches, cache_folder, settings) if used and cache_folder else None
+    trainer = stage_trainer(model, _step_loss(teacher, cache, options), optimizer, patches, settings, out_dir,
+                            description="stage 3: distill" if kd else "stage 3: no-KD ablation", kind=kind,
+                            data=data, val=val, context=context,
+                            metadata={"student": model_spec(model), "kd": kd, **recorded_options})
     return finish_stage(fit_stage(trainer, out_dir, resume), trainer, out_dir, extra_info={"kd": kd})
-
-
-def _check_losses(student_loss: str, reduction: str) -> None:
-    if student_loss not in STUDENT_LOSSES:
-        raise ValueError(f"student_loss must be one of {STUDENT_LOSSES}, got {student_loss!r}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
 def _frozen(teacher: nn.Module, device, settings: StageSettings) -> nn.Module:
@@ -169,13 +204,13 @@ def _frozen(teacher: nn.Module, device, settings: StageSettings) -> nn.Module:
     return teacher
 
 
-def _step_loss(teacher: Optional[nn.Module], cache, *, alpha: float, student_loss: str, reduction: str) -> Callable:
+def _step_loss(teacher: Optional[nn.Module], cache, options: DistillOptions) -> Callable:
     """``loss(student, batch)`` of one step: the distillation loss against the cached or the live teacher's
     output, or (no teacher: the ablation) the student loss against the ground truth alone."""
     from ...ops import charbonnier, distillation_loss
 
     def gt_loss(output, hr):
-        if student_loss == "l1":
+        if options.student_loss == "l1":
             return torch.nn.functional.l1_loss(output, hr)
         return charbonnier(output, hr)
 
@@ -189,17 +224,18 @@ def _step_loss(teacher: Optional[nn.Module], cache, *, alpha: float, student_los
         else:
             with torch.no_grad():
                 target = teacher(lr).float()
-        return distillation_loss(output, target, hr, alpha=alpha, student_loss=student_loss, reduction=reduction)
+        return distillation_loss(output, target, hr, alpha=options.alpha, student_loss=options.student_loss,
+                                 reduction=options.reduction)
 
     return step_loss
 
 
-def _teacher_cache(teacher: nn.Module, patches, folder, settings: StageSettings):
+def _teacher_cache(teacher: nn.Module, patches, folder: Path, settings: StageSettings):
     """The teacher's outputs on every training image, checked and built before training (see distill)."""
     from ..engine import AMP_DTYPES
-    from ..teacher_cache import TeacherCache, default_cache_folder
+    from ..teacher_cache import TeacherCache
 
-    cache = TeacherCache(default_cache_folder() if folder is True else folder, teacher, patches,
+    cache = TeacherCache(folder, teacher, patches,
                          amp_dtype=AMP_DTYPES[settings.amp], progress=settings.progress)
     cache.prepare()
     patches.use_targets(cache)
