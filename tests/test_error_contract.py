@@ -63,3 +63,14 @@ def test_bugs_exit_1_in_one_line_and_show_the_traceback_under_debug(monkeypatch,
 
 def _register_failing_info(subparsers):
     subparsers.add_parser("info").set_defaults(func=lambda args: {}["bug"])
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
+    import subprocess
+    import sys
+
+    command = subprocess.Popen([sys.executable, "-m", "cdism_fast", "models"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    command.stdout.close()  # as `cdism-fast models | head -1` does after its line (here before any)
+    stderr = command.stderr.read().decode()
+    assert command.wait(timeout=120) == 141 and stderr == ""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cdism_fast.cli import add_command
 from cdism_fast.cli import eval as eval_command
 from cdism_fast.cli import upscale as upscale_command
 from cdism_fast.data import HRFolderDataset, folder_dataset, read_image, write_image
@@ -187,7 +188,7 @@ def test_upscale_input_checks_and_autocast():
 
 def _parse(module, argv):
     parser = argparse.ArgumentParser(prog="cdism-fast")
-    module.register(parser.add_subparsers(dest="command"))
+    add_command(parser.add_subparsers(dest="command"), module.__name__.rsplit(".", 1)[1])
     return parser.parse_args(argv)
 
 

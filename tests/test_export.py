@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdism_fast.cli import export as export_command
+from cdism_fast.cli import add_command
 from cdism_fast.export import export
 
 from helpers.runs import one_error_line, tree_hash
@@ -139,7 +139,7 @@ def test_pth_export_loads_back_with_load_pretrained(tmp_path):
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="cdism-fast")
-    export_command.register(parser.add_subparsers(dest="command"))
+    add_command(parser.add_subparsers(dest="command"), "export")
     return parser.parse_args(argv)
 
 

@@ -1,15 +1,17 @@
 """The ``cdism-fast`` console script.
 
-Each sub-command lives in its own module of this package and exposes
-``register(subparsers)``, which adds its parser and sets ``func`` to the
-callable that runs it (taking the parsed ``argparse.Namespace`` and returning
-an exit code). Modules are imported only when the command line is parsed, so
-``cdism-fast info`` stays fast.
+Each sub-command lives in its own module of this package: the module's
+docstring is the command's help (its first line, after ``cdism-fast NAME:``)
+and description (the rest), ``add_arguments(parser)`` (where the command has
+options) adds its options, and ``run(args)`` runs it (taking the parsed
+``argparse.Namespace`` and returning an exit code). Modules are imported only
+when the command line is parsed, so ``cdism-fast info`` stays fast.
 
 Exit codes: 0 done, 2 a problem the user can fix (bad option or file, a full
 or read-only disk, a run stopped by a non-finite loss), printed as one line
 that names it and says what to do; 1 a bug, printed as one line, with the
-traceback under ``--debug`` or ``CDISM_DEBUG=1``; 130 interrupted.
+traceback under ``--debug`` or ``CDISM_DEBUG=1``; 130 interrupted; 141 the reader of
+the output went away (a pipe closed).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ USER_ERRNOS = frozenset(getattr(errno, name) for name in (
     "EFBIG", "ELOOP", "EMFILE", "ENFILE") if hasattr(errno, name))
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
+#: As a shell reports a command ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,17 +45,34 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+        add_command(subparsers, name)
+    return parser
+
+
+def add_command(subparsers, name: str) -> argparse.ArgumentParser:
+    """The parser of command ``name``, made from its module (see the module docstring above)."""
+    module = importlib.import_module(f"{__name__}.{name}")
+    summary, _, description = module.__doc__.partition("\n")
+    parser = subparsers.add_parser(name, help=summary.split(": ", 1)[1].rstrip("."),
+                                   description=description.strip() or None)
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    parser.set_defaults(func=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of the output went away (`cdism-fast models | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the final flush cannot fail
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if args.debug or os.environ.get("CDISM_DEBUG") == "1":
             raise

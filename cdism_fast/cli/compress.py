@@ -1,17 +1,16 @@
-"""``cdism-fast compress``: stage 2, the compact student's structure from the density d."""
+"""``cdism-fast compress``: stage 2: compact structure from the density, before/after table.
+
+Map the density d to (N_b, N_l, N_c): N_b and N_l by the paper's eq. (6), N_c as the channel count
+whose deep-feature module has the weight count closest to d times the teacher's (--channels eq7: the
+paper's eq. (7)); write the student's architecture to student.json and print structure, parameters
+and FLOPs (multiply-accumulates for a 1280x720 output) before and after.
+"""
 from __future__ import annotations
 
 
-def register(subparsers) -> None:
+def add_arguments(parser) -> None:
     from .options import add_stage_options
 
-    parser = subparsers.add_parser(
-        "compress", help="stage 2: compact structure from the density, before/after table",
-        description="Map the density d to (N_b, N_l, N_c): N_b and N_l by the paper's eq. (6), N_c as the "
-                    "channel count whose deep-feature module has the weight count closest to d times the "
-                    "teacher's (--channels eq7: the paper's eq. (7)); write the student's architecture to student.json "
-                    "and print structure, parameters and FLOPs (multiply-"
-                    "accumulates for a 1280x720 output) before and after.")
     parser.add_argument("--teacher", required=True, help="the pruned (or original) teacher's checkpoint")
     parser.add_argument("--density", required=True, metavar="FILE|D",
                         help="density.json written by `prune`, or a number in (0, 1]")
@@ -19,7 +18,6 @@ def register(subparsers) -> None:
     add_stage_options(parser, "compress", None)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a compress run in --out")
-    parser.set_defaults(func=run)
 
 
 def _compress(args) -> str:

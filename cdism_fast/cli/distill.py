@@ -1,22 +1,21 @@
-"""``cdism-fast distill``: stage 3, train the compact student with the Laplacian-pyramid distillation loss."""
+"""``cdism-fast distill``: stage 3: distill the compact student (AdaMax), or --no-kd.
+
+Train the student of student.json from random initialisation with alpha*L_stu + L_Lap(student,
+teacher) + L_Lap(HF(student), HF(teacher)) and AdaMax (betas 0.9, 0.99). The teacher is frozen, in
+eval mode, under no_grad (and in the autocast dtype with --amp). --no-kd trains the same student on
+the ground truth alone with the same budget. By default the teacher runs once on each whole training
+image before training (tiled, float16 outputs kept in a cache folder and reused by later runs with
+the same teacher and images): the teacher then sees the whole image instead of the patch (no
+patch-border effects), and the random flips/transpose are applied to its output instead of its
+input. --teacher-cache off runs the teacher on every patch instead.
+"""
 from __future__ import annotations
 
 
-def register(subparsers) -> None:
+def add_arguments(parser) -> None:
     from ..models import format_names
     from .options import add_stage_command_arguments
 
-    parser = subparsers.add_parser(
-        "distill", help="stage 3: distill the compact student (AdaMax), or --no-kd",
-        description="Train the student of student.json from random initialisation with alpha*L_stu + "
-                    "L_Lap(student, teacher) + L_Lap(HF(student), HF(teacher)) and AdaMax (betas 0.9, 0.99). "
-                    "The teacher is frozen, in eval mode, under no_grad (and in the autocast dtype with --amp). "
-                    "--no-kd trains the same student on the ground truth alone with the same budget. "
-                    "By default the teacher runs once on each whole training image before training (tiled, "
-                    "float16 outputs kept in a cache folder and reused by later runs with the same teacher and "
-                    "images): the teacher then sees the whole image instead of the patch (no patch-border "
-                    "effects), and the random flips/transpose are applied to its output instead of its input. "
-                    "--teacher-cache off runs the teacher on every patch instead.")
     parser.add_argument("--teacher", help="teacher: any checkpoint `eval` reads (a run's model.pt, "
                                           f"{format_names()} files), a shipped model or a preset; its family "
                                           "may differ from the student's (required unless --no-kd)")
@@ -27,7 +26,7 @@ def register(subparsers) -> None:
                         help="scale of a preset or family:n_b,n_l,n_c student, and of a teacher file that does not "
                              "tell it (default: the teacher's, else 2)")
     parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only, no teacher")
-    add_stage_command_arguments(parser, "distill", run)
+    add_stage_command_arguments(parser, "distill")
 
 
 def _distill(args) -> str:

@@ -1,4 +1,10 @@
-"""``cdism-fast eval``: PSNR/SSIM of a model on data folders, as a table and JSON."""
+"""``cdism-fast eval``: PSNR/SSIM of a model on benchmark or image folders.
+
+Evaluate a model on one or more data folders (BasicSR conventions: Y channel, border of `scale`
+pixels cropped). A folder's own LR images for the scale are used when it has them (HR/ +
+LR_bicubic/X2/, or DIV2K_*_HR + DIV2K_*_LR_bicubic/X2), else they are made with MATLAB-exact
+bicubic.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,13 +19,7 @@ WRITTEN_BY = ("written_by", "cdism-fast eval")
 _RESULTS_LIMIT = 64 << 20
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "eval", help="PSNR/SSIM of a model on benchmark or image folders",
-        description="Evaluate a model on one or more data folders (BasicSR conventions: Y channel, border of "
-                    "`scale` pixels cropped). A folder's own LR images for the scale are used when it has them "
-                    "(HR/ + LR_bicubic/X2/, or DIV2K_*_HR + DIV2K_*_LR_bicubic/X2), else they are made with "
-                    "MATLAB-exact bicubic.")
+def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, metavar="CKPT_OR_NAME",
                         help="checkpoint file, shipped trained model (e.g. edsr_mini_291; `cdism-fast models` lists "
                              "them), preset name of cdism_fast.models (untrained), or 'bicubic'")
@@ -37,7 +37,6 @@ def register(subparsers) -> None:
                         help="also write the results here (its folder must exist; an existing file is replaced "
                              "only when eval wrote it, or with --force)")
     add_force_argument(parser, "a --json file")
-    parser.set_defaults(func=run)
 
 
 def _written_by_eval(path: Path) -> bool:

@@ -1,4 +1,8 @@
-"""``cdism-fast export``: write a model as safetensors, BasicSR .pth, or ONNX."""
+"""``cdism-fast export``: write a model as safetensors, .pth or ONNX.
+
+Export MODEL (checkpoint file or preset name) to OUT. safetensors: the state dict; pth: {'params':
+state_dict} as BasicSR loads it; onnx: input 'lr', output 'sr', dynamic batch, height and width.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +11,9 @@ from pathlib import Path
 from .outputs import add_force_argument
 
 
-def register(subparsers) -> None:
+def add_arguments(parser) -> None:
     from ..export import EXPORT_FORMATS
 
-    parser = subparsers.add_parser(
-        "export", help="write a model as safetensors, .pth or ONNX",
-        description="Export MODEL (checkpoint file or preset name) to OUT. safetensors: the state dict; pth: "
-                    "{'params': state_dict} as BasicSR loads it; onnx: input 'lr', output 'sr', dynamic batch, "
-                    "height and width.")
     parser.add_argument("model", metavar="MODEL", help="checkpoint file or preset name")
     parser.add_argument("output", type=Path, metavar="OUT",
                         help="output file (its folder must exist; an existing file is replaced only when export "
@@ -27,7 +26,6 @@ def register(subparsers) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     parser.add_argument("--static", action="store_true", help="ONNX: fix the input size to --input-size")
     add_force_argument(parser, "an OUT file")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

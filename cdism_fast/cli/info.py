@@ -1,12 +1,7 @@
-"""``cdism-fast info``: versions, extensions, and which backend each op can use here."""
+"""``cdism-fast info``: versions, built extensions, available backends per op."""
 from __future__ import annotations
 
 import platform
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("info", help="versions, built extensions, available backends per op")
-    parser.set_defaults(func=run)
 
 
 def _triton_version() -> str:

@@ -1,19 +1,18 @@
-"""``cdism-fast models``: every preset with its structure, parameters and multiply-accumulates."""
+"""``cdism-fast models``: presets: structure, parameters, MACs (the paper's FLOPs) per output image.
+
+Every model preset with its structure (N_b blocks, N_l layers, N_c channels), its parameter count
+and its multiply-accumulates (the paper's 'FLOPs') for one output image.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "models", help="presets: structure, parameters, MACs (the paper's FLOPs) per output image",
-        description="Every model preset with its structure (N_b blocks, N_l layers, N_c channels), its parameter "
-                    "count and its multiply-accumulates (the paper's 'FLOPs') for one output image.")
+def add_arguments(parser) -> None:
     parser.add_argument("--scale", type=_scale, default=2, help="upscaling factor (default 2)")
     parser.add_argument("--size", type=_output_size, default="1280x720", metavar="WxH",
                         help="output image size, width x height (default 1280x720, the paper's Table I)")
-    parser.set_defaults(func=run)
 
 
 def _scale(text: str) -> int:

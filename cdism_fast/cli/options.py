@@ -127,7 +127,7 @@ def add_stage_options(parser: argparse.ArgumentParser, stage: str, preset: str |
 STAGE_COMMAND_PRESET = "paper-edsr"
 
 
-def add_stage_command_arguments(parser: argparse.ArgumentParser, stage: str, run) -> None:
+def add_stage_command_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
     """What every stage command takes after its own options: the stage's options (when it has a dataclass of
     them), ``--preset``, the data, one option per training setting (``--help`` shows the default preset's
     values for ``stage``), the output folder."""
@@ -137,7 +137,6 @@ def add_stage_command_arguments(parser: argparse.ArgumentParser, stage: str, run
     add_data_arguments(parser)
     add_training_arguments(parser, stage_defaults(STAGE_COMMAND_PRESET, stage), STAGE_COMMAND_PRESET)
     add_output_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def stage_defaults(preset_name: str, *stages: str) -> dict[str, StageSettings]:

@@ -1,21 +1,21 @@
-"""``cdism-fast prune``: stage 1, sparsify the teacher with OBProx-SG and measure its density d."""
+"""``cdism-fast prune``: stage 1: OBProx-SG pruning, writes density.json.
+
+Fine-tune the teacher on charbonnier(eps=1e-3) while OBProx-SG applies lam*||theta||_1 (Prox-SG
+phase, then orthant phase). The penalty is the optimizer's: only the Charbonnier term is
+back-propagated. Writes the pruned model.pt and density.json (d of the deep-feature module's
+weights, the paper's d, and per-layer densities).
+"""
 from __future__ import annotations
 
 
-def register(subparsers) -> None:
+def add_arguments(parser) -> None:
     from ..models import format_names
     from .options import add_stage_command_arguments
 
-    parser = subparsers.add_parser(
-        "prune", help="stage 1: OBProx-SG pruning, writes density.json",
-        description="Fine-tune the teacher on charbonnier(eps=1e-3) while OBProx-SG applies lam*||theta||_1 "
-                    "(Prox-SG phase, then orthant phase). The penalty is the optimizer's: only the Charbonnier "
-                    "term is back-propagated. Writes the pruned model.pt and density.json (d of the "
-                    "deep-feature module's weights, the paper's d, and per-layer densities).")
     parser.add_argument("--teacher", required=True, help="teacher: any checkpoint `eval` reads (a run's model.pt, "
                                                          f"{format_names()} files) or a shipped model")
     parser.add_argument("--scale", type=int, default=None, help="scale of a teacher file that does not tell it")
-    add_stage_command_arguments(parser, "prune", run)
+    add_stage_command_arguments(parser, "prune")
 
 
 def _prune(args) -> str:

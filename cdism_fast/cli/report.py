@@ -1,14 +1,13 @@
-"""``cdism-fast report RUN_DIR``: rebuild report.md, report.json and the figures of a workflow run."""
+"""``cdism-fast report``: rebuild the report of a `run` folder from its files.
+
+Rebuild report.json, report.md, psnr_vs_cost.png (Fig. 4 style) and crops.png (Fig. 3 style) of a
+`cdism-fast run` folder from evaluation.json and the stage files.
+"""
 from __future__ import annotations
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "report", help="rebuild the report of a `run` folder from its files",
-        description="Rebuild report.json, report.md, psnr_vs_cost.png (Fig. 4 style) and crops.png (Fig. 3 "
-                    "style) of a `cdism-fast run` folder from evaluation.json and the stage files.")
+def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of `cdism-fast run`")
-    parser.set_defaults(func=run)
 
 
 def print_summary(report: dict, run_dir) -> None:

@@ -1,4 +1,11 @@
-"""``cdism-fast run``: every stage of a preset, the evaluation and the report, in one command."""
+"""``cdism-fast run``: all stages (teacher, prune, compress, distill, no-KD baseline), evaluation and report.
+
+Run the whole workflow of a preset into --out: teacher (trained unless --teacher), pruning,
+compression, distillation and the no-KD baseline, then evaluate teacher, pruned teacher, students
+and bicubic and write report.md/report.json with the figures. --resume skips completed stages and
+resumes the interrupted one. Every option of every stage can be set here; the training options apply
+to every training stage.
+"""
 from __future__ import annotations
 
 import sys
@@ -7,7 +14,7 @@ import sys
 RUN_PRESET = "demo"
 
 
-def register(subparsers) -> None:
+def add_arguments(parser) -> None:
     from ..training.stages import STAGE_OPTIONS
     from .options import (
         add_output_arguments,
@@ -18,13 +25,6 @@ def register(subparsers) -> None:
         stage_defaults,
     )
 
-    parser = subparsers.add_parser(
-        "run", help="all stages (teacher, prune, compress, distill, no-KD baseline), evaluation and report",
-        description="Run the whole workflow of a preset into --out: teacher (trained unless --teacher), pruning, "
-                    "compression, distillation and the no-KD baseline, then evaluate teacher, pruned teacher, "
-                    "students and bicubic and write report.md/report.json with the figures. --resume skips "
-                    "completed stages and resumes the interrupted one. Every option of every stage can be set "
-                    "here; the training options apply to every training stage.")
     preset_argument(parser, RUN_PRESET)
     data_argument(parser, "the built-in photographs; paper presets: DIV2K; cpu-291: T91 and BSD200")
     parser.add_argument("--val", action="append", help="evaluation set (repeatable; default: the built-in "
@@ -43,7 +43,6 @@ def register(subparsers) -> None:
         add_stage_options(parser, stage, RUN_PRESET)
     add_training_arguments(parser, stage_defaults(RUN_PRESET, "teacher", "prune", "distill"), RUN_PRESET)
     add_output_arguments(parser, required=False)
-    parser.set_defaults(func=run)
 
 
 def _run(args) -> str:

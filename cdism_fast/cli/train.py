@@ -1,4 +1,9 @@
-"""``cdism-fast train``: stage 0, train a teacher from scratch (L1 loss, Adam)."""
+"""``cdism-fast train``: stage 0: train a teacher from scratch (L1, Adam).
+
+Train a model from scratch with L1 loss and Adam (betas 0.9, 0.999), so that the workflow runs
+without downloads. Writes model.pt, checkpoint.pt (resumable), log.jsonl and stage.json to --out.
+Multi-GPU: torchrun --nproc_per_node N -m cdism_fast train ...
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,20 +17,15 @@ def _structure(text: str) -> tuple[int, int, int]:
     return n_b, n_l, n_c
 
 
-def register(subparsers) -> None:
+def add_arguments(parser) -> None:
     from .options import add_stage_command_arguments
 
-    parser = subparsers.add_parser(
-        "train", help="stage 0: train a teacher from scratch (L1, Adam)",
-        description="Train a model from scratch with L1 loss and Adam (betas 0.9, 0.999), so that the workflow "
-                    "runs without downloads. Writes model.pt, checkpoint.pt (resumable), log.jsonl and stage.json "
-                    "to --out. Multi-GPU: torchrun --nproc_per_node N -m cdism_fast train ...")
     parser.add_argument("--model", default=None,
                         help="preset of cdism_fast.models (default: the workflow preset's teacher)")
     parser.add_argument("--structure", type=_structure, metavar="N_B,N_L,N_C",
                         help="replace the preset's blocks, layers per block and channels")
     parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the preset's)")
-    add_stage_command_arguments(parser, "teacher", run)
+    add_stage_command_arguments(parser, "teacher")
 
 
 def _train(args) -> str:

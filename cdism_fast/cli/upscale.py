@@ -1,4 +1,10 @@
-"""``cdism-fast upscale``: super-resolve one image or a folder of images with a model."""
+"""``cdism-fast upscale``: upscale an image or a folder of images.
+
+Upscale IN (an image file or a folder of images) into OUT (a file, or a folder that receives one PNG
+per image). Large images are processed in overlapping tiles with --tile. Every input is checked
+before the first output is written; a file in OUT that upscale did not write is replaced only with
+--force.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +18,7 @@ from .outputs import add_force_argument
 WRITTEN_BY = {"Software": "cdism-fast upscale"}
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "upscale", help="upscale an image or a folder of images",
-        description="Upscale IN (an image file or a folder of images) into OUT (a file, or a folder that "
-                    "receives one PNG per image). Large images are processed in overlapping tiles with --tile. "
-                    "Every input is checked before the first output is written; a file in OUT that upscale did "
-                    "not write is replaced only with --force.")
+def add_arguments(parser) -> None:
     parser.add_argument("input", type=Path, metavar="IN", help="image file or folder of images")
     parser.add_argument("output", type=Path, metavar="OUT", help="output file, or folder when IN is a folder")
     parser.add_argument("--model", required=True, metavar="CKPT_OR_NAME",
@@ -36,7 +36,6 @@ def register(subparsers) -> None:
                         help="torch.compile(model, fullgraph=True) first (pays off over many images or tiles "
                              "of one size)")
     add_force_argument(parser, "files in OUT")
-    parser.set_defaults(func=run)
 
 
 def _jobs(source: Path, output: Path, list_images) -> list[tuple[Path, Path]]:
