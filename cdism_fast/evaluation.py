@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,7 +205,8 @@ def load_model(spec: str, scale: int | None = None, option: str = "--model") -> 
         raise RuntimeError(f"{option} {spec}: checkpoints and presets need cdism_fast.models, which cannot be "
                            f"imported ({error}); only {option} bicubic works without it") from error
     path = Path(spec)
-    if spec in models.PRETRAINED:
+    names_a_path = "/" in spec or os.sep in spec or bool(path.suffix)  # no shipped name does: its registry is not read
+    if not names_a_path and spec in models.PRETRAINED:
         if path.is_file():
             warnings.warn(f"{option} {spec} is the shipped model {spec}, not the file {spec} in the working "
                           f"directory; pass {option} ./{spec} to use the file", stacklevel=2)
@@ -215,7 +217,7 @@ def load_model(spec: str, scale: int | None = None, option: str = "--model") -> 
         return model
     if path.is_file():
         return models.load_pretrained(path, scale=scale)
-    if path.suffix or len(path.parts) > 1:
+    if names_a_path:
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint file, a shipped model "
                                 f"({', '.join(models.PRETRAINED) or 'none'}) or a preset name")
     if spec not in models.ARCHITECTURES:
