@@ -212,7 +212,7 @@ TOY_FAMILY = '''
 from torch import nn
 
 from cdism_fast.models.common import check_positive_int, construct
-from cdism_fast.models.family import CheckpointFormat, Preset, SRModel, Structure, indices, register_family
+from cdism_fast.models.family import CheckpointFormat, Preset, SRModel, indices, register_family
 
 
 def _infer(state, source, scale=None):
@@ -244,9 +244,6 @@ class Toy(SRModel):
 
     def config(self):
         return dict(scale=self.scale, n_c=self.n_c, n_b=self.n_b, n_l=self.n_l)
-
-    def structure(self):
-        return Structure(self.n_b, self.n_l, self.n_c)
 
     def channel_multiple(self):
         return 4
