@@ -4,7 +4,9 @@ trip, the model file, checkpoint detection, counting and compression; the regist
 is one file: a toy family in a module of its own passes through every command); and bad input."""
 import ast
 import importlib
+import inspect
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
@@ -201,6 +203,14 @@ def test_unknown_preset_lists_known():
 def test_impossible_scale(name, scale):
     with pytest.raises(ValueError, match="scale"):
         models.build(name, scale=scale)
+
+
+@pytest.mark.parametrize("family", [name for name, cls in models.FAMILIES.items()
+                                    if "rgb_mean" in inspect.signature(cls).parameters])
+@pytest.mark.parametrize("rgb_mean", [(0.5, 0.5), (0.1, 0.2, 0.3, 0.4)])
+def test_an_rgb_mean_of_other_than_three_numbers_is_refused(family, rgb_mean):
+    with pytest.raises(ValueError, match=rf"^rgb_mean must be 3 numbers \(R, G, B\), got {re.escape(repr(rgb_mean))}$"):
+        models.FAMILIES[family](rgb_mean=rgb_mean)
 
 
 
