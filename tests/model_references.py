@@ -220,6 +220,19 @@ def meta_preset(name, scale=2, **overrides):
         return models.build(name, scale=scale, **overrides)
 
 
+def published_size(name):
+    """(parameters, GMACs at 1280x720 rounded to 0.1) of preset ``name`` at ×2: the figures papers give."""
+    model = meta_preset(name)
+    return models.count_params(model), round(models.count_flops(model, (720, 1280))["total"] / 1e9, 1)
+
+
+def assert_hand_count(name, scale, hand_count):
+    """count_params of preset ``name`` at ``scale`` equals ``hand_count(**config)``, its config() being the
+    keywords."""
+    model = meta_preset(name, scale)
+    assert models.count_params(model) == hand_count(**model.config())
+
+
 def presets_of(family):
     """The names of the presets of ``family``, from the registry."""
     return [name for name, preset in models.ARCHITECTURES.items() if preset.family == family]

@@ -24,10 +24,7 @@ from cdism_fast.data import (
     write_image,
 )
 
-
-def _random_image(height, width, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+from helpers.images import nearest_pairs, random_image
 
 
 def _write_set(root, stems_and_sizes, scale, layout):
@@ -37,7 +34,7 @@ def _write_set(root, stems_and_sizes, scale, layout):
     else:
         hr_dir, lr_dir = root / "HR", root / "LR_bicubic" / f"X{scale}"
     for seed, (stem, (height, width)) in enumerate(stems_and_sizes):
-        hr = _random_image(height, width, seed)
+        hr = random_image(height, width, seed)
         write_image(hr_dir / f"{stem}.png", hr)
         lr = imresize(hr[:, : height - height % scale, : width - width % scale], 1 / scale)
         write_image(lr_dir / (f"{stem}x{scale}.png" if layout == "div2k" else f"{stem}.png"), lr)
@@ -72,7 +69,7 @@ def test_shared_benchmark_layout(shared_data):
 
 
 def test_hr_folder_makes_and_caches_lr(tmp_path):
-    hr = _random_image(41, 50)
+    hr = random_image(41, 50)
     write_image(tmp_path / "hr" / "a.png", hr)
     dataset = HRFolderDataset(tmp_path / "hr", 2, cache_dir=tmp_path / "cache")
     lr, hr_cropped, name = dataset[0]
@@ -101,11 +98,11 @@ def test_bad_folders_and_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no LR image for HR file .*b\.png"):
         folder_dataset(tmp_path / "set", 2)
     # LR of the wrong size names both files.
-    write_image(lr_dir / "b.png", _random_image(10, 10))
+    write_image(lr_dir / "b.png", random_image(10, 10))
     with pytest.raises(ValueError, match=r"LR image .*b\.png is 10x10 but HR image .*b\.png is 40x40"):
         folder_dataset(tmp_path / "set", 2)
     # A truncated file names the file when it is decoded.
-    write_image(lr_dir / "b.png", imresize(_random_image(40, 40, seed=1), 0.5))
+    write_image(lr_dir / "b.png", imresize(random_image(40, 40, seed=1), 0.5))
     data = (hr_dir / "b.png").read_bytes()
     (hr_dir / "b.png").write_bytes(data[: len(data) // 2])
     dataset = folder_dataset(tmp_path / "set", 2)
@@ -141,17 +138,8 @@ def test_sixteen_bit_and_alpha_are_converted_and_said_once(tmp_path, monkeypatch
     assert rgba[1].shape == (3, 8, 8) and rgba[1][:, 0, 0].tolist() == [10, 20, 30]
 
 
-def _nearest_pairs(tmp_path, sizes, scale=2):
-    """HR = nearest-neighbour upscale of LR, so every aligned HR patch subsampled equals its LR patch."""
-    for i, (height, width) in enumerate(sizes):
-        lr = _random_image(height, width, seed=i)
-        write_image(tmp_path / "HR" / f"{i:04d}.png", lr.repeat_interleave(scale, 1).repeat_interleave(scale, 2))
-        write_image(tmp_path / "LR_bicubic" / f"X{scale}" / f"{i:04d}.png", lr)
-    return folder_dataset(tmp_path, scale)
-
-
 def test_patches_are_aligned_augmented_and_deterministic(tmp_path):
-    pairs = _nearest_pairs(tmp_path, [(40, 52), (30, 33), (12, 60)])
+    pairs = nearest_pairs(tmp_path, [(40, 52), (30, 33), (12, 60)])
     with pytest.warns(UserWarning, match="1 of 3 images .* smaller than the 16x16 LR patch"):
         patches = TrainingPatches(pairs, patch_size=16, repeat=50, progress=False)
     assert len(patches) == 100 and patches.skipped == ["0002"]
@@ -188,7 +176,7 @@ def _orientation(patch, source):
 
 
 def test_disk_cache_and_workers_give_the_same_batches(tmp_path):
-    pairs = _nearest_pairs(tmp_path, [(40, 52), (30, 33)])
+    pairs = nearest_pairs(tmp_path, [(40, 52), (30, 33)])
     in_memory = TrainingPatches(pairs, patch_size=16, repeat=8, progress=False)
     on_disk = TrainingPatches(pairs, patch_size=16, repeat=8, cache_dir=tmp_path / "cache", progress=False)
     assert len(list((tmp_path / "cache").glob("*_hr.npy"))) == 2
@@ -234,8 +222,8 @@ def test_builtin_without_scikit_image(monkeypatch):
 def test_an_image_smaller_than_the_scale_is_skipped_like_other_small_images(tmp_path):
     folder = tmp_path / "train"
     folder.mkdir()
-    write_image(folder / "big.png", _random_image(40, 40))
-    write_image(folder / "dot.png", _random_image(1, 1))
+    write_image(folder / "big.png", random_image(40, 40))
+    write_image(folder / "dot.png", random_image(1, 1))
     with pytest.warns(UserWarning, match=r"1 of 2 images of train are smaller than the 8x8 LR patch and are "
                                          r"skipped: dot"):
         patches = TrainingPatches(folder_dataset(folder, 2), patch_size=8, progress=False)
@@ -252,7 +240,7 @@ def test_data_caches_are_written_atomically_and_lose_their_stale_temporaries(tmp
 
     folder = tmp_path / "train"
     folder.mkdir()
-    write_image(folder / "a.png", _random_image(40, 40))
+    write_image(folder / "a.png", random_image(40, 40))
     cache = tmp_path / "cache"
     cache.mkdir()
     victim = tmp_path / "victim.txt"
@@ -286,7 +274,7 @@ def _current_umask() -> int:
 
 
 def test_the_lr_cache_of_an_hr_folder_loses_its_stale_temporaries(tmp_path):
-    write_image(tmp_path / "hr" / "a.png", _random_image(40, 40))
+    write_image(tmp_path / "hr" / "a.png", random_image(40, 40))
     cache = tmp_path / "cache" / "X2"
     cache.mkdir(parents=True)
     stale = cache / ".a_0123456789abcdef.png.0123456789ab.partial"

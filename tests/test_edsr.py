@@ -9,6 +9,7 @@ from cdism_fast.compress import Structure
 from cdism_fast.models import CheckpointMismatch, load_pretrained
 
 from model_references import (
+    assert_hand_count,
     assert_same_model,
     check_model_file_in_eval_upscale_and_export,
     conv_params,
@@ -106,10 +107,11 @@ def test_basicsr_edsr_baseline_preset(tmp_path):
     assert_same_model(loaded, original, torch.rand(1, 3, 4, 4))
 
 
-def edsr_params(c, n_b, n_l, scale):
-    body = n_b * (n_l + 1) * conv_params(c, c) + conv_params(c, c)
-    upsample = sum(conv_params(c, r * r * c) for r in shuffle_steps(scale))
-    return conv_params(3, c) + body + upsample + conv_params(c, 3)
+def edsr_params(n_c, n_b, n_l, scale, **options):
+    """``options`` (res_scale, rgb_range, rgb_mean) add no parameters."""
+    body = n_b * (n_l + 1) * conv_params(n_c, n_c) + conv_params(n_c, n_c)
+    upsample = sum(conv_params(n_c, r * r * n_c) for r in shuffle_steps(scale))
+    return conv_params(3, n_c) + body + upsample + conv_params(n_c, 3)
 
 
 def edsr_macs(c, n_b, n_l, scale, out_hw):
@@ -147,9 +149,7 @@ def test_required_parameter_counts():
 @pytest.mark.parametrize("name", presets_of("edsr"))
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_parameters_against_hand_count(name, scale):
-    model = meta_preset(name, scale)
-    config = model.config()
-    assert models.count_params(model) == edsr_params(config["n_c"], config["n_b"], config["n_l"], scale)
+    assert_hand_count(name, scale, edsr_params)
 
 
 def test_a_member_with_other_options_keeps_them_in_eval_upscale_and_export(tmp_path):

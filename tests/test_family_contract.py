@@ -4,7 +4,9 @@ trip, the model file, checkpoint detection, counting and compression; the regist
 is one file: a toy family in a module of its own passes through every command); and bad input."""
 import ast
 import importlib
+import inspect
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
@@ -203,6 +205,14 @@ def test_impossible_scale(name, scale):
         models.build(name, scale=scale)
 
 
+@pytest.mark.parametrize("family", [name for name, cls in models.FAMILIES.items()
+                                    if "rgb_mean" in inspect.signature(cls).parameters])
+@pytest.mark.parametrize("rgb_mean", [(0.5, 0.5), (0.1, 0.2, 0.3, 0.4)])
+def test_an_rgb_mean_of_other_than_three_numbers_is_refused(family, rgb_mean):
+    with pytest.raises(ValueError, match=rf"^rgb_mean must be 3 numbers \(R, G, B\), got {re.escape(repr(rgb_mean))}$"):
+        models.FAMILIES[family](rgb_mean=rgb_mean)
+
+
 
 
 # --- the registry: a family is one file ---------------------------------------------------------------------------
@@ -212,7 +222,7 @@ TOY_FAMILY = '''
 from torch import nn
 
 from cdism_fast.models.common import check_positive_int, construct
-from cdism_fast.models.family import CheckpointFormat, Preset, SRModel, Structure, indices, register_family
+from cdism_fast.models.family import CheckpointFormat, Preset, SRModel, indices, register_family
 
 
 def _infer(state, source, scale=None):
@@ -244,9 +254,6 @@ class Toy(SRModel):
 
     def config(self):
         return dict(scale=self.scale, n_c=self.n_c, n_b=self.n_b, n_l=self.n_l)
-
-    def structure(self):
-        return Structure(self.n_b, self.n_l, self.n_c)
 
     def channel_multiple(self):
         return 4

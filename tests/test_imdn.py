@@ -9,10 +9,12 @@ from cdism_fast.evaluation import evaluate
 from cdism_fast.models import load_pretrained
 
 from model_references import (
+    assert_hand_count,
     check_model_file_in_eval_upscale_and_export,
     conv_params,
     meta_preset,
     presets_of,
+    published_size,
     randomize,
 )
 
@@ -68,15 +70,22 @@ def test_unknown_options_are_named():
         models.from_structure("imdn", 2, 1, 16, res_scale=0.1)
 
 
-def imdn_params(c, n_b, n_l, scale):
-    distilled = c // 4
-    steps = conv_params(c, c) + (n_l - 2) * conv_params(c - distilled, c) + conv_params(c - distilled, distilled)
+def imdn_params(n_c, n_b, n_l, scale):
+    distilled = n_c // 4
+    steps = conv_params(n_c, n_c) + (n_l - 2) * conv_params(n_c - distilled, n_c) \
+        + conv_params(n_c - distilled, distilled)
     attention_channels = distilled * n_l
     hidden = max(1, attention_channels // 16)
     block = steps + conv_params(attention_channels, hidden, 1) + conv_params(hidden, attention_channels, 1) \
-        + conv_params(attention_channels, c, 1)
-    return (conv_params(3, c) + n_b * block + conv_params(n_b * c, c, 1) + conv_params(c, c)
-            + conv_params(c, 3 * scale * scale))
+        + conv_params(attention_channels, n_c, 1)
+    return (conv_params(3, n_c) + n_b * block + conv_params(n_b * n_c, n_c, 1) + conv_params(n_c, n_c)
+            + conv_params(n_c, 3 * scale * scale))
+
+
+@pytest.mark.parametrize("name", presets_of("imdn"))
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_parameters_against_hand_count(name, scale):
+    assert_hand_count(name, scale, imdn_params)
 
 
 def test_published_file_loads_with_weights_only(shared_data):
@@ -91,17 +100,7 @@ def test_published_file_loads_with_weights_only(shared_data):
 
 def test_published_parameters_and_macs():
     """Hui et al. 2019: 694K parameters (the published IMDN_x2.pth), 158.8G Multi-Adds at 1280x720 (x2)."""
-    model = meta_preset("imdn")
-    assert models.count_params(model) == 694_404
-    assert round(models.count_flops(model, (720, 1280))["total"] / 1e9, 1) == 158.8
-
-
-@pytest.mark.parametrize("name", presets_of("imdn"))
-@pytest.mark.parametrize("scale", [2, 3, 4])
-def test_parameters_against_hand_count(name, scale):
-    model = meta_preset(name, scale)
-    config = model.config()
-    assert models.count_params(model) == imdn_params(config["n_c"], config["n_b"], config["n_l"], scale)
+    assert published_size("imdn") == (694_404, 158.8)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -27,8 +27,11 @@ class Reached(BaseException):
     """Raised by a recorder: the stage was called (a BaseException, so no command turns it into an exit code)."""
 
 
-def _other_value(cls, field, current):
-    """A command-line text for ``field`` and the value it must give, never ``current``."""
+def _other_value(stage, name, base):
+    """A command-line text for option ``name`` of ``stage`` and the value it must give, never the one of ``base``."""
+    cls = STAGE_OPTIONS[stage]
+    field = next(f for f in fields(cls) if f.name == name)
+    current = getattr(base, name)
     annotation = typing.get_type_hints(cls)[field.name]
     if field.metadata.get("choices"):
         value = next(c for c in field.metadata["choices"] if c != current)
@@ -70,10 +73,8 @@ def _recorder(seen: dict, stage: str, stop: bool):
 
 @pytest.mark.parametrize("stage, name", FIELDS)
 def test_every_option_reaches_its_stage_from_the_stage_command(tmp_path, teacher, monkeypatch, stage, name):
-    cls = STAGE_OPTIONS[stage]
-    field = next(f for f in fields(cls) if f.name == name)
     base = _preset_options(STAGE_COMMAND_PRESET, stage)
-    words, expected = _other_value(cls, field, getattr(base, name))
+    words, expected = _other_value(stage, name, base)
     seen = {}
     monkeypatch.setattr(stages, stage, _recorder(seen, stage, stop=True))
     required = {"prune": ["--teacher", str(teacher)],
@@ -86,10 +87,8 @@ def test_every_option_reaches_its_stage_from_the_stage_command(tmp_path, teacher
 
 @pytest.mark.parametrize("stage, name", FIELDS)
 def test_every_option_of_every_stage_reaches_it_from_run(tmp_path, teacher, monkeypatch, stage, name):
-    cls = STAGE_OPTIONS[stage]
-    field = next(f for f in fields(cls) if f.name == name)
     base = _preset_options(RUN_PRESET, stage)
-    words, expected = _other_value(cls, field, getattr(base, name))
+    words, expected = _other_value(stage, name, base)
     seen = {}
     for each in STAGE_OPTIONS:  # the workflow calls prune, compress, then distill: the last one stops the run
         monkeypatch.setattr(workflow, each, _recorder(seen, each, stop=each == "distill"))

@@ -56,6 +56,19 @@ def l1_step(model, batch):
     return (model(lr) - hr).abs().mean()
 
 
+def crashing_step(at_call):
+    """The L1 step, raising "simulated crash" on its ``at_call``-th call."""
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise RuntimeError("simulated crash")
+        return l1_step(model, batch)
+
+    return step
+
+
 def make_trainer(out_dir, iterations=12, step_loss=l1_step, validate=None, optimizer=None, **config):
     torch.manual_seed(7)
     model = TinySR()
@@ -113,16 +126,8 @@ def test_sigint_saves_and_resume_is_bit_identical(tmp_path, uninterrupted):
 
 def test_crash_mid_run_resumes_from_last_periodic_checkpoint_bit_identically(tmp_path, uninterrupted):
     reference, _ = uninterrupted
-    calls = {"n": 0}
-
-    def crashing_step(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise RuntimeError("simulated crash")
-        return l1_step(model, batch)
-
     with pytest.raises(RuntimeError, match="simulated crash"):
-        make_trainer(tmp_path, step_loss=crashing_step, checkpoint_every=4).fit()
+        make_trainer(tmp_path, step_loss=crashing_step(7), checkpoint_every=4).fit()
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["iteration"] == 4
     resumed = make_trainer(tmp_path, checkpoint_every=4)
     assert resumed.fit(resume=True).iteration == 12
@@ -138,16 +143,8 @@ def test_obproxsg_phase_survives_resume_bit_identically(tmp_path):
     straight = make_trainer(tmp_path / "straight", iterations=9, optimizer=optimizer)
     straight.fit()
     assert straight.optimizer.phase == "orthant"
-    calls = {"n": 0}
-
-    def crashing_step(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise RuntimeError("simulated crash")
-        return l1_step(model, batch)
-
     with pytest.raises(RuntimeError):
-        make_trainer(tmp_path / "resumed", iterations=9, optimizer=optimizer, step_loss=crashing_step,
+        make_trainer(tmp_path / "resumed", iterations=9, optimizer=optimizer, step_loss=crashing_step(6),
                      checkpoint_every=5).fit()
     saved = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)["optimizer"]["obproxsg"]
     assert saved["steps"] == 5 and saved["phase"] == "prox_sg"

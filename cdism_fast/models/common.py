@@ -65,6 +65,14 @@ def upsampler_scale(conv_out_channels: list[int], channels: int) -> int | None:
     return None
 
 
+def check_rgb_mean(rgb_mean) -> tuple[float, float, float]:
+    """The per-channel mean a :class:`MeanShift` subtracts, as a tuple of three floats."""
+    values = tuple(float(m) for m in rgb_mean)
+    if len(values) != 3:
+        raise ValueError(f"rgb_mean must be 3 numbers (R, G, B), got {rgb_mean!r}")
+    return values
+
+
 class MeanShift(nn.Module):
     """``(x − mean)·range`` in, ``y/range + mean`` out: RGB in [0, 1] for a network trained on
     mean-subtracted values in [0, range] (EDSR: 255, SwinIR: 1). The mean is a fixed buffer, not a

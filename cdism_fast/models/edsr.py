@@ -26,6 +26,7 @@ from .common import (
     check_positive_float,
     check_positive_int,
     check_rgb,
+    check_rgb_mean,
     check_shuffle_scale,
     construct,
     shuffle_upsampler,
@@ -36,7 +37,6 @@ from .family import (
     CheckpointMismatch,
     Preset,
     SRModel,
-    Structure,
     check_rgb_input,
     indices,
     register_family,
@@ -167,9 +167,7 @@ class EDSR(SRModel):
         self.n_b = check_positive_int("n_b", n_b)
         self.n_l = check_positive_int("n_l", n_l)
         self.res_scale = check_positive_float("res_scale", res_scale)
-        self.rgb_mean = tuple(float(m) for m in rgb_mean)
-        if len(self.rgb_mean) != 3:
-            raise ValueError(f"rgb_mean must be 3 numbers (R, G, B), got {rgb_mean!r}")
+        self.rgb_mean = check_rgb_mean(rgb_mean)
         self.mean_shift = MeanShift(rgb_range, self.rgb_mean)
         self.conv_first = nn.Conv2d(3, n_c, 3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(n_c, n_l + 1, self.res_scale) for _ in range(n_b)))
@@ -197,9 +195,6 @@ class EDSR(SRModel):
         features = self.conv_first(self.mean_shift.subtract(x))
         features = self.conv_after_body(self.body(features)) + features
         return self.mean_shift.add(self.conv_last(self.upsample(features)))
-
-    def structure(self) -> Structure:
-        return Structure(self.n_b, self.n_l, self.n_c)
 
     def channel_multiple(self) -> int:
         return EDSR_CHANNEL_MULTIPLE

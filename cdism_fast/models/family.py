@@ -11,8 +11,9 @@ module of its folder, so a family is one file. Its declaration is:
 * ``from_structure(n_b, n_l, n_c, scale, **options)``: a member from the three knobs of the
   compression rule, with the constructor's other options; knobs out of bounds raise a
   ``ValueError`` naming the knob and the allowed values;
-* ``structure()`` (:class:`Structure`) and ``channel_multiple()``: the knobs of this model,
-  and what the channel count must be a multiple of (the channel counts compression may pick);
+* ``structure()`` (:class:`Structure`) and ``channel_multiple()``: the knobs of this model (by
+  default its attributes ``n_b``, ``n_l``, ``n_c``), and what the channel count must be a multiple
+  of (the channel counts compression may pick);
 * ``deep_feature_modules``: the names of the submodules that make the deep-feature module
   (the density is measured on it; ``prune --penalty deep`` penalises only it);
 * ``presets``: named configurations (:class:`Preset`);
@@ -169,7 +170,9 @@ class SRModel(nn.Module):
         raise NotImplementedError
 
     def structure(self) -> Structure:
-        raise NotImplementedError
+        """The knobs from the attributes ``n_b``, ``n_l`` and ``n_c``; a family that keeps them otherwise
+        overrides it (SwinIR: ``depths``, ``embed_dim``)."""
+        return Structure(self.n_b, self.n_l, self.n_c)
 
     def channel_multiple(self) -> int:
         raise NotImplementedError

@@ -26,7 +26,6 @@ from .family import (
     CheckpointFormat,
     Preset,
     SRModel,
-    Structure,
     check_multiple,
     check_rgb_input,
     indices,
@@ -141,9 +140,6 @@ class IMDN(SRModel):
 
     def config(self) -> dict:
         return dict(scale=self.scale, n_c=self.n_c, n_b=self.n_b, n_l=self.n_l)
-
-    def structure(self) -> Structure:
-        return Structure(self.n_b, self.n_l, self.n_c)
 
     def channel_multiple(self) -> int:
         return IMDN_CHANNEL_MULTIPLE

@@ -27,7 +27,6 @@ from .family import (
     CheckpointMismatch,
     Preset,
     SRModel,
-    Structure,
     check_multiple,
     check_rgb_input,
     indices,
@@ -147,9 +146,6 @@ class PAN(SRModel):
 
     def config(self) -> dict:
         return dict(scale=self.scale, n_c=self.n_c, n_b=self.n_b, n_l=self.n_l, unf=self.unf)
-
-    def structure(self) -> Structure:
-        return Structure(self.n_b, self.n_l, self.n_c)
 
     def channel_multiple(self) -> int:
         return PAN_CHANNEL_MULTIPLE

@@ -32,6 +32,7 @@ from .common import (
     check_positive_float,
     check_positive_int,
     check_rgb,
+    check_rgb_mean,
     check_shuffle_scale,
     construct,
     reflect_pad_to_multiple,
@@ -318,9 +319,7 @@ class SwinIR(SRModel):
         self.upsampler = upsampler
         self.qkv_bias = bool(qkv_bias)
         self.patch_norm = bool(patch_norm)
-        self.rgb_mean = tuple(float(m) for m in rgb_mean)
-        if len(self.rgb_mean) != 3:
-            raise ValueError(f"rgb_mean must be 3 numbers (R, G, B), got {rgb_mean!r}")
+        self.rgb_mean = check_rgb_mean(rgb_mean)
         backend = _check_backend(attention_backend)
         if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
                 or not 0.0 <= drop_path_rate < 1.0:

@@ -26,12 +26,13 @@ def write_smooth_images(folder, count, seed, size=(40, 48)):
     return folder
 
 
-def random_image(height, width, seed):
+def random_image(height, width, seed=0):
     return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 def nearest_pairs(root, sizes, scale=2):
-    """HR = nearest-neighbour upscale of LR (so a nearest-upsampling "teacher" outputs exactly HR)."""
+    """HR = nearest-neighbour upscale of LR (so a nearest-upsampling "teacher" outputs exactly HR, and every
+    aligned HR patch subsampled equals its LR patch)."""
     for i, (height, width) in enumerate(sizes):
         lr = random_image(height, width, seed=i)
         write_image(root / "HR" / f"{i:04d}.png", lr.repeat_interleave(scale, 1).repeat_interleave(scale, 2))

@@ -1,5 +1,5 @@
 """What every stage shares: its settings and result, the training data and validation, the stage folder's
-life cycle (open, train, fit, finish) and reading a completed stage's model."""
+life cycle (open, train, finish) and reading a completed stage's model."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +30,7 @@ from ..engine import (
 )
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator", "stage_patches",
-           "to_unit", "with_overrides", "available_cpus", "open_stage", "stage_trainer", "fit_stage",
+           "to_unit", "with_overrides", "available_cpus", "open_stage", "train_stage", "patch_loss",
            "finish_stage", "data_fingerprint", "load_stage_model", "setting", "MODEL_FILE", "DENSITY_FILE",
            "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
 
@@ -164,6 +164,16 @@ def to_unit(batch):
     return lr.float().div_(255.0), hr.float().div_(255.0)
 
 
+def patch_loss(loss: Callable) -> Callable:
+    """The ``step_loss(net, batch)`` of a stage trained on the patch pairs alone: ``loss(net(lr), hr)`` in float."""
+
+    def step_loss(net, batch):
+        lr, hr = to_unit(batch)
+        return loss(net(lr).float(), hr)
+
+    return step_loss
+
+
 # ----------------------------------------------------------------------------------- the stage folder
 def data_fingerprint(data) -> Optional[str]:
     """SHA-256 of the names and sizes of every file under the data folder(s) (None for the built-in
@@ -192,22 +202,20 @@ def open_stage(folder, stage: str, settings: StageSettings, record: dict, *, sca
     return pairs, stage_patches(pairs, settings)
 
 
-def stage_trainer(model: nn.Module, step_loss: Callable, optimizer, patches, settings: StageSettings, folder, *,
-                  description: str, kind: str, data, val, context, metadata: dict, ema: bool = True) -> Trainer:
-    """The :class:`~.engine.Trainer` of a training stage: the step schedule of ``settings``, validation on
-    the held-out sets of ``val`` (or the built-in ones)."""
+def train_stage(model: nn.Module, step_loss: Callable, optimizer, patches, settings: StageSettings, folder, *,
+                resume: bool, description: str, kind: str, data, val, context, metadata: dict,
+                ema: bool = True) -> tuple[Trainer, TrainResult]:
+    """(trainer, result): the :class:`~.engine.Trainer` of a training stage (the step schedule of ``settings``,
+    validation on the held-out sets of ``val`` or the built-in ones) and its ``fit``, recorded in
+    ``stage.json`` when a non-finite loss stopped it."""
     scale = model.scale
-    return Trainer(model, step_loss, optimizer, patches, settings.train_config(description, ema=ema), folder,
-                   scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones),
-                                                                  gamma=settings.gamma),
-                   context=context, kind=kind, validate=make_validator(validation_sets(val, data, scale), scale),
-                   metadata=metadata)
-
-
-def fit_stage(trainer: Trainer, folder, resume: bool) -> TrainResult:
-    """``trainer.fit``, recording in ``stage.json`` when a non-finite loss stopped it."""
+    trainer = Trainer(model, step_loss, optimizer, patches, settings.train_config(description, ema=ema), folder,
+                      scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones),
+                                                                     gamma=settings.gamma),
+                      context=context, kind=kind, validate=make_validator(validation_sets(val, data, scale), scale),
+                      metadata=metadata)
     try:
-        return trainer.fit(resume=resume)
+        return trainer, trainer.fit(resume=resume)
     except NonFiniteLossError as error:
         on_main(mark_stage, folder, status="failed", error=str(error))
         raise

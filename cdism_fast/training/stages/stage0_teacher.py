@@ -6,7 +6,7 @@ from torch import nn
 
 from .. import distributed
 from ..artifacts import model_spec, records_failure
-from .common import StageResult, StageSettings, finish_stage, fit_stage, open_stage, stage_trainer, to_unit
+from .common import StageResult, StageSettings, finish_stage, open_stage, patch_loss, train_stage
 
 
 @records_failure
@@ -18,12 +18,7 @@ def train_teacher(model: nn.Module, out_dir, settings: StageSettings, data=None,
     _, patches = open_stage(out_dir, "train", settings, {"model": model_spec(model)}, scale=model.scale, data=data,
                             val=val, resume=resume, overwrite=overwrite, inputs=inputs)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
-
-    def step_loss(net, batch):
-        lr, hr = to_unit(batch)
-        return torch.nn.functional.l1_loss(net(lr).float(), hr)
-
-    trainer = stage_trainer(model, step_loss, optimizer, patches, settings, out_dir,
-                            description="stage 0: teacher", kind="train", data=data, val=val, context=context,
-                            metadata={"model": model_spec(model)})
-    return finish_stage(fit_stage(trainer, out_dir, resume), trainer, out_dir)
+    trainer, result = train_stage(model, patch_loss(torch.nn.functional.l1_loss), optimizer, patches, settings,
+                                  out_dir, resume=resume, description="stage 0: teacher", kind="train", data=data,
+                                  val=val, context=context, metadata={"model": model_spec(model)})
+    return finish_stage(result, trainer, out_dir)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +20,10 @@ from .common import (
     StageResult,
     StageSettings,
     finish_stage,
-    fit_stage,
     open_stage,
+    patch_loss,
     setting,
-    stage_trainer,
-    to_unit,
+    train_stage,
 )
 
 #: Whose parameters the l1 penalty covers.
@@ -100,15 +100,10 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
     _, patches = open_stage(out_dir, "prune", settings, {**schedule, **depends}, scale=model.scale, data=data,
                             val=val, resume=resume, overwrite=overwrite, inputs=inputs,
                             files=(*TRAINING_FILES, DENSITY_FILE))
-
-    def step_loss(net, batch):
-        lr, hr = to_unit(batch)
-        return charbonnier(net(lr).float(), hr, eps=CHARBONNIER_EPS)
-
-    trainer = stage_trainer(model, step_loss, optimizer, patches, settings, out_dir,
-                            description="stage 1: prune", kind="prune", data=data, val=val, context=context,
-                            metadata={"model": model_spec(model), **schedule}, ema=False)
-    result = fit_stage(trainer, out_dir, resume)
+    trainer, result = train_stage(model, patch_loss(functools.partial(charbonnier, eps=CHARBONNIER_EPS)), optimizer,
+                                  patches, settings, out_dir, resume=resume, description="stage 1: prune",
+                                  kind="prune", data=data, val=val, context=context,
+                                  metadata={"model": model_spec(model), **schedule}, ema=False)
     report = density_report(trainer.model)
     report.update(iteration=result.iteration, **schedule)
     if result.status == "completed":

@@ -20,11 +20,10 @@ from .common import (
     StageResult,
     StageSettings,
     finish_stage,
-    fit_stage,
     open_stage,
     setting,
-    stage_trainer,
     to_unit,
+    train_stage,
 )
 
 #: How the distillation loss sums a pyramid level.
@@ -189,11 +188,11 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     teacher = _frozen(teacher, context.device, settings) if used else None
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
     cache = _teacher_cache(teacher, patches, cache_folder, settings) if used and cache_folder else None
-    trainer = stage_trainer(model, _step_loss(teacher, cache, options), optimizer, patches, settings, out_dir,
-                            description="stage 3: distill" if kd else "stage 3: no-KD ablation", kind=kind,
-                            data=data, val=val, context=context,
-                            metadata={"student": model_spec(model), "kd": kd, **recorded_options})
-    return finish_stage(fit_stage(trainer, out_dir, resume), trainer, out_dir, extra_info={"kd": kd})
+    trainer, result = train_stage(model, _step_loss(teacher, cache, options), optimizer, patches, settings, out_dir,
+                                  resume=resume, description="stage 3: distill" if kd else "stage 3: no-KD ablation",
+                                  kind=kind, data=data, val=val, context=context,
+                                  metadata={"student": model_spec(model), "kd": kd, **recorded_options})
+    return finish_stage(result, trainer, out_dir, extra_info={"kd": kd})
 
 
 def _frozen(teacher: nn.Module, device, settings: StageSettings) -> nn.Module:
