@@ -69,3 +69,15 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
     command.stdout.close()  # as `cdism-fast models | head -1` does after its line (here before any)
     stderr = command.stderr.read().decode()
     assert command.wait(timeout=120) == 141 and stderr == ""
+
+
+def test_warnings_of_the_console_script_are_one_line_each(noise_images):
+    import subprocess
+    import sys
+
+    _, val = noise_images
+    result = subprocess.run([sys.executable, "-m", "cdism_fast", "eval", "--model", "edsr_mini", "--scale", "2",
+                             "--data", str(val)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["cdism-fast eval: warning: --model edsr_mini is a preset name: its "
+                                          "weights are random, not trained"]

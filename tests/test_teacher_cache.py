@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,6 +249,21 @@ def test_links_planted_at_every_predictable_name_are_never_written_through(tmp_p
         assert cache.target(image) is not None
 
 
+def test_a_link_planted_at_the_teacher_folder_of_the_cache_is_refused_and_never_followed(tmp_path):
+    pairs = nearest_pairs(tmp_path / "data", [(24, 24), (20, 28)])
+    patches = TrainingPatches(pairs, patch_size=12, progress=False)
+    cache = TeacherCache(tmp_path / "cache", ConvTeacher().eval(), patches, progress=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / cache.record_path(cache.paths[0]).name).write_text("precious")
+    cache.folder.mkdir()
+    cache.paths[0].parent.symlink_to(outside)  # <cache>/<teacher key> -> a folder outside the cache
+    before = _digests(outside.iterdir())
+    with pytest.raises(TeacherCacheError, match="is a symbolic link, not a folder the cache made"):
+        cache.prepare()
+    assert _digests(outside.iterdir()) == before and cache.paths[0].parent.is_symlink()
+
+
 def _build_in_rounds(root, rounds, barrier):
     patches = TrainingPatches(folder_dataset(root / "data", 2), patch_size=12, progress=False)
     for round_ in range(rounds):
@@ -392,6 +408,11 @@ def test_cache_folder_turns_the_option_value_into_the_cache_setting(tmp_path, mo
     monkeypatch.setenv("CDISM_CACHE", str(tmp_path / "home"))
     assert teacher_cache.cache_folder(None) == tmp_path / "home" / "teacher-outputs"
     assert teacher_cache.cache_folder("off") is None
+    assert teacher_cache.cache_folder("OFF") is None and teacher_cache.cache_folder("Off ") is None
+    with pytest.raises(TeacherCacheError, match=r"^--teacher-cache none: pass --teacher-cache off to run the "
+                                                  r"teacher on every patch, or --teacher-cache \./none"):
+        teacher_cache.cache_folder("none")
+    assert teacher_cache.cache_folder("./none") == Path("none")
     assert teacher_cache.cache_folder(str(tmp_path / "elsewhere")) == tmp_path / "elsewhere"
     with pytest.raises(TeacherCacheError, match=r"^--teacher-cache '' names no folder; pass --teacher-cache DIR, "
                                                   r"or --teacher-cache off for the per-patch teacher$"):

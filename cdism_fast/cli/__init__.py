@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import importlib
 import os
 import sys
+import warnings
 
 from ..ops import BackendUnavailable
 
@@ -62,7 +64,14 @@ def add_command(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line (``argv``, default ``sys.argv[1:]``) and return its exit code.
+
+    Run as the console script (``argv`` None), warnings print as one line each, ``cdism-fast CMD: warning:
+    ...``, instead of Python's two (the source line of the code that warned means nothing to a user).
+    """
     args = build_parser().parse_args(argv)
+    if argv is None:
+        warnings.showwarning = functools.partial(_show_warning, args.command)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
@@ -85,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BUG
         print(f"cdism-fast {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return code
+
+
+def _show_warning(command, message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"cdism-fast {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def user_message(exc: BaseException) -> str:

@@ -77,6 +77,8 @@ _RECORD_LIMIT = 1 << 16
 _LOCK_POLL = 0.05
 _LOCK_PATIENCE = 60.0
 _OFF = "off"
+#: Values of --teacher-cache that mean "off" in other tools: refused rather than taken as folder names.
+_LOOKS_LIKE_OFF = frozenset({"none", "no", "false", "0", "disable", "disabled"})
 #: Seconds after which an empty lock file (its owner died before writing its pid) is stale.
 _EMPTY_LOCK_AGE = 10.0
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -109,14 +111,18 @@ def default_cache_folder() -> Path:
 
 def cache_folder(value: Optional[str]) -> Optional[Path]:
     """The cache folder of a ``--teacher-cache`` value: None (not given) → :func:`default_cache_folder`,
-    ``"off"`` → None (the teacher runs on every patch), any other text → that folder; an empty value is an error."""
+    ``"off"`` (any case) → None (the teacher runs on every patch), any other text → that folder; an empty value,
+    and words such as ``none`` that mean "off" elsewhere, are errors (``./none`` is the folder)."""
     if value is None:
         return default_cache_folder()
-    if value == _OFF:
+    if value.strip().lower() == _OFF:
         return None
     if not value.strip():
         raise TeacherCacheError(f"--teacher-cache {value!r} names no folder; pass --teacher-cache DIR, or "
                                 f"--teacher-cache {_OFF} for the per-patch teacher")
+    if value.strip().lower() in _LOOKS_LIKE_OFF:  # a folder of that name is more likely a slip than meant
+        raise TeacherCacheError(f"--teacher-cache {value}: pass --teacher-cache {_OFF} to run the teacher on every "
+                                f"patch, or --teacher-cache ./{value} for a folder of that name")
     return Path(value)
 
 
@@ -424,6 +430,11 @@ class TeacherCache:
         folder, entry or disk."""
         folder = self.paths[0].parent
         fix = f"or pass --teacher-cache {_OFF}"
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            kind = "a symbolic link" if folder.is_symlink() else "not a folder"
+            raise TeacherCacheError(f"teacher cache folder {folder} is {kind}, not a folder the cache made (it "
+                                    f"never writes through links); remove {folder} (its entries are then rebuilt), "
+                                    f"pass --teacher-cache DIR, {fix}")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
