@@ -81,3 +81,12 @@ def test_warnings_of_the_console_script_are_one_line_each(noise_images):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["cdism-fast eval: warning: --model edsr_mini is a preset name: its "
                                           "weights are random, not trained"]
+
+
+def test_an_option_the_parser_refuses_is_one_line_not_the_whole_usage(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["distill", "--student", "edsr_mini", "--milestones", "abc"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "cdism-fast distill: error: argument --milestones: expected iteration counts separated by commas (e.g. "
+        "200000,400000), got 'abc'; `cdism-fast distill --help` lists the options"]

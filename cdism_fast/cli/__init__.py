@@ -37,8 +37,16 @@ EXIT_BUG = 1
 EXIT_BROKEN_PIPE = 128 + 13
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An option the parser refuses is one line naming it and where the options are listed, as every other
+    user error (argparse's own error prints the whole usage first, 19 lines for ``distill``)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; `{self.prog} --help` lists the options\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="cdism-fast",
         description="Compress super-resolution models: prune (OBProx-SG), compress, distill.",
     )
