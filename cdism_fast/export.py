@@ -129,10 +129,12 @@ def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opse
         free.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
     was_training = model.training
     model.eval()
-    # The exporter logs progress and irrelevant registry notes at WARNING level.
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
+    # The exporter logs progress and irrelevant registry notes at WARNING level, and onnxscript a
+    # failed opset conversion with its traceback (the opset check below reports that in one line).
+    exporter_logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [log.level for log in exporter_logs]
+    for log in exporter_logs:
+        log.setLevel(logging.ERROR)
     try:
         with torch.no_grad(), _reference_ops(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", _TRACE_WARNING, FutureWarning)
@@ -155,11 +157,17 @@ def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opse
                                                opset_version=opset, external_data=False, verbose=False),
                 path)
     finally:
-        exporter_log.setLevel(level)
+        for log, level in zip(exporter_logs, levels):
+            log.setLevel(level)
         model.train(was_training)
     import onnx
 
     proto = onnx.load_from_string(data)
+    written = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+    if written != opset:
+        raise ValueError(f"the ONNX converter cannot turn {type(model).__name__} into opset {opset} (torch "
+                         f"exported opset {written}); ask for an opset from {written} to "
+                         f"{onnx_opsets().stop - 1} (nothing was written)")
     mark = proto.metadata_props.add()
     mark.key, mark.value = WRITTEN_BY
     return proto.SerializeToString()

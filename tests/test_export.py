@@ -322,3 +322,16 @@ def test_onnx_export_prints_no_torch_deprecation_noise(tmp_path, model_file, cap
         warnings.simplefilter("always")
         assert _main(["export", str(model_file), str(tmp_path / "z.onnx")], capsys)[0] == 0
     assert not [str(warning.message) for warning in caught if warning.category is FutureWarning]
+
+
+@needs_models
+@needs_onnxruntime
+def test_an_opset_the_converter_cannot_reach_is_one_error_and_no_file(tmp_path, caplog):
+    from cdism_fast.export import onnx_opsets
+    from cdism_fast.models import build
+
+    with pytest.raises(ValueError) as caught:
+        export(build("imdn", scale=2), tmp_path / "imdn.onnx", input_size=(16, 16), opset=8)
+    assert str(caught.value) == (f"the ONNX converter cannot turn IMDN into opset 8 (torch exported opset 18); ask "
+                                 f"for an opset from 18 to {onnx_opsets().stop - 1} (nothing was written)")
+    assert list(tmp_path.iterdir()) == [] and "Traceback" not in caplog.text
