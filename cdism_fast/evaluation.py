@@ -182,13 +182,22 @@ def infer_scale(model: nn.Module) -> int:
     return scale
 
 
+def warn_name_over_file(option: str, name: str, what: str) -> None:
+    """Warn that ``option name`` means ``what`` (the preset, the shipped model) when a file ``name`` is in the
+    working directory, and how to pick the file instead."""
+    if Path(name).is_file():
+        warnings.warn(f"{option} {name} is {what} {name}, not the file {name} in the working directory; pass "
+                      f"{option} ./{name} to use the file", stacklevel=3)
+
+
 def load_model(spec: str, scale: int | None = None, option: str = "--model") -> nn.Module:
     """The model a command line names (``option``, named in every message): ``bicubic``, a shipped trained
     model (:data:`cdism_fast.models.PRETRAINED`, e.g. ``edsr_mini_291``), a checkpoint file or a preset
     name of ``cdism_fast.models``.
 
-    A shipped name means the shipped model even when a file of that name is in the working directory
-    (a warning says so; ``./name`` picks the file). Files go to :func:`cdism_fast.models.load_pretrained`,
+    A shipped or preset name means that model even when a file of that name is in the working directory
+    (a warning says so; ``./name`` picks the file); only a name that is neither reads the shipped-model
+    registry, so a preset works with a damaged one. Files go to :func:`cdism_fast.models.load_pretrained`,
     the one loader of every command: a run's ``model.pt`` comes back with every option it was built
     with, official files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) with their inferred architecture;
     ``scale`` is checked against a ``model.pt`` and tells a file that does not record it (PAN ×2/×3).
@@ -205,11 +214,14 @@ def load_model(spec: str, scale: int | None = None, option: str = "--model") -> 
         raise RuntimeError(f"{option} {spec}: checkpoints and presets need cdism_fast.models, which cannot be "
                            f"imported ({error}); only {option} bicubic works without it") from error
     path = Path(spec)
-    names_a_path = "/" in spec or os.sep in spec or bool(path.suffix)  # no shipped name does: its registry is not read
+    names_a_path = "/" in spec or os.sep in spec or bool(path.suffix)  # no shipped name or preset does
+    if not names_a_path and spec in models.ARCHITECTURES:  # checked first: presets need no registry
+        warn_name_over_file(option, spec, "the preset")
+        model = models.build(spec, scale=scale if scale is not None else 2)
+        warnings.warn(f"{option} {spec} is a preset name: its weights are random, not trained", stacklevel=2)
+        return model
     if not names_a_path and spec in models.PRETRAINED:
-        if path.is_file():
-            warnings.warn(f"{option} {spec} is the shipped model {spec}, not the file {spec} in the working "
-                          f"directory; pass {option} ./{spec} to use the file", stacklevel=2)
+        warn_name_over_file(option, spec, "the shipped model")
         model = models.pretrained(spec)
         if scale is not None and scale != model.scale:
             raise ValueError(f"{option} {spec} is a x{model.scale} model, not x{scale}: drop --scale or pass "
@@ -219,15 +231,11 @@ def load_model(spec: str, scale: int | None = None, option: str = "--model") -> 
         return models.load_pretrained(path, scale=scale)
     if names_a_path:
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint file, a shipped model "
-                                f"({', '.join(models.PRETRAINED) or 'none'}) or a preset name")
-    if spec not in models.ARCHITECTURES:
-        close = difflib.get_close_matches(spec, [*models.PRETRAINED, *models.ARCHITECTURES], n=4)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise ValueError(f"{option} {spec} is not a file, a shipped model or a preset; {hint}shipped models: "
-                         f"{', '.join(models.PRETRAINED) or 'none'}; presets: {', '.join(models.ARCHITECTURES)}")
-    model = models.build(spec, scale=scale if scale is not None else 2)
-    warnings.warn(f"{option} {spec} is a preset name: its weights are random, not trained", stacklevel=2)
-    return model
+                                "(`cdism-fast models` lists them) or a preset name")
+    close = difflib.get_close_matches(spec, [*models.PRETRAINED, *models.ARCHITECTURES], n=4)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise ValueError(f"{option} {spec} is not a file, a shipped model or a preset; {hint}shipped models: "
+                     f"{', '.join(models.PRETRAINED) or 'none'}; presets: {', '.join(models.ARCHITECTURES)}")
 
 
 def evaluate(model: nn.Module, data, scale: int, crop_border: int | None = None, y_channel: bool = True,

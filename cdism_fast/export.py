@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,18 +39,41 @@ __all__ = ["EXPORT_FORMATS", "WRITTEN_BY", "export", "format_for", "written_by_e
 EXPORT_FORMATS = {"safetensors": (".safetensors",), "pth": (".pth", ".pt"), "onnx": (".onnx",)}
 #: (key, value) of the mark every exported file carries.
 WRITTEN_BY = ("written_by", "cdism-fast export")
+#: Torch-internal deprecation noise that torch.export prints on every ONNX export.
+_TRACE_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
-def format_for(path: Path, format: str | None) -> str:
+def format_for(path: Path, format: str | None, format_name: str = "format=") -> str:
     if format is None:
         for name, suffixes in EXPORT_FORMATS.items():
             if path.suffix.lower() in suffixes:
                 return name
         raise ValueError(f"cannot tell the export format from {path.name}; name the file *.safetensors, *.pth "
-                         f"or *.onnx, or pass format= one of {', '.join(EXPORT_FORMATS)}")
+                         f"or *.onnx, or pass {format_name} (one of {', '.join(EXPORT_FORMATS)})")
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     return format
+
+
+def onnx_opsets() -> range:
+    """The ONNX opsets the installed torch exporter writes."""
+    from torch.onnx import _constants
+
+    return range(_constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET + 1)
+
+
+def check_onnx_settings(input_size, opset, dynamic: bool, names: tuple[str, str] = ("input_size", "opset")) -> None:
+    """Refuse an example size or opset the exporter cannot use, naming them as ``names`` (size, opset)."""
+    least = 2 if dynamic else 1  # torch.export fixes a dimension whose example size is 1
+    if (len(input_size) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < least
+                                    for n in input_size)):
+        raise ValueError(f"{names[0]} must be a height and width of at least {least} pixels"
+                         + ("" if least == 1 else " (1 only for a fixed size)")
+                         + f", got {' '.join(map(str, input_size))}")
+    opsets = onnx_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in opsets:
+        raise ValueError(f"{names[1]} must be an ONNX opset from {opsets.start} to {opsets.stop - 1} (what this "
+                         f"torch exports), got {opset}")
 
 
 @contextlib.contextmanager
@@ -105,16 +129,19 @@ def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opse
         free.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
     was_training = model.training
     model.eval()
-    # The exporter logs progress and irrelevant registry notes at WARNING level.
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
+    # The exporter logs progress and irrelevant registry notes at WARNING level, and onnxscript a
+    # failed opset conversion with its traceback (the opset check below reports that in one line).
+    exporter_logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [log.level for log in exporter_logs]
+    for log in exporter_logs:
+        log.setLevel(logging.ERROR)
     try:
-        with torch.no_grad(), _reference_ops():
+        with torch.no_grad(), _reference_ops(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _TRACE_WARNING, FutureWarning)
             # Tracing first, separately: the ONNX exporter would otherwise fall
             # back to other tracers that may fix the input size silently.
-            hint = ("export a fixed input size instead (dynamic=False, or --static --input-size H W) and run it "
-                    "on tiles of that size")
+            hint = ("export a fixed input size instead (cdism-fast export --static --input-size H W) and run "
+                    "it on tiles of that size")
             try:
                 # Given by position, because the forward argument may have any name.
                 program = torch.export.export(model, (example,), dynamic_shapes=(free,), strict=False)
@@ -130,11 +157,17 @@ def _export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int], opse
                                                opset_version=opset, external_data=False, verbose=False),
                 path)
     finally:
-        exporter_log.setLevel(level)
+        for log, level in zip(exporter_logs, levels):
+            log.setLevel(level)
         model.train(was_training)
     import onnx
 
     proto = onnx.load_from_string(data)
+    written = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+    if written != opset:
+        raise ValueError(f"the ONNX converter cannot turn {type(model).__name__} into opset {opset} (torch "
+                         f"exported opset {written}); ask for an opset from {written} to "
+                         f"{onnx_opsets().stop - 1} (nothing was written)")
     mark = proto.metadata_props.add()
     mark.key, mark.value = WRITTEN_BY
     return proto.SerializeToString()
@@ -172,6 +205,8 @@ def export(model: nn.Module, path, format: str | None = None, scale: int | None 
     """
     path = Path(path)
     format = format_for(path, format)
+    if format == "onnx":
+        check_onnx_settings(input_size, opset, dynamic)
     if format == "safetensors":
         from safetensors.torch import save_model
 

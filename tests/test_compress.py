@@ -208,3 +208,25 @@ def test_compress_command_prints_the_achieved_ratio_and_refuses_bad_densities(tm
                      "--out", str(tmp_path / "refused")]) == 2
         assert f"density must be a number in (0, 1], got {float(bad)}" in capsys.readouterr().err
         assert not (tmp_path / "refused").exists()
+
+
+def test_compress_quotes_a_binary_or_odd_density_file_in_one_short_line(tmp_path, capsys):
+    from helpers.runs import one_error_line, tree_hash
+
+    save_model(tmp_path / "imdn.pt", models.build("imdn", scale=2))
+    image = tmp_path / "baby.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4000)
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps({"density": list(range(10000))}))
+    before = tree_hash(tmp_path)
+    fix = "pass the density.json that `cdism-fast prune` wrote, unedited, or a number"
+    assert main(["compress", "--teacher", str(tmp_path / "imdn.pt"), "--density", str(image),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert one_error_line(capsys, "compress") == (f"cdism-fast compress: error: density file {image} is not valid "
+                                                  f"JSON (it is not UTF-8 text: invalid start byte at byte 0); {fix}")
+    assert main(["compress", "--teacher", str(tmp_path / "imdn.pt"), "--density", str(listed),
+                 "--out", str(tmp_path / "c")]) == 2
+    line = one_error_line(capsys, "compress")
+    assert line.startswith(f"cdism-fast compress: error: {listed} is not a density file written by `cdism-fast "
+                           "prune` (TypeError(\"'density' is [0, 1, 2") and line.endswith(fix) and len(line) < 300
+    assert tree_hash(tmp_path) == before

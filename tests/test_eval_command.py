@@ -123,3 +123,17 @@ def test_an_image_smaller_than_the_scale_is_one_line(tmp_path, capsys):
     code, line = _eval(["--data", str(folder)], capsys)
     assert code == 2 and line == (f"cdism-fast eval: error: HR image {folder / 'dot.png'} is 1x1, smaller than the "
                                   "scale x2; remove it from the set")
+
+
+def test_an_empty_or_folder_json_target_names_the_option(tmp_path, data, capsys, monkeypatch):
+    import cdism_fast.evaluation
+
+    monkeypatch.setattr(cdism_fast.evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    monkeypatch.chdir(tmp_path)
+    before = tree_hash(tmp_path)
+    code, line = _eval(["--data", str(data), "--json", ""], capsys)
+    assert code == 2 and line == "cdism-fast eval: error: --json is empty; name the file to write (nothing was written)"
+    code, line = _eval(["--data", str(data), "--json", str(data)], capsys)
+    assert code == 2 and line == (f"cdism-fast eval: error: --json: cannot write {data}: it is a folder; choose a file "
+                                  "name (nothing was written)")
+    assert tree_hash(tmp_path) == before

@@ -283,3 +283,55 @@ def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, model_file, c
     assert code == 2 and line == (f"cdism-fast export: error: cannot write {tmp_path / 'out.pth'}: No space left on "
                                   "device; free space on its disk or write it elsewhere (nothing of it was written)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+@needs_models
+@pytest.mark.parametrize("options, line", [
+    (["--input-size", "0", "0"], "--input-size must be a height and width of at least 2 pixels (1 only for a fixed "
+                                 "size), got 0 0"),
+    (["--input-size", "-5", "5", "--static"], "--input-size must be a height and width of at least 1 pixels, got -5 5"),
+    (["--opset", "99999"], "--opset must be an ONNX opset from 7 to 23 (what this torch exports), got 99999"),
+    (["--opset", "1"], "--opset must be an ONNX opset from 7 to 23 (what this torch exports), got 1"),
+])
+def test_export_refuses_onnx_settings_before_loading_the_model(tmp_path, model_file, capsys, monkeypatch, options,
+                                                              line):
+    import cdism_fast.evaluation
+    from cdism_fast.export import onnx_opsets
+
+    monkeypatch.setattr(cdism_fast.evaluation, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    line = line.replace("7 to 23", f"{onnx_opsets().start} to {onnx_opsets().stop - 1}")
+    before = tree_hash(tmp_path)
+    code, printed = _main(["export", str(model_file), str(tmp_path / "z.onnx"), *options], capsys)
+    assert code == 2 and printed == f"cdism-fast export: error: {line}"
+    assert tree_hash(tmp_path) == before
+
+
+def test_unknown_suffix_names_the_format_option(tmp_path, capsys):
+    code, line = _main(["export", "edsr_mini", str(tmp_path / "out.weird")], capsys)
+    assert code == 2 and line == ("cdism-fast export: error: cannot tell the export format from out.weird; name the "
+                                  "file *.safetensors, *.pth or *.onnx, or pass --format (one of safetensors, pth, "
+                                  "onnx)")
+
+
+@needs_models
+@needs_onnxruntime
+def test_onnx_export_prints_no_torch_deprecation_noise(tmp_path, model_file, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _main(["export", str(model_file), str(tmp_path / "z.onnx")], capsys)[0] == 0
+    assert not [str(warning.message) for warning in caught if warning.category is FutureWarning]
+
+
+@needs_models
+@needs_onnxruntime
+def test_an_opset_the_converter_cannot_reach_is_one_error_and_no_file(tmp_path, caplog):
+    from cdism_fast.export import onnx_opsets
+    from cdism_fast.models import build
+
+    with pytest.raises(ValueError) as caught:
+        export(build("imdn", scale=2), tmp_path / "imdn.onnx", input_size=(16, 16), opset=8)
+    assert str(caught.value) == (f"the ONNX converter cannot turn IMDN into opset 8 (torch exported opset 18); ask "
+                                 f"for an opset from 18 to {onnx_opsets().stop - 1} (nothing was written)")
+    assert list(tmp_path.iterdir()) == [] and "Traceback" not in caplog.text

@@ -42,3 +42,29 @@ def test_a_typo_on_the_command_line_is_one_line(tmp_path, capsys):
     assert line.startswith("cdism-fast distill: error: --teacher edsr_mini_29 is not a file, a shipped model or a "
                            "preset; did you mean edsr_mini_291")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_preset_name_is_the_preset_even_beside_a_file_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    impostor = build("imdn", scale=2)
+    save_model(tmp_path / "edsr_mini", impostor)
+    with pytest.warns(UserWarning, match=r"--model edsr_mini is the preset edsr_mini, not the file edsr_mini in the "
+                                         r"working directory; pass --model \./edsr_mini to use the file"):
+        model = load_model("edsr_mini")
+    assert model.config() == build("edsr_mini").config()
+    assert _same(load_model("./edsr_mini"), impostor)
+
+
+def test_the_name_over_file_warning_names_the_option_of_each_command(tmp_path, monkeypatch):
+    from cdism_fast.training.stages import student_from
+
+    monkeypatch.chdir(tmp_path)
+    save_model(tmp_path / SHIPPED, build("edsr_mini"))
+    save_model(tmp_path / "edsr_mini", build("imdn", scale=2))
+    with pytest.warns(UserWarning, match=rf"^MODEL {SHIPPED} is the shipped model {SHIPPED}, not the file {SHIPPED} "
+                                         rf"in the working directory; pass MODEL \./{SHIPPED} to use the file$"):
+        assert main(["export", SHIPPED, "e.safetensors"]) == 0
+    with pytest.warns(UserWarning, match=r"^--student edsr_mini is the preset edsr_mini, not the file edsr_mini in "
+                                         r"the working directory; pass --student \./edsr_mini to use the file$"):
+        student = student_from("edsr_mini")
+    assert student.config() == build("edsr_mini").config()

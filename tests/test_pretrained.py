@@ -150,3 +150,19 @@ def test_a_misspelt_shipped_name_in_eval_lists_the_close_names(tmp_path, capsys)
                                     "edsr_mini_291") in err
     with pytest.raises(ValueError, match="got 'edsr_mni'; did you mean edsr_mini\\?$"):
         models.build("edsr_mni")
+
+
+def test_a_broken_registry_leaves_presets_and_paths_working(broken_registry, tmp_path, capsys):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(image)
+    assert main(["eval", "--model", "edsr_mini", "--data", str(tmp_path), "--device", "cpu"]) == 0
+    assert main(["export", "edsr_mini", str(tmp_path / "e.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"cdism-fast eval: error: checkpoint {tmp_path / 'none.pt'} does not exist; "
+                                       "pass a checkpoint file, a shipped model (`cdism-fast models` lists them) or "
+                                       "a preset name\n")
+    assert main(["eval", "--model", "edsr_mini_29", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cdism-fast eval: error: the shipped-model registry {broken_registry / 'pretrained.json'} "
+                          "cannot be read (") and err.count("\n") == 1

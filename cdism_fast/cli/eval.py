@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels (default: 16)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cuda if present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True) first")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the results here (its folder must exist; an existing file is replaced "
                              "only when eval wrote it, or with --force)")
     add_force_argument(parser, "a --json file")
@@ -51,12 +51,12 @@ def _written_by_eval(path: Path) -> bool:
     return isinstance(content, dict) and content.get(WRITTEN_BY[0]) == WRITTEN_BY[1]
 
 
-def _check_json_target(args: argparse.Namespace) -> None:
+def _check_json_target(args: argparse.Namespace) -> Path:
     from .outputs import check_output_file, input_files
 
     sources = [Path(args.model)] if Path(args.model).is_file() else []
     sources += [Path(text) for text in args.data if not text.startswith(BUILTIN_PREFIX)]
-    check_output_file(args.json, "--json", input_files(sources), _written_by_eval, args.force)
+    return check_output_file(args.json, "--json", input_files(sources), _written_by_eval, args.force)
 
 
 def _data_source(text: str, scale: int):
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if any(text.startswith(BUILTIN_PREFIX) for text in args.data):
         require("--data builtin:... (the built-in photographs)", "skimage")
     if args.json is not None:
-        _check_json_target(args)
+        args.json = _check_json_target(args)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale)
     model.to(device)

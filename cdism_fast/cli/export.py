@@ -30,17 +30,19 @@ def add_arguments(parser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import infer_scale, load_model
-    from ..export import export, format_for, written_by_export
+    from ..export import check_onnx_settings, export, format_for, written_by_export
     from ..optional import require
     from .outputs import check_output_file
 
-    format = format_for(args.output, args.format)
+    format = format_for(args.output, args.format, "--format")
     needs = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript")}
     require(f"export to {args.output}", *needs.get(format, ()))
+    if format == "onnx":
+        check_onnx_settings(tuple(args.input_size), args.opset, not args.static, ("--input-size", "--opset"))
     sources = [Path(args.model)] if Path(args.model).is_file() else []
     check_output_file(args.output, "OUT", sources, lambda path: written_by_export(path, format), args.force)
 
-    model = load_model(args.model, args.scale)
+    model = load_model(args.model, args.scale, "MODEL")
     scale = args.scale or infer_scale(model)
     path = export(model, args.output, format=args.format, scale=scale, input_size=tuple(args.input_size),
                   opset=args.opset, dynamic=not args.static)

@@ -69,19 +69,25 @@ def _run_folder(path: Path) -> Path | None:
     return None
 
 
-def check_output_file(path: Path, option: str, inputs: Iterable[Path], ours: Callable[[Path], bool],
+def check_output_file(path: Path | str, option: str, inputs: Iterable[Path], ours: Callable[[Path], bool],
                       force: bool) -> Path:
-    """Refuse ``path`` as the file ``option`` writes (see the module's docstring); returns it.
+    """Refuse ``path`` (as typed: a ``str`` tells an empty one) as the file ``option`` writes (see the
+    module's docstring); returns it as a Path.
 
     ``inputs``: the files and folders the command reads; ``ours(path)``: whether an existing regular file
     ``path`` was written by this command, which may then replace it without ``--force``."""
+    if not str(path):  # Path("") would be the working directory
+        raise ValueError(f"{option} is empty; name the file to write (nothing was written)")
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
         raise FileNotFoundError(f"{option} {path}: the folder {folder} {state}; create it first or choose another "
                                 "path (nothing was written)")
-    check_target(path)
+    try:
+        check_target(path)
+    except OSError as error:
+        raise type(error)(f"{option}: {error}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{option} {path}: the folder {folder} is not writable; choose another path or "
                               "change its permissions (nothing was written)")

@@ -61,17 +61,22 @@ def write_json(path, data) -> Path:
     return atomic_write(path, (json.dumps(_plain(data), indent=2) + "\n").encode("utf-8"))
 
 
-def read_json(path, what: str = "file"):
-    """The JSON in ``path`` (None when absent), with one-line errors naming the file for damaged or odd content."""
+def read_json(path, what: str = "file", fix: str = "it was edited or damaged: restore it or remove the folder"):
+    """The JSON in ``path`` (None when absent); damaged or odd content is one short line naming the file, then
+    ``fix``."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
-        reason = "it is nested too deeply" if isinstance(error, RecursionError) else str(error).splitlines()[0]
-        raise ValueError(f"{what} {path} is not valid JSON ({reason}); it was edited or damaged: restore it or "
-                         "remove the folder") from None
+    except (ValueError, RecursionError) as error:
+        if isinstance(error, RecursionError):
+            reason = "it is nested too deeply"
+        elif isinstance(error, UnicodeDecodeError):  # its str() holds no content, its repr() the whole file
+            reason = f"it is not UTF-8 text: {error.reason} at byte {error.start}"
+        else:
+            reason = str(error).splitlines()[0]
+        raise ValueError(f"{what} {path} is not valid JSON ({reason}); {fix}") from None
 
 
 def command_line() -> list[str]:

@@ -7,7 +7,7 @@ from typing import Optional
 
 from torch import nn
 
-from ..artifacts import mark_stage, model_spec, prepare_run_folder, records_failure, write_json
+from ..artifacts import mark_stage, model_spec, prepare_run_folder, read_json, records_failure, write_json
 from ..distributed import on_main
 from .common import FLOPS_SIZE, STUDENT_FILE, StageResult, setting
 
@@ -70,21 +70,21 @@ def _read_density(density, teacher: nn.Module) -> tuple[float, dict | None]:
     """The density as a number, from a number or a density.json of this very architecture."""
     if isinstance(density, (int, float)) and not isinstance(density, bool):
         return float(density), None
-    import json
+    import reprlib
 
     path = Path(density)
     if not path.is_file():
         raise FileNotFoundError(f"density file {path} does not exist; pass the density.json that `cdism-fast "
                                 "prune` wrote, or a number")
+    fix = "pass the density.json that `cdism-fast prune` wrote, unedited, or a number"
+    record = read_json(path, "density file", fix)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
         value = record["density"]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"'density' is {value!r}, not a number")
+            raise TypeError(f"'density' is {reprlib.repr(value)}, not a number")
         value = float(value)
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-        raise ValueError(f"{path} is not a density file written by `cdism-fast prune` ({error!r}); pass that "
-                         "file, unedited, or a number") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a density file written by `cdism-fast prune` ({error!r}); {fix}") from None
     if record.get("model") is not None and record["model"] != model_spec(teacher):
         raise ValueError(f"density file {path} was measured on another model ({record['model']['family']} "
                          f"{record['model']['config']}), not on this teacher ({model_spec(teacher)['config']}); "

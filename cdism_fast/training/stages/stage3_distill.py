@@ -97,15 +97,17 @@ def student_from(spec_or_file, scale: int = 2) -> nn.Module:
         return spec_or_file
     source = "the student spec"
     if isinstance(spec_or_file, (str, Path)):
+        from ...evaluation import warn_name_over_file
         from ...models import ARCHITECTURES, build, from_structure
         from ..artifacts import read_json
 
         text = str(spec_or_file)
         path = Path(spec_or_file)
-        if path.is_file():
-            spec_or_file, source = read_json(path, "student file"), f"student file {path}"
-        elif text in ARCHITECTURES:
+        if text in ARCHITECTURES:  # a preset name wins over a file of that name, as in load_model
+            warn_name_over_file("--student", text, "the preset")
             return build(text, scale=scale)
+        elif path.is_file():
+            spec_or_file, source = read_json(path, "student file"), f"student file {path}"
         elif match := STRUCTURE_SPEC.match(text):
             family, n_b, n_l, n_c = match.group(1), *map(int, match.groups()[1:])
             return from_structure(family, n_c=n_c, n_l=n_l, n_b=n_b, scale=scale)
