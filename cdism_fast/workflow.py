@@ -34,6 +34,7 @@ from .training.artifacts import (
     write_json,
 )
 from .training.distributed import on_main
+from .training.engine import StopRequest
 from .training.presets import WORKFLOWS, WorkflowPreset
 from .training.stages import (
     DENSITY_FILE,
@@ -96,12 +97,15 @@ def _timed(out_dir: Path, stage: str, run):
 
 
 def _stage(out_dir: Path, name: str, run, *, loads=True):
-    """Run stage ``name`` unless its folder says it completed; returns (status, model)."""
+    """Run stage ``name`` unless its folder says it completed; returns (status, model), the status "interrupted"
+    also when the stop request came as the stage finished (its folder then says "completed" and a resume goes on
+    with the next stage)."""
     folder = out_dir / name
     if _completed(folder):
         return "completed", load_stage_model(folder) if loads else None
-    result: StageResult = _timed(out_dir, name, lambda: run(resume=folder.is_dir()))
-    return result.status, result.model
+    with StopRequest() as stop:
+        result: StageResult = _timed(out_dir, name, lambda: run(resume=folder.is_dir()))
+    return "interrupted" if stop.requested else result.status, result.model
 
 
 def _preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
@@ -231,31 +235,37 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
         return WorkflowResult("interrupted", out_dir)
 
-    status, teacher_model = _teacher(preset, given_teacher, out_dir, overrides, data, val, context)
-    if status != "completed":
-        return interrupted("teacher")
+    # One stop request for the whole run: Ctrl-C between or at the end of stages stops before the next.
+    with StopRequest() as stop:
+        status, teacher_model = _teacher(preset, given_teacher, out_dir, overrides, data, val, context)
+        if status != "completed":
+            return interrupted("teacher")
 
-    # Stage 1: prune.
-    status, pruned = _stage(out_dir, "prune", lambda resume: prune(
-        teacher_model, out_dir / "prune", with_overrides(preset.prune, overrides), preset.prune_options, data, val,
-        resume=resume, context=context))
-    if status != "completed":
-        return interrupted("prune")
+        # Stage 1: prune.
+        status, pruned = _stage(out_dir, "prune", lambda resume: prune(
+            teacher_model, out_dir / "prune", with_overrides(preset.prune, overrides), preset.prune_options, data, val,
+            resume=resume, context=context))
+        if status != "completed":
+            return interrupted("prune")
 
-    # Stage 2: compress.
-    compressed = _timed(out_dir, "compress", lambda: compress(pruned, out_dir / "prune" / DENSITY_FILE,
-                                                              out_dir / "compress", preset.compress_options,
-                                                              overwrite=True))
-    if context.is_main:
-        print(format_table(compressed.extra["table"]))
+        # Stage 2: compress.
+        compressed = _timed(out_dir, "compress", lambda: compress(pruned, out_dir / "prune" / DENSITY_FILE,
+                                                                  out_dir / "compress", preset.compress_options,
+                                                                  overwrite=True))
+        if context.is_main:
+            print(format_table(compressed.extra["table"]))
+        if stop.requested:
+            return interrupted("compress")
 
-    stopped_in, trained = _students(preset, teacher_model, out_dir, overrides, data, val, context, no_kd_baseline)
-    if stopped_in != "completed":
-        return interrupted(stopped_in)
+        stopped_in, trained = _students(preset, teacher_model, out_dir, overrides, data, val, context, no_kd_baseline)
+        if stopped_in != "completed":
+            return interrupted(stopped_in)
 
-    models = {"teacher": teacher_model, "pruned": pruned, **trained}
-    evaluation = _timed(out_dir, "evaluation",
-                        lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
-    report = on_main(build_report, out_dir)
-    on_main(mark_stage, out_dir, status="completed")
-    return WorkflowResult("completed", out_dir, evaluation, report)
+        models = {"teacher": teacher_model, "pruned": pruned, **trained}
+        evaluation = _timed(out_dir, "evaluation",
+                            lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
+        if stop.requested:
+            return interrupted("evaluation")
+        report = on_main(build_report, out_dir)
+        on_main(mark_stage, out_dir, status="completed")
+        return WorkflowResult("completed", out_dir, evaluation, report)
