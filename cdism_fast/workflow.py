@@ -42,6 +42,7 @@ from .training.stages import (
     STUDENT_FILE,
     StageResult,
     check_cache_folder,
+    check_patch_size,
     compress,
     distill,
     format_table,
@@ -227,6 +228,7 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
     given_teacher = _given_teacher(preset, teacher, scale) if teacher is not None else None
     check_cache_folder(preset.distill_options)
+    check_patch_size(with_overrides(preset.distill, overrides).patch_size, preset.scale)
     on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
             runs=stage_folders(preset),
             inputs=stage_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
