@@ -97,6 +97,11 @@ def _timed(out_dir: Path, stage: str, run):
         on_main(_add_time, out_dir, stage, time.perf_counter() - started)
 
 
+def _stop_requested(stop: StopRequest) -> bool:
+    """Whether any rank was asked to stop, so that every rank stops before the same stage."""
+    return any(distributed.gather_objects(stop.requested))
+
+
 def _stage(out_dir: Path, name: str, run, *, loads=True):
     """Run stage ``name`` unless its folder says it completed; returns (status, model), the status "interrupted"
     also when the stop request came as the stage finished (its folder then says "completed" and a resume goes on
@@ -106,7 +111,7 @@ def _stage(out_dir: Path, name: str, run, *, loads=True):
         return "completed", load_stage_model(folder) if loads else None
     with StopRequest() as stop:
         result: StageResult = _timed(out_dir, name, lambda: run(resume=folder.is_dir()))
-    return "interrupted" if stop.requested else result.status, result.model
+    return "interrupted" if _stop_requested(stop) else result.status, result.model
 
 
 def _preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
@@ -256,7 +261,7 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
                                                                   overwrite=True))
         if context.is_main:
             print(format_table(compressed.extra["table"]))
-        if stop.requested:
+        if _stop_requested(stop):
             return interrupted("compress")
 
         stopped_in, trained = _students(preset, teacher_model, out_dir, overrides, data, val, context, no_kd_baseline)
@@ -266,7 +271,7 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         models = {"teacher": teacher_model, "pruned": pruned, **trained}
         evaluation = _timed(out_dir, "evaluation",
                             lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
-        if stop.requested:
+        if _stop_requested(stop):
             return interrupted("evaluation")
         report = on_main(build_report, out_dir)
         on_main(mark_stage, out_dir, status="completed")
