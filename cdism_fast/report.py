@@ -274,11 +274,14 @@ def build_report(run_dir) -> dict:
     from .training.artifacts import read_json, write_json
 
     run_dir = Path(run_dir)
+    stage = read_json(run_dir / "stage.json", "stage record") or {}
+    if stage.get("stage", "run") != "run":
+        raise FileNotFoundError(f"{run_dir} holds a {stage['stage']!r} stage, not a `cdism-fast run`: report needs "
+                                "the --out folder of a `run` (its evaluation.json)")
     evaluation = read_json(run_dir / EVALUATION_FILE, "evaluation file")
     if evaluation is None:
         raise FileNotFoundError(f"{run_dir / EVALUATION_FILE} does not exist: {run_dir} is not a completed "
                                 "`cdism-fast run` folder (resume the run to finish it)")
-    stage = read_json(run_dir / "stage.json", "stage record") or {}
     try:
         report, models = _collect(run_dir, evaluation, stage, read_json)
         markdown_figures = {"cost": "psnr_vs_cost.png", "crops": "crops.png"}

@@ -34,6 +34,7 @@ from .training.artifacts import (
     write_json,
 )
 from .training.distributed import on_main
+from .training.engine import StopRequest
 from .training.presets import WORKFLOWS, WorkflowPreset
 from .training.stages import (
     DENSITY_FILE,
@@ -41,6 +42,7 @@ from .training.stages import (
     STUDENT_FILE,
     StageResult,
     check_cache_folder,
+    check_patch_size,
     compress,
     distill,
     format_table,
@@ -95,13 +97,21 @@ def _timed(out_dir: Path, stage: str, run):
         on_main(_add_time, out_dir, stage, time.perf_counter() - started)
 
 
+def _stop_requested(stop: StopRequest) -> bool:
+    """Whether any rank was asked to stop, so that every rank stops before the same stage."""
+    return any(distributed.gather_objects(stop.requested))
+
+
 def _stage(out_dir: Path, name: str, run, *, loads=True):
-    """Run stage ``name`` unless its folder says it completed; returns (status, model)."""
+    """Run stage ``name`` unless its folder says it completed; returns (status, model), the status "interrupted"
+    also when the stop request came as the stage finished (its folder then says "completed" and a resume goes on
+    with the next stage)."""
     folder = out_dir / name
     if _completed(folder):
         return "completed", load_stage_model(folder) if loads else None
-    result: StageResult = _timed(out_dir, name, lambda: run(resume=folder.is_dir()))
-    return result.status, result.model
+    with StopRequest() as stop:
+        result: StageResult = _timed(out_dir, name, lambda: run(resume=folder.is_dir()))
+    return "interrupted" if _stop_requested(stop) else result.status, result.model
 
 
 def _preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
@@ -223,6 +233,7 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
     given_teacher = _given_teacher(preset, teacher, scale) if teacher is not None else None
     check_cache_folder(preset.distill_options)
+    check_patch_size(with_overrides(preset.distill, overrides).patch_size, preset.scale)
     on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
             runs=stage_folders(preset),
             inputs=stage_inputs(data, val, {"--teacher": teacher if isinstance(teacher, (str, Path)) else None}))
@@ -231,31 +242,37 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
         return WorkflowResult("interrupted", out_dir)
 
-    status, teacher_model = _teacher(preset, given_teacher, out_dir, overrides, data, val, context)
-    if status != "completed":
-        return interrupted("teacher")
+    # One stop request for the whole run: Ctrl-C between or at the end of stages stops before the next.
+    with StopRequest() as stop:
+        status, teacher_model = _teacher(preset, given_teacher, out_dir, overrides, data, val, context)
+        if status != "completed":
+            return interrupted("teacher")
 
-    # Stage 1: prune.
-    status, pruned = _stage(out_dir, "prune", lambda resume: prune(
-        teacher_model, out_dir / "prune", with_overrides(preset.prune, overrides), preset.prune_options, data, val,
-        resume=resume, context=context))
-    if status != "completed":
-        return interrupted("prune")
+        # Stage 1: prune.
+        status, pruned = _stage(out_dir, "prune", lambda resume: prune(
+            teacher_model, out_dir / "prune", with_overrides(preset.prune, overrides), preset.prune_options, data, val,
+            resume=resume, context=context))
+        if status != "completed":
+            return interrupted("prune")
 
-    # Stage 2: compress.
-    compressed = _timed(out_dir, "compress", lambda: compress(pruned, out_dir / "prune" / DENSITY_FILE,
-                                                              out_dir / "compress", preset.compress_options,
-                                                              overwrite=True))
-    if context.is_main:
-        print(format_table(compressed.extra["table"]))
+        # Stage 2: compress.
+        compressed = _timed(out_dir, "compress", lambda: compress(pruned, out_dir / "prune" / DENSITY_FILE,
+                                                                  out_dir / "compress", preset.compress_options,
+                                                                  overwrite=True))
+        if context.is_main:
+            print(format_table(compressed.extra["table"]))
+        if _stop_requested(stop):
+            return interrupted("compress")
 
-    stopped_in, trained = _students(preset, teacher_model, out_dir, overrides, data, val, context, no_kd_baseline)
-    if stopped_in != "completed":
-        return interrupted(stopped_in)
+        stopped_in, trained = _students(preset, teacher_model, out_dir, overrides, data, val, context, no_kd_baseline)
+        if stopped_in != "completed":
+            return interrupted(stopped_in)
 
-    models = {"teacher": teacher_model, "pruned": pruned, **trained}
-    evaluation = _timed(out_dir, "evaluation",
-                        lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
-    report = on_main(build_report, out_dir)
-    on_main(mark_stage, out_dir, status="completed")
-    return WorkflowResult("completed", out_dir, evaluation, report)
+        models = {"teacher": teacher_model, "pruned": pruned, **trained}
+        evaluation = _timed(out_dir, "evaluation",
+                            lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
+        if _stop_requested(stop):
+            return interrupted("evaluation")
+        report = on_main(build_report, out_dir)
+        on_main(mark_stage, out_dir, status="completed")
+        return WorkflowResult("completed", out_dir, evaluation, report)

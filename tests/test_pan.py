@@ -24,7 +24,7 @@ def test_published_file_loads_with_weights_only(shared_data):
     pan = load_pretrained(pan_file, scale=2)
     assert type(pan) is models.PAN and models.preset_of("pan", pan.config()) == "pan"
     assert models.count_params(pan) == 261_403
-    with pytest.raises(CheckpointMismatch, match="does not tell ×2 from ×3.*pass scale=2 or 3"):
+    with pytest.raises(CheckpointMismatch, match="does not tell ×2 from ×3.*pass --scale 2 or 3"):
         load_pretrained(pan_file)
     with pytest.raises(CheckpointMismatch, match="upconv2"):  # a x2 file is not a x4 PAN
         load_pretrained(pan_file, scale=4)

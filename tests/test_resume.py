@@ -108,3 +108,33 @@ def test_ctrl_c_during_the_cache_build_leaves_the_stage_interrupted_and_unlocked
     record = json.loads((tmp_path / "out" / "stage.json").read_text())
     assert record["status"] == "interrupted"
     assert not (tmp_path / "out" / LOCK_FILE).exists()
+
+
+@pytest.fixture
+def completed_run(run, tmp_path):
+    """A completed `run` of the same teacher and data, with alpha 0.1 given and --lam left to the preset."""
+    out = tmp_path / "run"
+    argv = ["run", *run["common"][:2], *run["common"][4:], "--teacher-cache", "off", "--alpha", "0.1",
+            "--skip-no-kd-baseline", "--out", str(out)]
+    assert main(argv) == 0
+    return {"out": out, "argv": argv}
+
+
+@pytest.mark.parametrize("change, shown", [(["--alpha", "0.5"], "alpha was 0.1, now 0.5"),
+                                           (["--lam", "0.5"], "lam was the preset's, now 0.5"),
+                                           (["--teacher-cache", "cache"], "teacher_cache was 'off', now 'cache'")])
+def test_run_resume_refuses_other_options_in_one_line_and_keeps_the_record(completed_run, capsys, change, shown):
+    out = completed_run["out"]
+    line = _refused(capsys, [*completed_run["argv"], *change, "--resume"], out)
+    assert line == (f"cdism-fast run: error: cannot resume the run in {out} with other settings ({shown}): that "
+                    "would change what it trains; resume with the original values, or pass --overwrite to start "
+                    "over")
+
+
+def test_run_resume_records_a_new_lr_under_resumes_and_keeps_the_run_settings(completed_run):
+    out = completed_run["out"]
+    before = json.loads((out / "stage.json").read_text())["settings"]
+    assert main([*completed_run["argv"], "--lr", "0.0005", "--resume"]) == 0
+    record = json.loads((out / "stage.json").read_text())
+    assert record["settings"] == before
+    assert record["resumes"][-1]["changed"] == {"lr": [None, 0.0005]}

@@ -308,3 +308,42 @@ def test_the_291_image_preset_names_what_it_needs_in_one_line_before_making_the_
         assert main(given + extra) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def _ctrl_c_on_call(monkeypatch, module, name, call):
+    """``module.name`` sends this process SIGINT on its ``call``-th call, before doing its work."""
+    original, calls = getattr(module, name), {"n": 0}
+
+    def with_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, with_ctrl_c)
+
+
+@pytest.mark.parametrize("where, stopped_in", [("last pruning iteration", "prune"), ("compress", "compress")])
+def test_ctrl_c_at_the_end_of_a_stage_or_between_stages_stops_the_run_and_resume_goes_on(tmp_path, images,
+                                                                                       monkeypatch, where,
+                                                                                       stopped_in):
+    import cdism_fast.ops
+    import cdism_fast.workflow
+
+    train, val = images
+    if where == "compress":
+        _ctrl_c_on_call(monkeypatch, cdism_fast.workflow, "compress", 1)
+    else:
+        _ctrl_c_on_call(monkeypatch, cdism_fast.ops, "charbonnier", TINY.prune.iterations)
+    first = run_workflow(TINY, tmp_path / "run", data=train, val=[val], teacher=tiny_teacher(), progress=False,
+                         no_kd_baseline=False)
+    assert first.status == "interrupted"
+    stage = json.loads((tmp_path / "run" / "stage.json").read_text())
+    assert stage["status"] == "interrupted" and stage["stopped_in"] == stopped_in
+    assert json.loads((tmp_path / "run" / "prune" / "stage.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "run" / "student").exists()
+    monkeypatch.undo()
+    result = run_workflow(TINY, tmp_path / "run", data=train, val=[val], teacher=tiny_teacher(), progress=False,
+                          no_kd_baseline=False, resume=True)
+    assert result.status == "completed"
+    assert json.loads((tmp_path / "run" / "student" / "stage.json").read_text())["status"] == "completed"

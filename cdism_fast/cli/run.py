@@ -32,8 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--teacher", help="pretrained teacher checkpoint (any format `eval` reads); "
                                           "default: train one (stage 0)")
     parser.add_argument("--scale", type=int, default=None,
-                        help="upscaling factor of the run, and of a teacher file that does not tell it "
-                             "(PAN x2/x3; default: the preset's)")
+                        help="upscaling factor of the run (default: the preset's), and of a teacher file "
+                             "that does not tell it (a PAN x2/x3 teacher needs it)")
     baseline = parser.add_mutually_exclusive_group()
     baseline.add_argument("--no-kd-baseline", dest="no_kd_baseline", action="store_true", default=None,
                           help="also train the student without distillation, same budget (default: on)")

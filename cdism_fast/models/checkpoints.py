@@ -70,7 +70,7 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
         return _load_own(raw, source, name, scale, overrides)
     state, original_names, file_options, family, file_format = _to_native(_unwrap(raw, params_key, source), source)
     options = {**file_options, **overrides}
-    config = {}
+    config, inferred_scale = {}, None
     if name is None or scale is None:
         config = _infer(file_format, state, source, scale)
         inferred_scale = config.pop("scale")
@@ -80,7 +80,13 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
         model = build(name, scale=scale, **options)
     else:  # not a preset: the architecture the tensors describe
         model = construct(FAMILIES[family], f"checkpoint {source}", options, scale=scale, **config)
-    _check_fit(model, state, original_names, source, name or f"the {family} model it describes")
+    try:
+        _check_fit(model, state, original_names, source, name or f"the {family} model it describes")
+    except CheckpointMismatch as error:
+        if inferred_scale in (None, scale):
+            raise
+        raise CheckpointMismatch(f"{error}; its tensors are those of a ×{inferred_scale} model: pass --scale "
+                                 f"{inferred_scale} or drop --scale") from None
     model.load_state_dict(state, strict=True)
     return model.eval()
 

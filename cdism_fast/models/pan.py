@@ -97,7 +97,7 @@ def _infer_pan(state: dict, source: str, scale=None) -> dict:
         scale = 4
     elif scale is None:  # ×2 and ×3 files have the same tensors
         raise CheckpointMismatch(f"checkpoint {source} (PAN) does not tell ×2 from ×3 (the files have the same "
-                                 "tensors): pass scale=2 or 3 (--scale on the command line)")
+                                 "tensors): pass --scale 2 or 3 (scale= in Python)")
     return dict(scale=scale, n_c=channels, n_b=len(blocks), n_l=depth, unf=state["upconv1.weight"].shape[0])
 
 

@@ -14,7 +14,7 @@ from ._dispatch import (
     unavailable_backends,
 )
 from .charbonnier import CHARBONNIER_EPS, charbonnier
-from .distillation import STUDENT_LOSSES, distillation_loss
+from .distillation import STUDENT_LOSSES, distillation_loss, distillation_min_size
 from .gaussian import gaussian_blur, gaussian_highpass
 from .laplacian import check_levels, laplacian_loss, laplacian_pyramid
 from .obproxsg import obproxsg_step
@@ -38,6 +38,7 @@ __all__ = [
     "laplacian_loss",
     "STUDENT_LOSSES",
     "distillation_loss",
+    "distillation_min_size",
     "window_attention",
     "relative_position_index",
     "shift_window_mask",

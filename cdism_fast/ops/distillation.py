@@ -78,8 +78,17 @@ def _register_cpp_op():
     register_loss_autograd("cdism_fast::distillation_loss", (1, None, None, None, None, None, None, None, None))
 
 
+#: The pyramid depth of the distillation loss unless told otherwise.
+PYRAMID_LEVELS = 5
+
+
+def distillation_min_size(levels: int = PYRAMID_LEVELS) -> int:
+    """Smallest height and width the images of :func:`distillation_loss` may have."""
+    return max(min_size(levels), HIGHPASS_MIN_SIZE)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, gt: torch.Tensor, alpha: float = 0.1,
-                      student_loss: str = "l1", levels: int = 5, reduction: str = "mean",
+                      student_loss: str = "l1", levels: int = PYRAMID_LEVELS, reduction: str = "mean",
                       backend: str = "auto") -> torch.Tensor:
     """alpha * L_stu(student, gt) + laplacian_loss(student, teacher)
     + laplacian_loss(HF(student), HF(teacher)) (see the module docstring).
@@ -100,7 +109,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, gt: torch.Te
     ((1, 3, 8, 8), None)
     """
     check_levels(levels)
-    size = max(min_size(levels), HIGHPASS_MIN_SIZE)
+    size = distillation_min_size(levels)
     check_pair("student", student, "teacher", teacher, size)
     check_pair("student", student, "gt", gt, size)
     check_reduction(reduction, x=student)

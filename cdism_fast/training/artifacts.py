@@ -120,8 +120,10 @@ def data_source(path) -> str | list[str] | None:
 LOCK_FILE = ".cdism-fast.lock"
 #: Settings that a resumed run may change; any other change is refused (it would change what the run means).
 RESUMABLE_SETTINGS = frozenset({"iterations", "lr", "milestones", "gamma", "num_workers", "checkpoint_every",
-                                "validate_every", "log_every", "progress", "amp", "channels_last", "compile", "val",
-                                "overrides"})
+                                "validate_every", "log_every", "progress", "amp", "channels_last", "compile", "val"})
+#: The setting of a ``run`` that holds the options given to it (None: the preset's): a resume compares them one
+#: by one, like the stages' own settings, and keeps them as first recorded (allowed changes go under ``resumes``).
+OPTIONS_SETTING = "overrides"
 _FINAL_STATUSES = ("completed", "interrupted", "failed", "stopped")
 #: Run folders this process holds the lock of.
 _locked: set[Path] = set()
@@ -264,14 +266,20 @@ _FINGERPRINTS = {"teacher_weights": "another --teacher, or its weights changed",
 def _shown_change(key: str, old, new) -> str:
     if key in _FINGERPRINTS:
         return f"{key} changed: {_FINGERPRINTS[key]}"
-    return f"{key} was {old!r}, now {new!r}"
+    old, new = ("the preset's" if value is None else repr(value) for value in (old, new))
+    return f"{key} was {old}, now {new}"
 
 
 def _resume_changes(folder: Path, record: dict, settings: dict) -> dict:
-    """{setting: [old, new]} of the settings that changed; refuses those a resume may not change."""
-    saved = record.get("settings") or {}
-    changed = {key: [saved[key], value] for key, value in _plain(settings).items()
-               if key in saved and saved[key] != value}
+    """{setting: [old, new]} of the settings that changed (a run's options one by one); refuses those a resume
+    may not change."""
+    saved, settings = record.get("settings") or {}, _plain(settings)
+    changed = {key: [saved[key], value] for key, value in settings.items()
+               if key in saved and key != OPTIONS_SETTING and saved[key] != value}
+    if isinstance(saved.get(OPTIONS_SETTING), dict) and isinstance(settings.get(OPTIONS_SETTING), dict):
+        old, new = saved[OPTIONS_SETTING], settings[OPTIONS_SETTING]
+        changed.update({key: [old.get(key), new.get(key)] for key in sorted({*old, *new})
+                        if old.get(key) != new.get(key)})
     refused = sorted(key for key in changed if key not in RESUMABLE_SETTINGS)
     if refused:
         details = "; ".join(_shown_change(key, *changed[key]) for key in refused)
@@ -351,7 +359,8 @@ def prepare_run_folder(folder, stage: str, settings: dict, resume: bool = False,
         else:
             changed = _resume_changes(folder, record, settings)
             resumes = [*record.get("resumes", []), {"command": command_line(), "changed": changed}]
-            record = {**record, "settings": {**record.get("settings", {}), **_plain(settings)},
+            kept = {key: value for key, value in record.get("settings", {}).items() if key == OPTIONS_SETTING}
+            record = {**record, "settings": {**record.get("settings", {}), **_plain(settings), **kept},
                       "status": "running", "resumed_with": command_line(), "resumes": resumes,
                       "files": record.get("files") or list(files), "runs": record.get("runs") or list(runs)}
             record.pop("error", None)

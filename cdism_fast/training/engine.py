@@ -45,8 +45,8 @@ from .ema import ExponentialMovingAverage
 from .monitor import RunLog, drop_repeated_records
 from .sampler import ShardedStreamSampler
 
-__all__ = ["LoopSettings", "TrainConfig", "setting", "TrainResult", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME",
-           "LOG_NAME", "AMP_DTYPES"]
+__all__ = ["StopRequest", "LoopSettings", "TrainConfig", "setting", "TrainResult", "Trainer", "NonFiniteLossError",
+           "CHECKPOINT_NAME", "LOG_NAME", "AMP_DTYPES"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -142,8 +142,13 @@ class TrainResult:
     seconds: float = 0.0
 
 
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked between iterations (a second Ctrl-C interrupts at once)."""
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between iterations (a second Ctrl-C interrupts at once).
+
+    Entered inside another, it shares the outer one's flag and handlers, so that a run of several stages stops
+    after the stage during which the request came, even when that stage was on its last iteration."""
+
+    _active: Optional[StopRequest] = None
 
     def __init__(self):
         self.requested = False
@@ -156,13 +161,19 @@ class _StopRequest:
         tqdm.write(f"{signal.Signals(signum).name}: finishing this iteration, saving a checkpoint, then stopping "
                    "(press Ctrl-C again to stop at once)")
 
-    def __enter__(self):
+    def __enter__(self) -> StopRequest:
+        if StopRequest._active is not None:
+            return StopRequest._active
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
+        StopRequest._active = self
         return self
 
     def __exit__(self, *exc):
+        if StopRequest._active is not self:
+            return
+        StopRequest._active = None
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
@@ -448,7 +459,7 @@ class Trainer:
                    dynamic_ncols=True, disable=not (config.progress and self.context.is_main))
         status, batches = "completed", None
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 batches = iter(self._loader())  # workers fork here and inherit the stop handler
                 if log is not None:
                     log.write("start", self.iteration, kind=self.kind, iterations=config.iterations,

@@ -40,15 +40,23 @@ from .common import (
 from .stage0_teacher import train_teacher
 from .stage1_prune import PruneOptions, density_report, prune
 from .stage2_compress import CompressOptions, compress, density_value, format_table, structure_table
-from .stage3_distill import CACHE_OFF, STRUCTURE_SPEC, DistillOptions, check_cache_folder, distill, student_from
+from .stage3_distill import (
+    CACHE_OFF,
+    STRUCTURE_SPEC,
+    DistillOptions,
+    check_cache_folder,
+    check_patch_size,
+    distill,
+    student_from,
+)
 
 __all__ = [
     "StageSettings", "PruneOptions", "CompressOptions", "DistillOptions", "STAGE_OPTIONS", "StageResult",
     "train_teacher", "prune", "compress", "distill", "student_from",
     "density_report", "structure_table", "format_table", "training_pairs", "validation_sets", "make_validator",
     "load_stage_model", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH",
-    "TRAINING_FILES", "STRUCTURE_SPEC", "CACHE_OFF", "check_cache_folder", "density_value", "data_fingerprint",
-    "with_overrides",
+    "TRAINING_FILES", "STRUCTURE_SPEC", "CACHE_OFF", "check_cache_folder", "check_patch_size", "density_value",
+    "data_fingerprint", "with_overrides",
 ]
 
 #: The options dataclass of each stage that has options beyond its :class:`StageSettings`.

@@ -127,6 +127,18 @@ def student_from(spec_or_file, scale: int = 2) -> nn.Module:
         raise ValueError(f"{source}: {error}") from None
 
 
+def check_patch_size(patch_size: int, scale: int) -> None:
+    """The distillation loss compares the student's output patches (``patch_size * scale`` pixels wide) through a
+    Laplacian pyramid, which needs a minimum size."""
+    from ...ops import distillation_min_size
+
+    least = -(-distillation_min_size() // scale)
+    if patch_size < least:
+        raise ValueError(f"--patch-size {patch_size} is too small to distil at ×{scale}: the distillation loss needs "
+                         f"output patches of at least {distillation_min_size()} pixels, so pass --patch-size {least} "
+                         "or more (nothing was written)")
+
+
 def _scale_of(model: nn.Module) -> int:
     """The model's ``scale`` attribute, or the scale measured on a probe input."""
     scale = getattr(model, "scale", None)
@@ -174,6 +186,8 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     if teacher_scale is not None and teacher_scale != student.scale:
         raise ValueError(f"the teacher upscales ×{teacher_scale} but the student ×{student.scale}; distill from a "
                          "teacher of the student's scale (nothing was written)")
+    if kd:
+        check_patch_size(settings.patch_size, student.scale)
     cache_folder = check_cache_folder(options) if kd else None
     context = context or distributed.setup()
     torch.manual_seed(settings.seed)  # the same initial student for the KD run and its ablation
