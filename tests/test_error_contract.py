@@ -90,3 +90,15 @@ def test_an_option_the_parser_refuses_is_one_line_not_the_whole_usage(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "cdism-fast distill: error: argument --milestones: expected iteration counts separated by commas (e.g. "
         "200000,400000), got 'abc'; `cdism-fast distill --help` lists the options"]
+
+
+def test_an_empty_device_is_refused_by_every_command_that_takes_one(tmp_path, noise_images, capsys):
+    train, val = noise_images
+    for command, argv in (("distill", ["distill", "--preset", "demo", "--no-kd", "--student", "edsr:1,1,8", "--data",
+                                       str(train), "--no-progress", "--out", str(tmp_path / "d")]),
+                          ("eval", ["eval", "--model", "bicubic", "--scale", "2", "--data", str(val)]),
+                          ("upscale", ["upscale", "--model", "bicubic", "--scale", "2", str(val / "img0.png"),
+                                       str(tmp_path / "u.png")])):
+        assert main([*argv, "--device", ""]) == 2
+        assert "--device '' is not a device; use cpu, cuda or cuda:N" in one_error_line(capsys, command)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "u.png").exists()

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         require("--data builtin:... (the built-in photographs)", "skimage")
     if args.json is not None:
         args.json = _check_json_target(args)
-    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(args.device if args.device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale)
     model.to(device)
     scale = args.scale or infer_scale(model)

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--scale must be a positive upscaling factor (e.g. 2, 3 or 4), got {args.scale}")
     jobs = _jobs(args.input, args.output, list_images)
     _check_jobs(jobs, args.force)
-    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(args.device if args.device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.model, args.scale).to(device)
     scale = args.scale or infer_scale(model)
     if args.compile:
