@@ -136,6 +136,15 @@ def _preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
     return dataclasses.replace(preset, **changes) if changes else preset
 
 
+def _changed_options(preset: WorkflowPreset, option_overrides: dict | None) -> dict:
+    """The given stage options whose value is not ``preset``'s own: an option given at the preset's value changes
+    nothing, so the run records it as not given (a resume that names it, or leaves it out, is the same run)."""
+    own = {field.name: getattr(getattr(preset, f"{stage}_options"), field.name)
+           for stage, cls in STAGE_OPTIONS.items() for field in dataclasses.fields(cls)}
+    return {key: value for key, value in (option_overrides or {}).items()
+            if value is not None and (key not in own or own[key] != value)}
+
+
 def _check_preset(preset: WorkflowPreset, data, teacher) -> WorkflowPreset:
     if preset.needs_data and data is None:
         raise ValueError(f"preset {preset.name!r} needs training data: pass --data DIR (DIV2K: the folder holding "
@@ -217,11 +226,13 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     options (any field of :data:`~cdism_fast.training.stages.STAGE_OPTIONS`' dataclasses, e.g. ``lam``,
     ``alpha``, ``teacher_cache``). Each stage's wall time is kept in ``timings.json``.
     """
-    preset = _check_preset(_preset(preset, option_overrides, scale), data, teacher)
+    base = _preset(preset)
+    option_overrides = _changed_options(base, option_overrides)
+    preset = _check_preset(_preset(base, option_overrides, scale), data, teacher)
     context = context or distributed.setup()
     out_dir = Path(out_dir)
     overrides = {**(settings_overrides or {}), "progress": progress}
-    given = {k: v for k, v in {**overrides, **(option_overrides or {})}.items() if v is not None}
+    given = {k: v for k, v in {**overrides, **option_overrides}.items() if v is not None}
     record = {"preset": preset.name, "scale": preset.scale,
               "data": data_source(data) if data is not None else "built-in",
               "val": [str(v) for v in val] if val else None, "teacher": str(teacher) if teacher else None,

@@ -112,7 +112,8 @@ def test_ctrl_c_during_the_cache_build_leaves_the_stage_interrupted_and_unlocked
 
 @pytest.fixture
 def completed_run(run, tmp_path):
-    """A completed `run` of the same teacher and data, with alpha 0.1 given and --lam left to the preset."""
+    """A completed `run` of the same teacher and data, with alpha given at the preset's 0.1 and --lam left to the
+    preset."""
     out = tmp_path / "run"
     argv = ["run", *run["common"][:2], *run["common"][4:], "--teacher-cache", "off", "--alpha", "0.1",
             "--skip-no-kd-baseline", "--out", str(out)]
@@ -120,7 +121,7 @@ def completed_run(run, tmp_path):
     return {"out": out, "argv": argv}
 
 
-@pytest.mark.parametrize("change, shown", [(["--alpha", "0.5"], "alpha was 0.1, now 0.5"),
+@pytest.mark.parametrize("change, shown", [(["--alpha", "0.5"], "alpha was the preset's, now 0.5"),
                                            (["--lam", "0.5"], "lam was the preset's, now 0.5"),
                                            (["--teacher-cache", "cache"], "teacher_cache was 'off', now 'cache'")])
 def test_run_resume_refuses_other_options_in_one_line_and_keeps_the_record(completed_run, capsys, change, shown):
@@ -138,3 +139,10 @@ def test_run_resume_records_a_new_lr_under_resumes_and_keeps_the_run_settings(co
     record = json.loads((out / "stage.json").read_text())
     assert record["settings"] == before
     assert record["resumes"][-1]["changed"] == {"lr": [None, 0.0005]}
+
+
+def test_run_resume_takes_an_option_given_or_left_out_at_the_preset_value_as_the_same_run(completed_run):
+    argv = [arg for arg in completed_run["argv"] if arg not in ("--alpha", "0.1")]  # alpha now left out
+    assert main([*argv, "--lam", "0.04", "--resume"]) == 0  # the demo preset's own lambda, now given
+    record = json.loads((completed_run["out"] / "stage.json").read_text())
+    assert "alpha" not in record["settings"]["overrides"] and "lam" not in record["settings"]["overrides"]
