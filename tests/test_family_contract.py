@@ -93,6 +93,8 @@ def test_nan_propagates(family):
 def test_compile_fullgraph_and_gradients(family):
     torch.manual_seed(0)
     model = small_member(family).train()
+    if hasattr(model, "attention_backend"):  # the compiled C++ attention: tests/test_layout_compile.py
+        model.attention_backend = "reference"
     x = torch.rand(2, 3, 6, 5)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     torch.manual_seed(1)
@@ -104,7 +106,7 @@ def test_compile_fullgraph_and_gradients(family):
     assert_close(loss, expected_loss)
     for got, want in zip(grads, expected_grads):
         assert_close(got, want)
-    assert any(g.abs().sum() > 0 for g in grads)
+    assert all(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
