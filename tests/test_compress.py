@@ -228,5 +228,6 @@ def test_compress_quotes_a_binary_or_odd_density_file_in_one_short_line(tmp_path
                  "--out", str(tmp_path / "c")]) == 2
     line = one_error_line(capsys, "compress")
     assert line.startswith(f"cdism-fast compress: error: {listed} is not a density file written by `cdism-fast "
-                           "prune` (TypeError(\"'density' is [0, 1, 2") and line.endswith(fix) and len(line) < 300
+                           "prune` (TypeError(\"'density' is [0, 1, 2") and line.endswith(fix)
+    assert len(line.replace(str(listed), "")) < 250  # the 10,000 numbers are cut short (the path's length varies)
     assert tree_hash(tmp_path) == before

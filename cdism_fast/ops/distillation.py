@@ -83,7 +83,12 @@ PYRAMID_LEVELS = 5
 
 
 def distillation_min_size(levels: int = PYRAMID_LEVELS) -> int:
-    """Smallest height and width the images of :func:`distillation_loss` may have."""
+    """Smallest height and width the images of :func:`distillation_loss` may have.
+
+    >>> from cdism_fast.ops import distillation_min_size
+    >>> distillation_min_size()  # a five-level pyramid: 2**4 + 1
+    17
+    """
     return max(min_size(levels), HIGHPASS_MIN_SIZE)
 
 
