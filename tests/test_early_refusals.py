@@ -3,23 +3,15 @@ distillation loss, a PAN teacher without --scale, a teacher file of another scal
 stage folder."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cdism_fast.cli import build_parser, main
 from cdism_fast.models import build
 
+from helpers.images import write_noise_images
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _images(folder, count=2):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
 
 
 def _state_dict_file(path, family, scale):
@@ -38,7 +30,7 @@ def _refused(capsys, argv, tmp_path) -> str:
 
 @pytest.fixture
 def folders(tmp_path):
-    return {"data": _images(tmp_path / "train"), "val": _images(tmp_path / "val", 1),
+    return {"data": write_noise_images(tmp_path / "train", 2), "val": write_noise_images(tmp_path / "val", 1),
             "teacher": _state_dict_file(tmp_path / "imdn_x2.pth", "imdn", 2)}
 
 

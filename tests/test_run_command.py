@@ -2,15 +2,15 @@
 option a refusal names is an option of that command."""
 import re
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import cdism_fast.workflow as workflow
 from cdism_fast.cli import build_parser, main
 from cdism_fast.models import build
 from cdism_fast.training.artifacts import save_model
+
+from helpers.images import write_noise_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,14 +19,6 @@ TINY = ["--iterations", "1", "--batch-size", "2", "--patch-size", "12", "--no-pr
 
 class Reached(BaseException):
     """Raised in place of the first stage: every check before it passed."""
-
-
-def _images(folder, count=1):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def _refusals(tmp_path, pan, x3_teacher, monkeypatch, capsys) -> dict:
     monkeypatch.undo()  # the real default cache folder (tests/conftest.py points it at pytest's temporary folder)
     monkeypatch.setenv("CDISM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    data = _images(tmp_path / "small" / "HR")
+    data = write_noise_images(tmp_path / "small" / "HR", 1)
     cases = {
         "run": [["--teacher", str(pan)], ["--teacher", str(x3_teacher)], ["--device", "mps"],
                 ["--data", str(tmp_path / "small"), "--data", str(data), "--val", str(data)],
@@ -141,7 +133,7 @@ def test_a_device_this_torch_lacks_is_one_line(tmp_path, capsys, device):
 
 
 def test_overlapping_data_folders_are_refused(tmp_path, capsys):
-    inner = _images(tmp_path / "small" / "HR", 2)
+    inner = write_noise_images(tmp_path / "small" / "HR", 2)
     for data in ([tmp_path / "small", inner], [inner, tmp_path / "small"]):
         argv = [f"--data={d}" for d in data]
         assert main(["distill", "--no-kd", "--student", "edsr_mini", *argv, "--val", str(inner), *TINY,
