@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["read_torch_file", "atomic_open", "atomic_write", "remove_stale_temporaries", "temporary_files",
-           "temporary_target", "check_target", "WriteError", "TEMPORARY_SUFFIX"]
+           "temporary_target", "check_target", "process_alive", "WriteError", "TEMPORARY_SUFFIX"]
 
 TEMPORARY_SUFFIX = ".partial"
 #: ``.NAME.<12 hex digits>.partial``: the one form of :func:`atomic_open`'s temporary names.
@@ -264,3 +264,21 @@ def atomic_write(path, data, make_folders: bool = True) -> Path:
     with atomic_open(path, make_folders=make_folders) as stream:
         stream.write(data)
     return Path(path)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (the owner of a lock file: run folders, cache entries).
+
+    >>> import os
+    >>> process_alive(os.getpid())
+    True
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True

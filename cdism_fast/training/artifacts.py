@@ -24,7 +24,7 @@ from torch import nn
 
 from ..models import MODEL_FORMAT, build_from_spec, model_spec
 from ..models.presets import json_plain as _plain
-from ..safe_io import atomic_write, temporary_target
+from ..safe_io import atomic_write, process_alive, temporary_target
 from .checkpoint import atomic_save
 
 __all__ = ["MODEL_FORMAT", "STAGE_FILE", "save_model", "read_model_file", "model_spec", "build_from_spec",
@@ -133,18 +133,6 @@ class RunFolderLocked(FileExistsError):
     """Another live process writes this run folder."""
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    except (OSError, OverflowError, ValueError):
-        return False
-    return True
-
-
 def _lock_owner(path: Path) -> int | None:
     try:
         return int(path.read_text(encoding="utf-8").split()[0])
@@ -162,7 +150,7 @@ def _lock(folder: Path) -> bool:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except FileExistsError:
             owner = _lock_owner(path)
-            if owner is not None and owner != os.getpid() and _process_alive(owner):
+            if owner is not None and owner != os.getpid() and process_alive(owner):
                 raise RunFolderLocked(f"output folder {folder} is being written by process {owner} (lock file "
                                       f"{path}); wait for it to finish or stop it, or choose another --out") from None
             path.unlink(missing_ok=True)  # its process is gone: a stale lock
@@ -208,7 +196,7 @@ def _removal_plan(folder: Path, record: dict, files) -> tuple[list[Path], list[P
                 (foreign.extend(entry.iterdir()) if any(entry.iterdir()) else ours.append(entry))
                 continue
             owner = _lock_owner(entry / LOCK_FILE)
-            if owner is not None and owner != os.getpid() and _process_alive(owner):
+            if owner is not None and owner != os.getpid() and process_alive(owner):
                 raise RunFolderLocked(f"{entry} is being written by process {owner}; wait for it to finish or "
                                       "stop it (nothing was changed)")
             sub_ours, sub_foreign = _removal_plan(entry, sub_record, ())

@@ -376,12 +376,7 @@ class TeacherCache:
         if len(fields) == 2 and fields[0].isdigit():
             if fields[1] != socket.gethostname():
                 return False  # another machine's process: only it can release it
-            try:
-                os.kill(int(fields[0]), 0)
-                return False
-            except ProcessLookupError:
-                pass
-            except PermissionError:  # alive, another user's
+            if safe_io.process_alive(int(fields[0])):
                 return False
         try:
             if os.path.isdir(lock) and not os.path.islink(lock):
