@@ -35,6 +35,8 @@ def _other_value(stage, name, base):
     annotation = typing.get_type_hints(cls)[field.name]
     if field.metadata.get("choices"):
         value = next(c for c in field.metadata["choices"] if c != current)
+    elif annotation is bool:
+        return [option_name(field.name) if not current else "--no-" + option_name(field.name)[2:]], not current
     elif annotation in (int, typing.Optional[int]):
         value = 5 if current is None else current + 3
     elif annotation in (float, typing.Optional[float]):
@@ -176,7 +178,7 @@ def test_stage_json_records_every_distill_option_with_the_cache_folder_resolved(
     distill(None, "edsr:1,1,4", tmp_path / "s", settings, DistillOptions(alpha=0.5), kd=False)
     recorded = read_stage(tmp_path / "s")["settings"]
     assert {f.name: recorded[f.name] for f in fields(DistillOptions)} == {
-        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "teacher_cache": "off"}
+        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "high_pass": True, "teacher_cache": "off"}
 
 
 def test_an_option_no_stage_has_is_refused_by_the_workflow_before_its_folder(tmp_path):
@@ -194,3 +196,34 @@ def test_an_empty_teacher_cache_names_no_folder_and_is_refused(tmp_path, capsys)
         "cdism-fast distill: error: --teacher-cache '' names no folder; pass --teacher-cache DIR, or "
         "--teacher-cache off for the per-patch teacher")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("student_loss", ["l1", "charbonnier"])
+def test_no_high_pass_drops_only_the_high_pass_term_of_the_distillation_loss(reduction, student_loss):
+    import numpy as np
+    import torch
+
+    from cdism_fast.training.stages import DistillOptions
+    from cdism_fast.training.stages.stage3_distill import _step_loss
+
+    from float64_references import as_float64, distillation_loss, highpass, laplacian_loss
+
+    generator = torch.Generator().manual_seed(0)
+    lr, hr, target = (torch.rand(2, 3, *size, generator=generator) for size in ((10, 11), (20, 22), (20, 22)))
+    student = torch.nn.Upsample(scale_factor=2, mode="nearest")
+
+    class Targets:  # the teacher cache's interface: the target patches of a batch
+        def targets_for(self, key, lr_batch):
+            return target
+
+    def loss(high_pass):
+        options = DistillOptions(alpha=0.3, student_loss=student_loss, reduction=reduction, high_pass=high_pass)
+        batch = (lr * 255, hr * 255, None)  # to_unit divides by 255, in place
+        return _step_loss(torch.nn.Identity(), Targets(), options)(student, batch).item()
+
+    out, t = as_float64(student(lr)), as_float64(target)
+    full = distillation_loss(out, t, as_float64(hr), 0.3, student_loss, 5, reduction)
+    high_freq = laplacian_loss(highpass(out), highpass(t), 5, reduction)
+    assert high_freq > 0.01 * full
+    np.testing.assert_allclose([loss(True), loss(False)], [full, full - high_freq], rtol=1e-5)

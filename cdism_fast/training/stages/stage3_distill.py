@@ -51,6 +51,8 @@ class DistillOptions:
     reduction: str = setting("mean", help="of the distillation loss, per pyramid level: mean (the authors' code; "
                                           "paper presets) or sum (Niklaus and Liu; the demo and cpu-291 presets)",
                              choices=REDUCTIONS)
+    high_pass: bool = setting(True, help="the high-pass term L_Lap(HF(s), HF(t)) of eq. (9); --no-high-pass "
+                                         "drops it (an ablation: the student loss and the pyramid term remain)")
     teacher_cache: Optional[str] = setting(
         None, metavar="DIR|off", help="folder of the teacher-output cache (unset: $CDISM_CACHE/teacher-outputs, "
                                       "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
@@ -222,12 +224,13 @@ def _frozen(teacher: nn.Module, device, settings: StageSettings) -> nn.Module:
 def _step_loss(teacher: Optional[nn.Module], cache, options: DistillOptions) -> Callable:
     """``loss(student, batch)`` of one step: the distillation loss against the cached or the live teacher's
     output, or (no teacher: the ablation) the student loss against the ground truth alone."""
-    from ...ops import charbonnier, distillation_loss
+    from ...ops import charbonnier, distillation_loss, laplacian_loss
+    from ...ops.distillation import PYRAMID_LEVELS
 
-    def gt_loss(output, hr):
+    def gt_loss(output, hr, reduction="mean"):
         if options.student_loss == "l1":
-            return torch.nn.functional.l1_loss(output, hr)
-        return charbonnier(output, hr)
+            return torch.nn.functional.l1_loss(output, hr, reduction=reduction)
+        return charbonnier(output, hr, reduction=reduction)
 
     def step_loss(net, batch):
         lr, hr = to_unit(batch[:2])
@@ -239,6 +242,9 @@ def _step_loss(teacher: Optional[nn.Module], cache, options: DistillOptions) -> 
         else:
             with torch.no_grad():
                 target = teacher(lr).float()
+        if not options.high_pass:  # eq. (8) without its high-pass term, reduced as distillation_loss reduces
+            return (options.alpha * gt_loss(output, hr, options.reduction)
+                    + laplacian_loss(output, target, PYRAMID_LEVELS, options.reduction))
         return distillation_loss(output, target, hr, alpha=options.alpha, student_loss=options.student_loss,
                                  reduction=options.reduction)
 
