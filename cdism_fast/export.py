@@ -1,9 +1,18 @@
-"""Write a trained model for use outside cdism_fast: safetensors, BasicSR ``.pth``, or ONNX.
+"""Write a trained model for use outside cdism_fast: safetensors, ``.pth`` in the official layout, or ONNX.
 
 * ``safetensors``: the state dict (shared tensors handled), with the model's
   class name and scale in the file's metadata.
-* ``pth``: ``torch.save({"params": state_dict})``, the layout BasicSR and KAIR
-  load.
+* ``pth``: ``torch.save({"params": weights})``, the layout BasicSR, KAIR and
+  Real-ESRGAN write and load, with the weights in the layout of the family's
+  published files (:meth:`SRModel.official_state_dict
+  <cdism_fast.models.SRModel.official_state_dict>`: SwinIR adds the index and
+  mask buffers the official files hold). spandrel, the model loader of chaiNNer
+  and ComfyUI, unwraps ``params`` and detects the families that declare a
+  ``spandrel_architecture`` (Compact, SwinIR); :func:`spandrel_note` says what
+  it makes of a model's file.
+* ``pth-native`` (only by name, never from a suffix): ``{"params": state_dict}``,
+  the model's own state dict, what ``pth`` wrote before (SwinIR: without the
+  buffers, so spandrel cannot open it).
 * ``onnx``: the model traced with torch's ONNX exporter, input ``lr`` and
   output ``sr`` (N, 3, H, W) with dynamic batch, height and width (height
   and width fixed to ``input_size`` with ``dynamic=False``). The package's fused ops run their
@@ -11,7 +20,7 @@
   graph.
 
 Every file carries the mark :data:`WRITTEN_BY` (safetensors and ONNX metadata,
-a top-level key of the ``.pth`` dict), which :func:`written_by_export` reads:
+a top-level key of the ``.pth`` dict beside ``params``), which :func:`written_by_export` reads:
 ``cdism-fast export`` replaces a file without ``--force`` only when it has it.
 The file is made in memory or in a private temporary folder and written with
 :func:`cdism_fast.safe_io.atomic_write` (a link at ``path`` is replaced, the
@@ -32,11 +41,15 @@ import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
+from .models import SRModel
 from .safe_io import WriteError, atomic_write, read_torch_file
 
-__all__ = ["EXPORT_FORMATS", "WRITTEN_BY", "export", "format_for", "written_by_export"]
+__all__ = ["EXPORT_FORMATS", "WRITTEN_BY", "export", "format_for", "spandrel_note", "written_by_export"]
 
-EXPORT_FORMATS = {"safetensors": (".safetensors",), "pth": (".pth", ".pt"), "onnx": (".onnx",)}
+#: Format -> the file suffixes that select it (``pth-native`` is chosen by name only).
+EXPORT_FORMATS = {"safetensors": (".safetensors",), "pth": (".pth", ".pt"), "pth-native": (), "onnx": (".onnx",)}
+#: The formats written with torch.save as ``{"params": ..., "written_by": ...}``.
+PTH_FORMATS = ("pth", "pth-native")
 #: (key, value) of the mark every exported file carries.
 WRITTEN_BY = ("written_by", "cdism-fast export")
 #: Torch-internal deprecation noise that torch.export prints on every ONNX export.
@@ -184,7 +197,7 @@ def written_by_export(path, format: str | None = None) -> bool:
             with safe_open(str(path), framework="pt") as opened:
                 metadata = opened.metadata() or {}
             return metadata.get(WRITTEN_BY[0]) == WRITTEN_BY[1]
-        if format == "pth":
+        if format in PTH_FORMATS:
             content = read_torch_file(path, "exported model")
             return isinstance(content, dict) and content.get(WRITTEN_BY[0]) == WRITTEN_BY[1]
         import onnx
@@ -195,11 +208,32 @@ def written_by_export(path, format: str | None = None) -> bool:
         return False
 
 
+def spandrel_note(model: nn.Module, format: str) -> str | None:
+    """What spandrel (the model loader of chaiNNer and ComfyUI) makes of ``model`` exported as ``format``:
+    the architecture and scale it opens it as, or why it does not; None for ONNX and for a model of no family.
+    What it says is checked against spandrel itself by ``tests/test_spandrel_export.py``."""
+    if format not in EXPORT_FORMATS or format == "onnx" or not isinstance(model, SRModel):
+        return None
+    architecture = model.spandrel_architecture
+    if architecture is None:
+        return (f"spandrel does not know {type(model).__name__} models (chaiNNer and ComfyUI cannot open it); "
+                "cdism_fast.models.load_pretrained can")
+    written = model.official_state_dict() if format == "pth" else model.state_dict()
+    if set(model.official_state_dict()) - set(written):
+        return (f"spandrel cannot open it: it lacks the buffers of the official {architecture} files "
+                "(--format pth writes them)")
+    mismatch = model.spandrel_mismatch()
+    if mismatch is not None:
+        return f"spandrel detects it as {architecture} but would build another network: {mismatch}"
+    return f"spandrel (chaiNNer, ComfyUI) opens it as {architecture} ×{model.scale}"
+
+
 def export(model: nn.Module, path, format: str | None = None, scale: int | None = None,
            input_size: tuple[int, int] = (64, 64), opset: int = 18, dynamic: bool = True) -> Path:
     """Write ``model`` to ``path`` as ``format`` (default: from the file suffix) and return the path.
 
-    ``scale`` is recorded in the safetensors metadata. For ONNX, ``input_size``
+    ``scale`` is recorded in the safetensors metadata. ``pth`` holds the weights in the layout of the
+    family's published files (see the module docs), ``pth-native`` the model's own state dict. For ONNX, ``input_size``
     is the (height, width) of the example input traced; the batch size is
     free, and so are height and width with ``dynamic``.
     """
@@ -214,8 +248,9 @@ def export(model: nn.Module, path, format: str | None = None, scale: int | None 
         if scale is not None:
             metadata["scale"] = str(scale)
         data = _written_in_private_folder(lambda file: save_model(model, str(file), metadata=metadata), path)
-    elif format == "pth":
-        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    elif format in PTH_FORMATS:
+        weights = model.official_state_dict() if format == "pth" and isinstance(model, SRModel) else model.state_dict()
+        state = {key: value.detach().cpu() for key, value in weights.items()}
         buffer = io.BytesIO()
         torch.save({"params": state, WRITTEN_BY[0]: WRITTEN_BY[1]}, buffer)
         data = buffer.getvalue()

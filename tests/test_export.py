@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdism_fast.cli import add_command
-from cdism_fast.export import export
+from cdism_fast.export import export, spandrel_note, written_by_export
 
 from helpers.runs import one_error_line, tree_hash
 
@@ -20,6 +20,7 @@ HAS_MODELS = importlib.util.find_spec("cdism_fast.models") is not None
 HAS_ONNXRUNTIME = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnxscript"))
 needs_onnxruntime = pytest.mark.skipif(not HAS_ONNXRUNTIME, reason="onnxruntime/onnxscript are not installed")
 needs_models = pytest.mark.skipif(not HAS_MODELS, reason="cdism_fast.models is not available yet")
+FAMILY_NAMES = list(importlib.import_module("cdism_fast.models").FAMILIES) if HAS_MODELS else []
 
 
 class ShiftedWindowSR(nn.Module):
@@ -135,6 +136,54 @@ def test_pth_export_loads_back_with_load_pretrained(tmp_path):
     x = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+@needs_models
+def test_pth_holds_the_official_layout_and_pth_native_the_state_dict(tmp_path, capsys):
+    """SwinIR's official files hold index and mask buffers (which spandrel needs); pth-native keeps what .pth
+    wrote before: the model's own state dict. Both carry the mark and load back."""
+    from cdism_fast.models import SwinIR, load_pretrained
+    from cdism_fast.training.artifacts import save_model
+
+    model = SwinIR(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4).eval()
+    model_file = str(save_model(tmp_path / "model.pt", model))
+    x = torch.rand(1, 3, 9, 7)
+    for format, expected in (("pth", model.official_state_dict()), ("pth-native", model.state_dict())):
+        out = tmp_path / f"{format}.pth"
+        for _ in range(2):  # the second time replaces its own file, without --force
+            args = _parse(["export", model_file, str(out), "--format", format])
+            assert args.func(args) == 0
+        params = torch.load(out, weights_only=True)["params"]
+        assert set(params) == set(expected) and all(torch.equal(params[k], v) for k, v in expected.items())
+        assert written_by_export(out) and written_by_export(out, format)
+        with torch.no_grad():
+            assert torch.equal(load_pretrained(out)(x), model(x))
+    assert "attn_mask" in "".join(model.official_state_dict()) and "attn_mask" not in "".join(model.state_dict())
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3] == f"wrote {tmp_path / 'pth.pth'}; spandrel (chaiNNer, ComfyUI) opens it as SwinIR ×2"
+    assert printed[-1] == (f"wrote {tmp_path / 'pth-native.pth'}; spandrel cannot open it: it lacks the buffers of "
+                           "the official SwinIR files (--format pth writes them)")
+
+
+@needs_models
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_the_spandrel_note_of_every_family(family):
+    """What the command prints beside a .pth follows the family's declaration (tests/test_spandrel_export.py
+    checks the declarations against spandrel itself)."""
+    from cdism_fast.models import FAMILIES
+
+    from model_references import meta_preset, presets_of
+
+    cls = FAMILIES[family]
+    teacher = meta_preset(presets_of(family)[0])
+    model = teacher.with_structure(1, 1, 2 * teacher.channel_multiple())
+    note = spandrel_note(model, "pth")
+    if cls.spandrel_architecture is None:
+        assert note == (f"spandrel does not know {cls.__name__} models (chaiNNer and ComfyUI cannot open it); "
+                        "cdism_fast.models.load_pretrained can")
+    else:
+        assert note == f"spandrel (chaiNNer, ComfyUI) opens it as {cls.spandrel_architecture} ×2"
+    assert spandrel_note(model, "onnx") is None and spandrel_note(ShiftedWindowSR(), "pth") is None
 
 
 def _parse(argv):
@@ -310,7 +359,7 @@ def test_unknown_suffix_names_the_format_option(tmp_path, capsys):
     code, line = _main(["export", "edsr_mini", str(tmp_path / "out.weird")], capsys)
     assert code == 2 and line == ("cdism-fast export: error: cannot tell the export format from out.weird; name the "
                                   "file *.safetensors, *.pth or *.onnx, or pass --format (one of safetensors, pth, "
-                                  "onnx)")
+                                  "pth-native, onnx)")
 
 
 @needs_models

@@ -1,6 +1,8 @@
 """The SwinIR family (Liang et al. 2021): forward against the official formulation, attention backends,
 padding, stochastic depth, the official files, the compression protocol, bad options, hand counts."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -178,6 +180,37 @@ def test_swinir_official_round_trip(tmp_path):
         assert_close(loaded.double()(x.double()), swinir_official_forward(
             with_official_buffers(original.double().state_dict(), (4, 4, 4), ws=8), x.double(), 2, (4, 4, 4),
             (6, 6, 6), 8, "pixelshuffledirect"))
+
+
+@pytest.mark.parametrize("window_size,patch", [(8, 64), (4, 64), (3, 66), (40, 80)])
+def test_official_state_dict_holds_the_official_buffers(window_size, patch):
+    """The buffers of the official files, from the formulation in model_references: every block's index, every
+    shifted block's mask for a 64x64 patch (rounded up to a multiple of the window, at least two windows)."""
+    model = models.SwinIR(embed_dim=12, depths=(3, 2), num_heads=(3, 3), window_size=window_size)
+    official = model.official_state_dict()
+    expected = with_official_buffers(model.state_dict(), (3, 2), ws=window_size, hw=(patch, patch))
+    assert list(official) != list(model.state_dict()) and set(official) == set(expected)
+    for key, value in expected.items():
+        assert official[key].dtype == value.dtype and torch.equal(official[key], value), key
+    # one tensor for every index and one for every mask: torch.save stores each once
+    assert len({official[k].data_ptr() for k in official if k.endswith("attn_mask")}) == 1
+    # and the official layout loads back as the same model
+    assert_same_model(load_pretrained(official), model.eval(), torch.rand(1, 3, 5, 7))
+
+
+@pytest.mark.parametrize("options,reason", [
+    ({}, None),
+    (dict(window_size=7), "img_range 1 (spandrel takes 255 for window_size 7)"),
+    (dict(window_size=7, img_range=255.0), None),
+    (dict(img_range=255.0), "img_range 255 (spandrel takes 1 for window_size 4)"),
+    (dict(rgb_mean=(0.5, 0.5, 0.5)), "rgb_mean (0.5, 0.5, 0.5) (spandrel subtracts the DIV2K mean"),
+    (dict(qkv_bias=False, patch_norm=False), "qkv_bias False (spandrel builds the qkv bias); patch_norm False"),
+    # 51 hidden channels of 42 need a ratio just above 51/42 (as a file's is read): spandrel's 51/42 gives 50
+    (dict(embed_dim=42, mlp_ratio=math.nextafter(51 / 42, math.inf)), "51 MLP channels (spandrel's ratio 51/42"),
+])
+def test_spandrel_mismatch_names_what_spandrel_would_build_otherwise(options, reason):
+    mismatch = tiny_swinir(**options).spandrel_mismatch()
+    assert mismatch == reason if reason is None else mismatch.startswith(reason)
 
 
 def test_swinir_lightweight_preset_and_backend(tmp_path):

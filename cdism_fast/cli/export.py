@@ -1,7 +1,10 @@
 """``cdism-fast export``: write a model as safetensors, .pth or ONNX.
 
 Export MODEL (checkpoint file or preset name) to OUT. safetensors: the state dict; pth: {'params':
-state_dict} as BasicSR loads it; onnx: input 'lr', output 'sr', dynamic batch, height and width.
+weights} in the layout of the family's published files (BasicSR, KAIR and Real-ESRGAN load it; spandrel,
+and so chaiNNer and ComfyUI, opens the Compact and SwinIR families' files: the command says so for each
+file it writes); pth-native: {'params': state_dict}, the model's own names (SwinIR without its index and
+mask buffers); onnx: input 'lr', output 'sr', dynamic batch, height and width.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ def add_arguments(parser) -> None:
                         help="output file (its folder must exist; an existing file is replaced only when export "
                              "wrote it, or with --force)")
     parser.add_argument("--format", choices=tuple(EXPORT_FORMATS), default=None,
-                        help="default: from the suffix of OUT")
+                        help="default: from the suffix of OUT (.safetensors, .pth or .pt, .onnx); pth-native only "
+                             "by name")
     parser.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
     parser.add_argument("--input-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
                         help="example input size traced for ONNX (default: 64 64)")
@@ -30,7 +34,7 @@ def add_arguments(parser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import infer_scale, load_model
-    from ..export import check_onnx_settings, export, format_for, written_by_export
+    from ..export import check_onnx_settings, export, format_for, spandrel_note, written_by_export
     from ..optional import require
     from .outputs import check_output_file
 
@@ -44,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, args.scale, "MODEL")
     scale = args.scale or infer_scale(model)
-    path = export(model, args.output, format=args.format, scale=scale, input_size=tuple(args.input_size),
+    path = export(model, args.output, format=format, scale=scale, input_size=tuple(args.input_size),
                   opset=args.opset, dynamic=not args.static)
-    print(f"wrote {path}")
+    note = spandrel_note(model, format)
+    print(f"wrote {path}" + (f"; {note}" if note else ""))
     return 0

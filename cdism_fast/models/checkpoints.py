@@ -2,7 +2,8 @@
 
 Each family declares the formats it reads (:attr:`SRModel.checkpoint_formats
 <cdism_fast.models.family.SRModel>`): EDSR-PyTorch ``.pt`` and BasicSR ``.pth`` (EDSR), the
-official SwinIR / KAIR / BasicSR files (SwinIR), the official IMDN and PAN files. A file is
+official SwinIR / KAIR / BasicSR files (SwinIR), the official IMDN and PAN files, Real-ESRGAN's
+compact files (Compact). A file is
 unwrapped first: ``params_ema`` is preferred to ``params`` when a file has both (pass
 ``params_key`` to choose), and a DataParallel ``module.`` prefix is removed. The workflow's own
 ``model.pt`` (:data:`MODEL_FORMAT`) holds the family and every constructor argument, so it is
@@ -37,8 +38,8 @@ def format_names() -> str:
     """The file formats :func:`load_pretrained` reads besides ``model.pt``, for help texts.
 
     >>> from cdism_fast.models import format_names
-    >>> format_names().split(", ")[0]
-    'EDSR-PyTorch'
+    >>> format_names().split(", ")[:2]
+    ['Real-ESRGAN Compact', 'EDSR-PyTorch']
     """
     return ", ".join(fmt.name for _, fmt in checkpoint_formats())
 

@@ -18,7 +18,12 @@ module of its folder, so a family is one file. Its declaration is:
   (the density is measured on it; ``prune --penalty deep`` penalises only it);
 * ``presets``: named configurations (:class:`Preset`);
 * ``checkpoint_formats``: the files it reads (:class:`CheckpointFormat`: the key names that
-  identify the layout, the key map to its own names, and the architecture read from the tensors).
+  identify the layout, the key map to its own names, and the architecture read from the tensors);
+* ``official_state_dict()`` and ``spandrel_architecture``: the weights in the layout of the family's
+  published files (what ``export`` writes to ``.pth``; by default the state dict) and the architecture
+  id spandrel (the model loader of chaiNNer and ComfyUI) detects that layout as, or None where spandrel
+  does not know the family; ``spandrel_mismatch()`` says why spandrel would build another network
+  from this model's file (an option it does not read), or None.
 
 ``with_structure``, ``deep_feature_parameters`` and ``inherited_options`` follow from these.
 """
@@ -29,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, Optional, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 #: How many keys of each kind a checkpoint error lists.
@@ -160,6 +166,9 @@ class SRModel(nn.Module):
     deep_feature_modules: ClassVar[tuple[str, ...]]
     #: The config() keys that from_structure sets from the knobs (and scale).
     structure_keys: ClassVar[tuple[str, ...]] = ("scale", "n_b", "n_l", "n_c")
+    #: The architecture id spandrel gives the layout of :meth:`official_state_dict` ("Compact", "SwinIR"), or
+    #: None where spandrel does not know the family (``tests/test_spandrel_export.py`` checks both).
+    spandrel_architecture: ClassVar[Optional[str]] = None
     scale: int
 
     @classmethod
@@ -187,6 +196,17 @@ class SRModel(nn.Module):
     def deep_feature_parameters(self) -> Iterator[nn.Parameter]:
         for name in self.deep_feature_modules:
             yield from getattr(self, name).parameters()
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in the layout of the family's published files (``.pth`` export writes it): by default
+        the state dict, whose names are the official ones; a family whose files hold more (SwinIR: its index
+        and mask buffers) adds it."""
+        return dict(self.state_dict())
+
+    def spandrel_mismatch(self) -> Optional[str]:
+        """Why spandrel would not rebuild this very network from :meth:`official_state_dict` (an option it
+        does not read from the tensors), or None; only asked of a family with a ``spandrel_architecture``."""
+        return None
 
 
 #: Model families by name, in the order their modules were imported (see :func:`register_family`).

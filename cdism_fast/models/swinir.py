@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..ops import BACKEND_NAMES, window_attention
+from ..ops import BACKEND_NAMES, relative_position_index, shift_window_mask, window_attention
 from .common import (
     DIV2K_RGB_MEAN,
     MeanShift,
@@ -56,6 +56,12 @@ ATTENTION_BACKENDS = ("auto",) + BACKEND_NAMES
 CLASSICAL_UPSAMPLE_CHANNELS = 64
 #: Buffers of the official SwinIR files that are recomputed, never loaded.
 RECOMPUTED_BUFFERS = ("relative_position_index", "attn_mask")
+#: The training patch whose shifted-window masks :meth:`SwinIR.official_state_dict` writes, as the released
+#: lightweight files hold them (``..._s64w8_SwinIR-S_x2.pth``): the official model and spandrel build their
+#: masks for it (rounded up to a multiple of the window, at least two windows) and recompute them for other sizes.
+OFFICIAL_PATCH_SIZE = 64
+#: The window size of the official JPEG models, which spandrel takes to mean img_range 255 (else 1).
+SPANDREL_RANGE_255_WINDOW = 7
 
 
 def _check_backend(backend) -> str:
@@ -285,6 +291,7 @@ class SwinIR(SRModel):
     #: The patch-embedding norm, the RSTBs, the final norm and the conv after the body.
     deep_feature_modules = ("patch_embed", "layers", "norm", "conv_after_body")
     structure_keys = ("scale", "embed_dim", "depths", "num_heads")
+    spandrel_architecture = "SwinIR"
 
     def __init__(self, scale: int = 2, embed_dim: int = 60, depths: Sequence[int] = (6, 6, 6, 6),
                  num_heads: Sequence[int] = (6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,
@@ -402,6 +409,45 @@ class SwinIR(SRModel):
         else:
             out = self.upsample(features)
         return self.mean_shift.add(out)[..., :height * self.scale, :width * self.scale]
+
+    # --- the official files ----------------------------------------------------------------------------------
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict plus the buffers the official files hold (and the official model and spandrel load
+        strictly): every block's ``attn.relative_position_index`` and every shifted block's ``attn_mask``, for
+        an :data:`OFFICIAL_PATCH_SIZE` patch. Every block shares one index tensor and one mask tensor, which
+        ``torch.save`` stores once."""
+        state = dict(self.state_dict())
+        ws = self.window_size
+        size = ws * max(2, -(-OFFICIAL_PATCH_SIZE // ws))
+        index = relative_position_index(ws)
+        mask = shift_window_mask((size, size), ws, ws // 2) if ws // 2 else None
+        for i, layer in enumerate(self.layers):
+            for j, block in enumerate(layer.residual_group.blocks):
+                prefix = f"layers.{i}.residual_group.blocks.{j}"
+                state[f"{prefix}.attn.relative_position_index"] = index
+                if block.shift_size:
+                    state[f"{prefix}.attn_mask"] = mask
+        return state
+
+    def spandrel_mismatch(self) -> str | None:
+        """The options spandrel does not read from an official file and sets otherwise: the range (255 for
+        window 7, else 1), the DIV2K mean, the qkv bias, the patch-embedding norm, the MLP width from the ratio."""
+        reasons = []
+        expected_range = 255.0 if self.window_size == SPANDREL_RANGE_255_WINDOW else 1.0
+        if self.img_range != expected_range:
+            reasons.append(f"img_range {self.img_range:g} (spandrel takes {expected_range:g} for window_size "
+                           f"{self.window_size})")
+        if self.rgb_mean != DIV2K_RGB_MEAN:
+            reasons.append(f"rgb_mean {self.rgb_mean} (spandrel subtracts the DIV2K mean {DIV2K_RGB_MEAN})")
+        if not self.qkv_bias:
+            reasons.append("qkv_bias False (spandrel builds the qkv bias)")
+        if not self.patch_norm:
+            reasons.append("patch_norm False (spandrel builds the patch-embedding norm)")
+        hidden = int(self.embed_dim * self.mlp_ratio)
+        if int(self.embed_dim * (hidden / self.embed_dim)) != hidden:
+            reasons.append(f"{hidden} MLP channels (spandrel's ratio {hidden}/{self.embed_dim} gives fewer)")
+        return "; ".join(reasons) or None
 
     # --- the family contract's structure ----------------------------------------------------------------------
 
