@@ -37,8 +37,8 @@ def format_names() -> str:
     """The file formats :func:`load_pretrained` reads besides ``model.pt``, for help texts.
 
     >>> from cdism_fast.models import format_names
-    >>> format_names().split(", ")[0]
-    'EDSR-PyTorch'
+    >>> "EDSR-PyTorch" in format_names().split(", ")
+    True
     """
     return ", ".join(fmt.name for _, fmt in checkpoint_formats())
 
@@ -68,7 +68,8 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     raw = read_torch_file(source, "checkpoint") if isinstance(path, (str, os.PathLike)) else path
     if isinstance(raw, Mapping) and raw.get("format") == MODEL_FORMAT:
         return _load_own(raw, source, name, scale, overrides)
-    state, original_names, file_options, family, file_format = _to_native(_unwrap(raw, params_key, source), source)
+    state = _unwrap(raw, params_key, source)
+    state, original_names, file_options, family, file_format = _to_native(state, source, scale)
     options = {**file_options, **overrides}
     config, inferred_scale = {}, None
     if name is None or scale is None:
@@ -129,11 +130,13 @@ def _unwrap(raw, params_key: Optional[str], source: str) -> dict:
     return state
 
 
-def _to_native(state: dict, source: str):
+def _to_native(state: dict, source: str, scale: Optional[int] = None):
     """(state dict in the family's names, its name → the file's name, options the file tells, family,
-    :class:`CheckpointFormat`)."""
+    :class:`CheckpointFormat`); of a file holding several scales, the model at ``scale``."""
     for family, fmt in checkpoint_formats():
         if fmt.detect(state):
+            if fmt.select is not None:
+                state = fmt.select(state, source, scale)
             native, original, options = fmt.to_native(state, source)
             return native, original, options, family, fmt
     known = [fmt.describe() for _, fmt in checkpoint_formats()]
