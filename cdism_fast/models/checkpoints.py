@@ -2,7 +2,8 @@
 
 Each family declares the formats it reads (:attr:`SRModel.checkpoint_formats
 <cdism_fast.models.family.SRModel>`): EDSR-PyTorch ``.pt`` and BasicSR ``.pth`` (EDSR), the
-official SwinIR / KAIR / BasicSR files (SwinIR), the official IMDN and PAN files. A file is
+official SwinIR / KAIR / BasicSR files (SwinIR), the official IMDN, PAN and CARN files (of a
+file holding several scales, CARN-M's, the one asked for). A file is
 unwrapped first: ``params_ema`` is preferred to ``params`` when a file has both (pass
 ``params_key`` to choose), and a DataParallel ``module.`` prefix is removed. The workflow's own
 ``model.pt`` (:data:`MODEL_FORMAT`) holds the family and every constructor argument, so it is
