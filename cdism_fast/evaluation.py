@@ -199,8 +199,9 @@ def load_model(spec: str, scale: int | None = None, option: str = "--model") -> 
     (a warning says so; ``./name`` picks the file); only a name that is neither reads the shipped-model
     registry, so a preset works with a damaged one. Files go to :func:`cdism_fast.models.load_pretrained`,
     the one loader of every command: a run's ``model.pt`` comes back with every option it was built
-    with, official files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) with their inferred architecture;
-    ``scale`` is checked against a ``model.pt`` and tells a file that does not record it (PAN ×2/×3).
+    with, official files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN, CARN) with their inferred architecture;
+    ``scale`` is checked against a ``model.pt`` and tells a file that does not record it (PAN ×2/×3) or
+    holds several (the released CARN-M).
     A preset gives an untrained model (useful for timing and checks, not for results). A name that is
     none of these is refused, listing the close shipped names and presets.
     """

@@ -52,6 +52,14 @@ PUBLISHED = {
                            "source": "Jiang et al., Table I (size and FLOPs)"},
     "IMDN": {"params": 694_404, "flops": 158.8e9, "sets": {"Set5": (38.00, 0.9605), "Set14": (33.63, 0.9177)},
              "source": "Hui et al. 2019, Table 4; FLOPs counted here"},
+    # Ahn et al. count the parameters of the released multi-scale model (an upsampler for each of x2, x3, x4); a
+    # x2 model here keeps one: CARN 964,163, CARN-M 257,027 (the MACs are the same: 222.8G and 91.2G).
+    "CARN": {"params": 1_592_000, "flops": 222.8e9,
+             "sets": {"Set5": (37.76, 0.9590), "Set14": (33.52, 0.9166), "B100": (32.09, 0.8978)},
+             "source": "Ahn et al. 2018, Table 2 (Set5, Set14 also in Jiang et al., Table I)"},
+    "CARN-M": {"params": 412_000, "flops": 91.2e9,
+               "sets": {"Set5": (37.53, 0.9583), "Set14": (33.26, 0.9141), "B100": (31.92, 0.8960)},
+               "source": "Ahn et al. 2018, Table 2"},
 }
 #: The published points of the figure: the mean of Set5 and Set14 PSNR (the paper's Fig. 4), None where
 #: one is missing (drawn as a line at the model's size).

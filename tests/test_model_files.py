@@ -78,13 +78,15 @@ def test_unrecognised_files(tmp_path):
         load_pretrained(save(tmp_path, denoiser))
 
 
-def test_other_architectures_in_the_shared_weights(shared_data):
-    # CARN-M is of no family: the error names every format it was compared against.
+def test_a_file_of_no_family_names_every_format(tmp_path):
+    # An RCAN-like layout (no family reads it): the error names every format it was compared against.
     described = [fmt.describe() for _, fmt in checkpoint_formats()]
     expected = (f"is neither {', '.join(described[:-1])} nor {described[-1]}; its first keys are "
-                "['sub_mean.shifter.weight'")
+                "['sub_mean.weight', 'head.1.weight'")
+    rcan = {"sub_mean.weight": torch.zeros(3, 3, 1, 1), "head.1.weight": torch.zeros(8, 3, 3, 3),
+            "body.0.body.0.body.0.body.0.weight": torch.zeros(8, 8, 3, 3)}
     with pytest.raises(CheckpointMismatch) as refused:
-        load_pretrained(shared_data / "weights" / "carn_m.pth")
+        load_pretrained(save(tmp_path, rcan))
     assert expected in str(refused.value)
     assert "IMDN (fea_conv.weight, IMDB<i>.c1.weight)" in described
 

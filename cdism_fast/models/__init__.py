@@ -9,7 +9,7 @@ in the same range, ``scale`` times larger.
 
 Presets (:data:`ARCHITECTURES`, by name: e.g. ``edsr_baseline``, ``edsr_mini`` (the paper's
 EDSRmini), ``swinir_lightweight`` (the paper's SwinIR_LW), ``swinir_mini`` (the paper's
-SwinIRmini), ``imdn``, ``pan``): untrained architectures; ``cdism-fast models`` lists them all.
+SwinIRmini), ``imdn``, ``pan``, ``carn_m``, ``carn``): untrained architectures; ``cdism-fast models`` lists them all.
 ``PRESETS`` is the former name of :data:`ARCHITECTURES`, kept for one release.
 
 Shipped trained models (:data:`PRETRAINED`, :func:`pretrained`): students this project trained with

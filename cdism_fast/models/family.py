@@ -118,6 +118,11 @@ class CheckpointFormat:
     file's name, constructor options the file tells). ``infer(native, source, scale)``: the
     constructor arguments, ``scale`` included, that the tensors' names and shapes describe (a
     ``KeyError`` names a missing key; :class:`CheckpointMismatch` anything else).
+    ``select(state, source, scale)``, for a file that holds one model for several scales (CARN-M:
+    one upsampler per scale): the state dict of the model at ``scale`` (the scale the caller asked
+    for, or None), before ``to_native``; a scale the file does not hold, or None when it holds
+    several, is a :class:`CheckpointMismatch` naming the scales it has. None (the default): a file
+    holds one model.
 
     >>> from cdism_fast.models import EDSR
     >>> [fmt.name for fmt in EDSR.checkpoint_formats]
@@ -129,6 +134,7 @@ class CheckpointFormat:
     infer: Callable[[dict, str, Optional[int]], dict]
     to_native: Callable[[dict, str], tuple[dict, dict, dict]] = (
         lambda state, source: (dict(state), {k: k for k in state}, {}))
+    select: Optional[Callable[[dict, str, Optional[int]], dict]] = None
 
     def __post_init__(self):
         if not isinstance(self.keys, tuple) or not self.keys or not all(isinstance(k, str) and k for k in self.keys):

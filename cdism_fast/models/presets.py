@@ -18,7 +18,7 @@ def family_names() -> str:
 
     >>> from cdism_fast.models import family_names
     >>> family_names()
-    'compact, edsr, imdn, pan, swinir'
+    'carn, compact, edsr, imdn, pan, swinir'
     """
     return ", ".join(FAMILIES)
 

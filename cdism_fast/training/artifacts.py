@@ -44,7 +44,7 @@ def save_model(path, model: nn.Module, **info) -> Path:
 def read_model_file(path, name: str | None = None, scale: int | None = None) -> nn.Module:
     """The model in the file ``path``, in eval mode on the CPU, by :func:`cdism_fast.models.load_pretrained`
     (the one loader of every command): files written by :func:`save_model` are rebuilt exactly,
-    options included; other files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN) have their
+    options included; other files (EDSR-PyTorch, BasicSR, SwinIR, IMDN, PAN, CARN) have their
     architecture inferred, or use preset ``name`` and ``scale``. A model named on the command line
     (a file, a shipped model or a preset) is :func:`cdism_fast.evaluation.load_model`'s.
     """
