@@ -27,9 +27,10 @@ class CompressOptions:
     channels: Optional[str] = setting(None, help="how N_c is chosen: exact weight count or the paper's eq. (7) "
                                                  "(unset: count)", choices=("count", "eq7"))
     student_family: Optional[str] = setting(
-        None, choices=tuple(FAMILIES), help="family of the compressed student (unset: the teacher's; required for a teacher "
-                                     "of no family here, e.g. a spandrel file); another family than the teacher's "
-                                     "gets the structure whose weights are closest to d times the teacher's")
+        None, choices=tuple(FAMILIES),
+        help="family of the compressed student (unset: the teacher's; required for a teacher of no family here, "
+             "e.g. a spandrel file); another family than the teacher's gets the structure whose weights are closest "
+             "to d times the teacher's")
     params: Optional[int] = setting(None, help="the student's size: the structure whose parameter count is closest "
                                                "to this (unset: from the density)", unit="parameters")
 
