@@ -33,6 +33,11 @@ d·P_DF (P_DF: the teacher's). Weights are the tensors of two or more dimensions
 the pruning stage's density d is measured on. ``channels="eq7"`` keeps eq. (7) itself.
 For EDSR_baseline at d = 0.03 and SwinIR lightweight at d = 0.089 both give the paper's
 numbers.
+
+A student of another family than the teacher's (or of a teacher of no family, such as a spandrel
+file) cannot take N_b, N_l and N_c from the teacher: :func:`closest_structure` gives a family the
+structure whose size is closest to a target (d times the teacher's weights, or a parameter count), by
+the same rule applied to a reference of the student's family (see its docs).
 """
 from __future__ import annotations
 
