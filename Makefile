@@ -35,7 +35,7 @@ GPU_PYTHON  ?= $(firstword $(foreach p,$(wildcard $(HOME)/.pyenv/versions/3.12*/
                  $(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)))
 GPU_STAMP   := $(VENV_GPU)/.stack-$(subst =,,$(subst $() ,_,$(GPU_STACK)))
 
-.PHONY: test build-checks install venv bench demo cmake info clean cuda-build-check gpu-stack-check
+.PHONY: test build-checks install venv bench demo cmake info clean cuda-build-check gpu-stack-check spandrel-check
 
 $(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,7 +55,7 @@ test: install
 
 # The CUDA extension built against the two CUDA builds of torch (about 8 GB of venvs the first time,
 # then only when csrc/ changes): kept out of `make test` so that it stays short; .ci/run runs both.
-build-checks: install
+build-checks: install spandrel-check
 	$(PY) -m pytest tests/test_gpu_build.py -q -m build_check $(PYTEST_ARGS)
 
 bench: install
@@ -79,6 +79,20 @@ $(CUDA_DEPS):
 	$(VENV_CUDA)/bin/python -m pip install -q --upgrade pip setuptools wheel ninja
 	$(VENV_CUDA)/bin/python -m pip install -q numpy pillow tqdm pytest expecttest "$(TORCH_CUDA)"
 	touch $@
+
+# spandrel (the optional [spandrel] extra) imports torchvision, whose wheels do not import beside the CPU
+# torch of $(VENV); in $(VENV_CUDA) torch 2.14.1 and torchvision 0.29.1 import together. The tests that need
+# spandrel are the files tests/test_spandrel_*.py (in `make test` they skip, naming the reason); here they run on
+# the tree (PYTHONPATH=.) with the ops' reference backends (CDISM_JIT=0: no first-use build for this torch).
+SPANDREL_DEPS  ?= torchvision==0.29.1 spandrel==0.4.2
+SPANDREL_STAMP := $(VENV_CUDA)/.spandrel-$(subst =,,$(subst $() ,_,$(TORCH_CUDA) $(SPANDREL_DEPS)))
+$(SPANDREL_STAMP): $(CUDA_DEPS)
+	$(VENV_CUDA)/bin/python -m pip install -q "$(TORCH_CUDA)" $(SPANDREL_DEPS) safetensors
+	touch $@
+
+spandrel-check: $(SPANDREL_STAMP)
+	PYTHONPATH=. CDISM_JIT=0 $(VENV_CUDA)/bin/python -m pytest -q -p no:cacheprovider tests/test_spandrel_*.py \
+	  tests/test_external_models.py $(PYTEST_ARGS)
 
 # Compiles and links cdism_fast._C and _C_cuda against the CUDA build of torch for
 # TORCH_CUDA_ARCH_LIST=$(CUDA_ARCHS), out of the tree (no GPU needed), then loads both;

@@ -33,6 +33,11 @@ d·P_DF (P_DF: the teacher's). Weights are the tensors of two or more dimensions
 the pruning stage's density d is measured on. ``channels="eq7"`` keeps eq. (7) itself.
 For EDSR_baseline at d = 0.03 and SwinIR lightweight at d = 0.089 both give the paper's
 numbers.
+
+A student of another family than the teacher's (or of a teacher of no family, such as a spandrel
+file) cannot take N_b, N_l and N_c from the teacher: :func:`closest_structure` gives a family the
+structure whose size is closest to a target (d times the teacher's weights, or a parameter count), by
+the same rule applied to a reference of the student's family (see its docs).
 """
 from __future__ import annotations
 
@@ -56,16 +61,33 @@ def deep_feature_weights(model) -> int:
     return sum(p.numel() for p in model.deep_feature_parameters() if p.dim() >= 2)
 
 
-def _candidate_weights(model, structure: Structure) -> int:
+def weight_count(model: nn.Module) -> int:
+    """Entries of every weight tensor (two or more dimensions) of the whole model: the size that a model of
+    one family and a model of another (or of no family) are compared by."""
+    return sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Every parameter of the whole model (biases included): what ``--params`` names."""
+    return sum(p.numel() for p in model.parameters())
+
+
+#: What :func:`closest_structure` matches: the deep-feature module's weights (the density rule's P_DF),
+#: the whole model's weights, or its parameters.
+MEASURES = {"deep": deep_feature_weights, "weights": weight_count, "params": parameter_count}
+
+
+def _candidate_weights(model, structure: Structure, measure=deep_feature_weights) -> int:
     with torch.device("meta"):  # no memory, no initialisation cost worth speaking of
-        return deep_feature_weights(model.with_structure(*structure))
+        return measure(model.with_structure(*structure))
 
 
 #: How many multiples a walk looks past channel counts the family refuses (e.g. not a multiple of the heads).
 REFUSED_CHANNELS_SKIPPED = 256
 
 
-def _closest_channels(model, n_b: int, n_l: int, start: int, multiple: int, target: float, rounding: str) -> int:
+def _closest_channels(model, n_b: int, n_l: int, start: int, multiple: int, target: float, rounding: str,
+                      measure=deep_feature_weights) -> int:
     """The allowed N_c whose count is closest to ``target`` ("nearest"; a tie goes to fewer
     channels), the largest at most ``target`` ("down"), or the smallest at least ``target``
     ("up"). Allowed: positive multiples of ``multiple`` that the family's constructor accepts.
@@ -75,7 +97,7 @@ def _closest_channels(model, n_b: int, n_l: int, start: int, multiple: int, targ
     def count(channels: int) -> Optional[int]:
         if channels not in counts:
             try:
-                counts[channels] = _candidate_weights(model, Structure(n_b, n_l, channels))
+                counts[channels] = _candidate_weights(model, Structure(n_b, n_l, channels), measure)
             except ValueError:  # a knob out of the family's bounds
                 counts[channels] = None
         return counts[channels]
@@ -104,7 +126,7 @@ def _closest_channels(model, n_b: int, n_l: int, start: int, multiple: int, targ
         below, above = neighbour(channels, -1), neighbour(channels, 1)
         channels = below if above is None or (below is not None and start - below <= above - start) else above
         if channels is None:
-            _candidate_weights(model, Structure(n_b, n_l, start))  # raises the family's own error
+            _candidate_weights(model, Structure(n_b, n_l, start), measure)  # raises the family's own error
     while better(neighbour(channels, -1), channels):
         channels = neighbour(channels, -1)
     while better(neighbour(channels, 1), channels):
@@ -153,6 +175,14 @@ def compress_config(model, density: float, rounding: str = "nearest", channel_mu
     """
     _check_model(model)
     density = _check_density(density)
+    return _rule(model, density, density * deep_feature_weights(model), deep_feature_weights, rounding,
+                 channel_multiple, n_b, n_l, n_c, channels)
+
+
+def _rule(model, ratio: float, target: float, measure, rounding: str, channel_multiple, n_b, n_l, n_c,
+          channels: str) -> Structure:
+    """Eqs. (5)-(7) from ``model``'s structure at the size ratio ``ratio`` (> 1 grows it), N̂_c by the count
+    ``measure`` closest to ``target`` (``channels="count"``) or by eq. (7)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if channels not in CHANNEL_RULES:
@@ -160,17 +190,89 @@ def compress_config(model, density: float, rounding: str = "nearest", channel_mu
     multiple = check_positive_int("channel_multiple",
                             model.channel_multiple() if channel_multiple is None else channel_multiple)
     teacher = model.structure()
-    r = density ** (1 / 6)
+    r = ratio ** (1 / 6)
     new_b = max(1, _round(teacher.n_b * r, rounding)) if n_b is None else check_positive_int("n_b", n_b)
     new_l = max(2, _round((teacher.n_l + 1) * r, rounding)) - 1 if n_l is None else check_positive_int("n_l", n_l)
     if n_c is not None:
         return Structure(new_b, new_l, check_positive_int("n_c", n_c))
-    estimate = teacher.n_c * math.sqrt(density * teacher.n_b * (teacher.n_l + 1) / (new_b * (new_l + 1)))
+    estimate = teacher.n_c * math.sqrt(ratio * teacher.n_b * (teacher.n_l + 1) / (new_b * (new_l + 1)))
     new_c = multiple * max(1, _round(estimate / multiple, rounding))
     if channels == "count":
-        target = density * deep_feature_weights(model)
-        new_c = _closest_channels(model, new_b, new_l, new_c, multiple, target, rounding)
+        new_c = _closest_channels(model, new_b, new_l, new_c, multiple, target, rounding, measure)
     return Structure(new_b, new_l, new_c)
+
+
+def _check_measure(measure: str):
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {tuple(MEASURES)}, got {measure!r}")
+    return MEASURES[measure]
+
+
+def _check_target(target) -> float:
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < math.inf:
+        raise ValueError(f"the target size must be a positive number of weights or parameters, got {target!r}")
+    return float(target)
+
+
+def family_reference(family: str, target: float, scale: int = 2, measure: str = "weights") -> nn.Module:
+    """The model of ``family`` that a student of size ``target`` is derived from: of the family's presets
+    (at ×``scale``), the smallest whose ``measure`` is at least ``target``, else the largest (built on meta
+    tensors: no memory)."""
+    from .models import ARCHITECTURES, FAMILIES, build
+
+    count = _check_measure(measure)
+    target = _check_target(target)
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    with torch.device("meta"):
+        presets = [build(name, scale=scale) for name, preset in ARCHITECTURES.items() if preset.family == family]
+    if not presets:
+        raise ValueError(f"family {family!r} has no preset to derive a student of a given size from; name the "
+                         "student's structure instead (family:n_b,n_l,n_c)")
+    presets.sort(key=count)
+    return next((model for model in presets if count(model) >= target), presets[-1])
+
+
+def closest_structure(family_or_model, target: float, measure: str = "weights", scale: int = 2,
+                      rounding: str = "nearest", channel_multiple: Optional[int] = None, n_b: Optional[int] = None,
+                      n_l: Optional[int] = None, n_c: Optional[int] = None, channels: str = "count") -> Structure:
+    """The structure of a family whose size (``measure``: ``"weights"``, every weight tensor of the model;
+    ``"params"``, every parameter; ``"deep"``, the deep-feature module's weights) is closest to ``target``.
+
+    ``family_or_model``: a family name (the reference is :func:`family_reference`'s preset, at ×``scale``) or a
+    model of the family (the reference itself, e.g. the teacher of a student of its own family). From the
+    reference's (N_b, N_l, N_c) at the ratio q = target / size(reference), eq. (6) gives N̂_b = max(1,
+    round(N_b·q^(1/6))) and N̂_l + 1 = max(2, round((N_l + 1)·q^(1/6))), and N̂_c is the allowed channel count
+    whose model's size is closest to ``target`` (``channels="count"``; ``"eq7"``: eq. (7)). ``rounding``,
+    ``channel_multiple``, ``n_b``, ``n_l`` and ``n_c`` are :func:`compress_config`'s. This is the density
+    rule with the teacher's own structure replaced by a reference of the student's family: what eqs. (5)-(7)
+    need of the teacher (N_b, N_l, N_c) exists only for a teacher of the student's family.
+    """
+    return _closest(_reference(family_or_model, target, scale, measure), target, measure, rounding=rounding,
+                    channel_multiple=channel_multiple, n_b=n_b, n_l=n_l, n_c=n_c, channels=channels)
+
+
+def _reference(family_or_model, target, scale: int, measure: str):
+    if isinstance(family_or_model, str):
+        return family_reference(family_or_model, target, scale, measure)
+    _check_model(family_or_model)
+    return family_or_model
+
+
+def _closest(reference, target, measure: str, rounding: str = "nearest", channel_multiple=None, n_b=None, n_l=None,
+             n_c=None, channels: str = "count") -> Structure:
+    count = _check_measure(measure)
+    target = _check_target(target)
+    return _rule(reference, target / count(reference), target, count, rounding, channel_multiple, n_b, n_l, n_c,
+                 channels)
+
+
+def student_of_size(family_or_model, target: float, measure: str = "weights", scale: int = 2,
+                    **overrides) -> nn.Module:
+    """The untrained model of :func:`closest_structure` (on the CPU, float32), with the reference's options:
+    its preset's for a family name, the model's own for a model."""
+    reference = _reference(family_or_model, target, scale, measure)
+    return reference.with_structure(*_closest(reference, target, measure, **overrides))
 
 
 def compact_model(teacher, density: float, **overrides) -> nn.Module:

@@ -9,6 +9,7 @@ import contextlib
 import difflib
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,7 +230,10 @@ def load_model(spec: str, scale: int | None = None, option: str = "--model") -> 
                              f"--scale {model.scale}")
         return model
     if path.is_file():
-        return models.load_pretrained(path, scale=scale)
+        model = models.load_pretrained(path, scale=scale)
+        if isinstance(model, models.ExternalModel):  # what was detected, said once, where the file is read
+            print(f"{option} {spec}: {model.summary()}", file=sys.stderr)
+        return model
     if names_a_path:
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint file, a shipped model "
                                 "(`cdism-fast models` lists them) or a preset name")

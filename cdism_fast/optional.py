@@ -13,6 +13,7 @@ EXTRAS = {
     "onnx": ("onnx", "export"),
     "onnxscript": ("onnxscript", "export"),
     "triton": ("triton", "triton"),
+    "spandrel": ("spandrel", "spandrel"),
 }
 
 

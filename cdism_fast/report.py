@@ -139,6 +139,8 @@ def _figure_cost(models: dict, path: Path) -> Path:
                 axis.axhline(psnr, color="grey", linestyle="--", linewidth=1)
                 axis.annotate("bicubic", (0.02, psnr), xycoords=("axes fraction", "data"), va="bottom", color="grey")
                 continue
+            if entry.get(key) is None:  # FLOPs of an external teacher that could not be counted
+                continue
             axis.scatter(entry[key], psnr, s=60, zorder=3, marker="o" if name in ("teacher", "pruned") else "*")
             axis.annotate(label(name), (entry[key], psnr), textcoords="offset points", xytext=(6, 4))
         axis.set_xscale("log")
@@ -189,6 +191,11 @@ def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, pat
     return _save_figure(figure, path)
 
 
+def _giga(flops, digits: int) -> str:
+    """MACs in G, or a dash where they were not counted (an external architecture)."""
+    return "–" if flops is None else f"{flops / 1e9:.{digits}f}G"
+
+
 def _published_score(score) -> str:
     if score is None:
         return "–"
@@ -208,7 +215,7 @@ def _benchmark_lines(report: dict) -> list[str]:
         entry = report[name]
         scores = " | ".join(f"{entry['sets'][s]['psnr']:.2f} / {entry['sets'][s]['ssim']:.4f}" if s in entry["sets"]
                             else "–" for s in sets)
-        size = f"{entry['params'] / 1e3:.1f}K | {entry['flops'] / 1e9:.1f}G" if entry["params"] else "– | –"
+        size = f"{entry['params'] / 1e3:.1f}K | {_giga(entry['flops'], 1)}" if entry["params"] else "– | –"
         lines.append(f"| {label(name)} | {size} | {scores} |")
     for name, row in PUBLISHED.items():
         scores = " | ".join(_published_score(row["sets"].get(s)) for s in sets)
@@ -234,7 +241,7 @@ def _markdown(report: dict, figures: dict) -> str:
         structure = entry.get("structure") or {}
         density = f"{entry['density']:.4f}" if entry.get("density") is not None else "–"
         lines.append(f"| {label(name)} | {structure.get('n_b', '–')} | {structure.get('n_l', '–')} | "
-                     f"{structure.get('n_c', '–')} | {entry['params'] / 1e3:.1f}K | {entry['flops'] / 1e9:.2f}G | "
+                     f"{structure.get('n_c', '–')} | {entry['params'] / 1e3:.1f}K | {_giga(entry['flops'], 2)} | "
                      f"{density} | {entry['psnr']:.3f} | {entry['ssim']:.4f} |")
     lines += ["", "PSNR/SSIM: Y channel, border of `scale` pixels removed, means over the evaluation images.",
               "FLOPs: multiply-accumulates for one 1280×720 output image (the paper's Table I convention).", ""]

@@ -45,9 +45,9 @@ def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, o
     """
     from .data import write_image
     from .evaluation import Bicubic, evaluate, upscale
-    from .models import count_flops, count_params
+    from .models import SRModel
     from .training.artifacts import write_json
-    from .training.stages import FLOPS_SIZE, density_report, structure_table
+    from .training.stages import density_report, structure_table
 
     out_dir = Path(out_dir)
     entries = {}
@@ -68,10 +68,11 @@ def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, o
             "sets": per_set,
         }
         if name != "bicubic":
-            flops = count_flops(model, out_hw=FLOPS_SIZE)
-            entry.update(params=count_params(model), flops=flops["total"],
-                         flops_without_attention=flops["total_without_attention"],
-                         structure=model.structure()._asdict(), density=density_report(model)["density"])
+            row = structure_table({name: model})[0]  # an external teacher: no structure, FLOPs where countable
+            entry.update(params=row["params"], flops=row["flops"],
+                         flops_without_attention=row["flops_without_attention"],
+                         structure=model.structure()._asdict() if isinstance(model, SRModel) else None,
+                         density=density_report(model)["density"])
         else:
             entry.update(params=0, flops=0, structure=None, density=None)
         with torch.no_grad():

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .models import model_record
 from .report import NO_KD_SUFFIX, TIMINGS_FILE, build_report
 from .run_evaluation import EVALUATION_FILE, evaluate_models
 from .training import distributed
@@ -43,6 +44,7 @@ from .training.stages import (
     StageResult,
     check_cache_folder,
     check_patch_size,
+    check_student_family,
     compress,
     distill,
     format_table,
@@ -243,6 +245,9 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     if not eval_sets:
         raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
     given_teacher = _given_teacher(preset, teacher, scale) if teacher is not None else None
+    if given_teacher is not None:
+        check_student_family(given_teacher, preset.compress_options)
+        record["teacher_model"] = model_record(given_teacher)
     check_cache_folder(preset.distill_options)
     check_patch_size(with_overrides(preset.distill, overrides).patch_size, preset.scale)
     on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,

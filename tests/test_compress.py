@@ -11,12 +11,17 @@ from torch import nn
 from cdism_fast import models
 from cdism_fast.cli import main
 from cdism_fast.compress import (
+    MEASURES,
     Compressible,
     Structure,
     achieved_density,
+    closest_structure,
     compact_model,
     compress_config,
     deep_feature_weights,
+    family_reference,
+    student_of_size,
+    weight_count,
 )
 from cdism_fast.training.artifacts import save_model
 
@@ -231,3 +236,78 @@ def test_compress_quotes_a_binary_or_odd_density_file_in_one_short_line(tmp_path
                            "prune` (TypeError(\"'density' is [0, 1, 2") and line.endswith(fix)
     assert len(line.replace(str(listed), "")) < 250  # the 10,000 numbers are cut short (the path's length varies)
     assert tree_hash(tmp_path) == before
+
+
+# --- a student of another family (or of a teacher of no family): the structure closest to a size -----------------
+
+@pytest.mark.parametrize("family", sorted(models.FAMILIES))
+@pytest.mark.parametrize("measure, target", [("params", 40_000), ("params", 700_000), ("weights", 3_000_000)])
+def test_closest_structure_has_no_channel_neighbour_closer_to_the_target(family, measure, target):
+    size = MEASURES[measure]
+    reference = family_reference(family, target, scale=4, measure=measure)
+    chosen = closest_structure(family, target, measure, scale=4)
+    ratio = target / size(reference)
+    expected = rule(*reference.structure(), ratio, reference.channel_multiple())
+    assert chosen[:2] == expected[:2]  # N_b and N_l by eq. (6) from the reference preset at the size ratio
+
+    def gap(n_c):
+        with torch.device("meta"):
+            return abs(size(reference.with_structure(chosen.n_b, chosen.n_l, n_c)) - target)
+
+    for neighbour in (chosen.n_c - reference.channel_multiple(), chosen.n_c + reference.channel_multiple()):
+        try:
+            assert gap(neighbour) >= gap(chosen.n_c), (family, neighbour)
+        except ValueError:  # a channel count the family refuses (heads, halves)
+            pass
+    student = student_of_size(family, target, measure, scale=4)
+    assert student.structure() == chosen and student.scale == 4 and student.family == family
+
+
+def test_the_reference_is_the_smallest_preset_at_least_the_target_else_the_largest():
+    counts = {name: MEASURES["params"](meta_preset(name)) for name, p in models.ARCHITECTURES.items()
+              if p.family == "edsr"}
+    assert counts["edsr_mini"] < 1_000_000 < counts["edsr_baseline"] < counts["edsr"]
+    assert family_reference("edsr", 1_000_000, measure="params").structure() == \
+        meta_preset("edsr_baseline").structure()
+    assert family_reference("edsr", 1e9, measure="params").structure() == meta_preset("edsr").structure()
+
+
+@pytest.mark.parametrize("name, d", [("edsr_baseline", 0.03), ("swinir_lightweight", 0.089), ("imdn", 0.07)])
+def test_closest_structure_from_the_teacher_by_its_deep_weights_is_the_density_rule(name, d):
+    teacher = meta_preset(name)
+    assert closest_structure(teacher, d * deep_feature_weights(teacher), "deep") == compress_config(teacher, d)
+
+
+def test_closest_structure_refuses_bad_targets_and_measures():
+    with pytest.raises(ValueError, match="target size must be a positive number"):
+        closest_structure("edsr", 0)
+    with pytest.raises(ValueError, match="measure must be one of"):
+        closest_structure("edsr", 1000, "flops")
+    with pytest.raises(ValueError, match="family must be one of"):
+        closest_structure("esrgan", 1000)
+
+
+def test_compress_stage_gives_another_family_the_weights_of_d_times_the_teachers(tmp_path):
+    from cdism_fast.training.stages import CompressOptions, compress
+
+    teacher = models.build("imdn")
+    result = compress(teacher, 0.07, tmp_path / "c", CompressOptions(student_family="edsr"))
+    target = 0.07 * weight_count(teacher)
+    assert result.extra["size_rule"]["target"] == pytest.approx(target)
+    assert result.model.structure() == closest_structure("edsr", target, "weights")
+    own = compress(teacher, 0.07, tmp_path / "own", CompressOptions(params=100_000))
+    assert own.model.family == "imdn" and own.model.structure() == closest_structure(teacher, 100_000, "params")
+    assert own.extra["size_rule"]["student_size"] == sum(p.numel() for p in own.model.parameters())
+
+
+def test_compress_command_takes_params_without_a_density(tmp_path, capsys):
+    teacher = tmp_path / "imdn.pt"
+    save_model(teacher, models.build("imdn"))
+    assert main(["compress", "--teacher", str(teacher), "--params", "50000", "--student-family", "pan",
+                 "--out", str(tmp_path / "c")]) == 0
+    student = json.loads((tmp_path / "c" / "student.json").read_text())
+    assert student["student"]["family"] == "pan"
+    assert tuple(student["structure"].values()) == closest_structure("pan", 50_000, "params")
+    assert "the pan structure whose params are closest to the target: target 50,000" in capsys.readouterr().out
+    assert main(["compress", "--teacher", str(teacher), "--out", str(tmp_path / "d")]) == 2
+    assert "pass --density" in capsys.readouterr().err and not (tmp_path / "d").exists()

@@ -111,3 +111,16 @@ def test_a_layout_is_detected_by_its_key_patterns():
     assert layout.describe() == "Demo (head.weight, blocks.<i>.conv.weight, *.attn.*)"
     with pytest.raises(TypeError, match="keys of checkpoint format 'Demo' must be a non-empty tuple"):
         models.CheckpointFormat("Demo", "head.weight", lambda *a: {})
+
+
+def test_safetensors_model_files_are_read_as_tensors_and_damaged_ones_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    model = models.build("edsr_mini")
+    save_file(model.state_dict(), tmp_path / "edsr_mini.safetensors")
+    loaded = load_pretrained(tmp_path / "edsr_mini.safetensors")
+    assert loaded.structure() == model.structure()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*broken.safetensors .*not a safetensors file"):
+        load_pretrained(tmp_path / "broken.safetensors")

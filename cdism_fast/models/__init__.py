@@ -12,6 +12,9 @@ EDSRmini), ``swinir_lightweight`` (the paper's SwinIR_LW), ``swinir_mini`` (the 
 SwinIRmini), ``imdn``, ``pan``, ``carn_m``, ``carn``): untrained architectures; ``cdism-fast models`` lists them all.
 ``PRESETS`` is the former name of :data:`ARCHITECTURES`, kept for one release.
 
+Files of other architectures (ESRGAN, Real-ESRGAN Compact, HAT, SPAN, ...) are read through spandrel when
+it is installed (:mod:`cdism_fast.models.external`): an :class:`ExternalModel`, usable as a teacher.
+
 Shipped trained models (:data:`PRETRAINED`, :func:`pretrained`): students this project trained with
 ``cdism-fast run --preset cpu-291``, e.g. ``pretrained("edsr_mini_291")``.
 """
@@ -21,6 +24,7 @@ import warnings
 
 from .checkpoints import MODEL_FORMAT, CheckpointMismatch, format_names, load_pretrained
 from .counting import count_flops, count_params
+from .external import ExternalModel, SizeRequirements, model_record, pad_to_size
 from .family import ARCHITECTURES, FAMILIES, CheckpointFormat, Compressible, Preset, SRModel, Structure, register_family
 from .presets import build, build_from_spec, family_names, from_structure, model_spec, preset_of
 from .pretrained import PRETRAINED, pretrained, pretrained_info
@@ -54,6 +58,10 @@ __all__ = [
     "CheckpointMismatch",
     "count_params",
     "count_flops",
+    "ExternalModel",
+    "SizeRequirements",
+    "model_record",
+    "pad_to_size",
 ]
 
 

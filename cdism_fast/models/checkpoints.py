@@ -7,7 +7,8 @@ file holding several scales, CARN-M's, the one asked for), Real-ESRGAN's compact
 unwrapped first: ``params_ema`` is preferred to ``params`` when a file has both (pass
 ``params_key`` to choose), and a DataParallel ``module.`` prefix is removed. The workflow's own
 ``model.pt`` (:data:`MODEL_FORMAT`) holds the family and every constructor argument, so it is
-rebuilt exactly, options included.
+rebuilt exactly, options included. A file of none of these layouts is read by spandrel when it is
+installed (:mod:`cdism_fast.models.external`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ __all__ = ["MODEL_FORMAT", "CheckpointMismatch", "load_pretrained", "checkpoint_
 
 #: The ``format`` entry of the workflow's own model files (``model.pt``).
 MODEL_FORMAT = "cdism_fast.model/1"
+
+
+class UnknownFormat(CheckpointMismatch):
+    """A file of none of the families' layouts (no format's key patterns match)."""
 
 
 def checkpoint_formats() -> list[tuple[str, CheckpointFormat]]:
@@ -59,6 +64,13 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     :class:`CheckpointMismatch` (a ValueError) listing the first missing, unexpected and
     mis-shaped keys; nothing is loaded then.
 
+    Resolution order: this package's formats first; a file none of them reads (or, detected as one of
+    them, that does not fit it) goes to spandrel when it is installed (``pip install
+    'cdism_fast[spandrel]'``; without ``name`` and ``overrides``), which returns an
+    :class:`~cdism_fast.models.ExternalModel` (see :mod:`cdism_fast.models.external`). A file neither
+    reads is refused in one line listing this package's formats and what spandrel said.
+    ``.safetensors`` files are read as safetensors, every other file with ``torch.load(weights_only=True)``.
+
     >>> from cdism_fast.models import build, load_pretrained
     >>> state = build("edsr_mini").state_dict()  # a BasicSR-named EDSR state dict
     >>> model = load_pretrained(state)  # the preset and the scale are read from the tensors
@@ -66,15 +78,40 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     (Structure(n_b=8, n_l=1, n_c=16), 2, False)
     """
     source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "the given state dict"
-    raw = read_torch_file(source, "checkpoint") if isinstance(path, (str, os.PathLike)) else path
+    raw = _read_file(source) if isinstance(path, (str, os.PathLike)) else path
     if isinstance(raw, Mapping) and raw.get("format") == MODEL_FORMAT:
         return _load_own(raw, source, name, scale, overrides)
     state = _unwrap(raw, params_key, source)
-    state, original_names, file_options, family, file_format = _to_native(state, source, scale)
+    try:
+        return _load_native(state, source, name, scale, overrides)
+    except CheckpointMismatch as error:
+        if name is not None or overrides:  # an imposed architecture is one of ours
+            raise
+        return _load_external(state, source, scale, error)
+
+
+def _read_file(source: str):
+    """The content of a model file: safetensors by its suffix, else ``torch.load(weights_only=True)``."""
+    if not source.lower().endswith(".safetensors"):
+        return read_torch_file(source, "checkpoint")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"checkpoint {source} does not exist")
+    try:
+        return load_file(source, device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"cannot read checkpoint {source} ({str(error).splitlines()[0] if str(error) else error!r}): "
+                         "it is truncated, damaged or not a safetensors file; use another file") from None
+
+
+def _load_native(state: dict, source: str, name, scale, overrides) -> nn.Module:
+    native, original_names, file_options, family, file_format = _to_native(state, source, scale)
     options = {**file_options, **overrides}
     config, inferred_scale = {}, None
     if name is None or scale is None:
-        config = _infer(file_format, state, source, scale)
+        config = _infer(file_format, native, source, scale)
         inferred_scale = config.pop("scale")
         scale = inferred_scale if scale is None else scale
         name = name or preset_of(family, config)
@@ -83,20 +120,39 @@ def load_pretrained(path, name: Optional[str] = None, scale: Optional[int] = Non
     else:  # not a preset: the architecture the tensors describe
         model = construct(FAMILIES[family], f"checkpoint {source}", options, scale=scale, **config)
     try:
-        _check_fit(model, state, original_names, source, name or f"the {family} model it describes")
+        _check_fit(model, native, original_names, source, name or f"the {family} model it describes")
     except CheckpointMismatch as error:
         if inferred_scale in (None, scale):
             raise
         raise CheckpointMismatch(f"{error}; its tensors are those of a ×{inferred_scale} model: pass --scale "
                                  f"{inferred_scale} or drop --scale") from None
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(native, strict=True)
     return model.eval()
+
+
+def _load_external(state: dict, source: str, scale, ours: CheckpointMismatch) -> nn.Module:
+    """The file by spandrel, when this package's formats did not read it (``ours`` says why). spandrel
+    missing, or not detecting it either, is one line: ``ours`` and what spandrel said."""
+    from ..optional import MissingDependency
+    from .external import NotDetected, load_spandrel
+
+    try:
+        return load_spandrel(state, source, scale)
+    except (MissingDependency, NotDetected) as error:
+        if not isinstance(ours, UnknownFormat):  # one of our layouts, damaged or of a variant we lack
+            raise ours from None
+        reason = str(error).removeprefix(f"checkpoint {source}: ")
+        raise CheckpointMismatch(f"{ours}; {reason}") from None
 
 
 def _load_own(raw: Mapping, source: str, name, scale, overrides) -> nn.Module:
     if name is not None:
         raise ValueError(f"{source} is a cdism-fast model file, which records its architecture; do not pass a "
                          f"preset name ({name!r}) with it")
+    if isinstance(raw.get("external"), Mapping):  # a pruned external model: its tensors in the loader's names
+        from .external import load_spandrel
+
+        return load_spandrel(dict(raw.get("params", {})), source, scale)
     model = build_from_spec({"family": raw.get("family"), "config": {**raw.get("config", {}), **overrides}})
     if scale is not None and scale != model.scale:
         raise ValueError(f"{source} holds a ×{model.scale} model, not ×{scale}; pass its scale or none")
@@ -141,7 +197,7 @@ def _to_native(state: dict, source: str, scale: Optional[int] = None):
             native, original, options = fmt.to_native(state, source)
             return native, original, options, family, fmt
     known = [fmt.describe() for _, fmt in checkpoint_formats()]
-    raise CheckpointMismatch(f"checkpoint {source} is neither {', '.join(known[:-1])} nor {known[-1]}; its first "
+    raise UnknownFormat(f"checkpoint {source} is neither {', '.join(known[:-1])} nor {known[-1]}; its first "
                              f"keys are {list(state)[:LISTED_KEYS]}")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..models import MODEL_FORMAT, build_from_spec, model_spec
+from ..models import MODEL_FORMAT, ExternalModel, build_from_spec, model_spec
 from ..models.presets import json_plain as _plain
 from ..safe_io import atomic_write, process_alive, temporary_target
 from .checkpoint import atomic_save
@@ -36,7 +36,15 @@ STAGE_FILE = "stage.json"
 
 
 def save_model(path, model: nn.Module, **info) -> Path:
-    """Write ``model``'s weights and architecture (and any JSON-able ``info``) atomically to ``path``."""
+    """Write ``model``'s weights and architecture (and any JSON-able ``info``) atomically to ``path``.
+
+    An :class:`~cdism_fast.models.ExternalModel` (a pruned spandrel teacher) keeps what was detected under
+    ``external`` and its network's tensors in the network's own names under ``params``, so the loader that
+    detected it detects it again."""
+    if isinstance(model, ExternalModel):
+        state = {key: tensor.detach().cpu() for key, tensor in model.model.state_dict().items()}
+        return atomic_save({"format": MODEL_FORMAT, "external": _plain(model.record()), "params": state,
+                            "info": _plain(info)}, path)
     state = {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
     return atomic_save({"format": MODEL_FORMAT, **model_spec(model), "params": state, "info": _plain(info)}, path)
 

@@ -39,7 +39,14 @@ from .common import (
 )
 from .stage0_teacher import train_teacher
 from .stage1_prune import PruneOptions, density_report, prune
-from .stage2_compress import CompressOptions, compress, density_value, format_table, structure_table
+from .stage2_compress import (
+    CompressOptions,
+    check_student_family,
+    compress,
+    density_value,
+    format_table,
+    structure_table,
+)
 from .stage3_distill import (
     CACHE_OFF,
     STRUCTURE_SPEC,
@@ -56,7 +63,7 @@ __all__ = [
     "density_report", "structure_table", "format_table", "training_pairs", "validation_sets", "make_validator",
     "load_stage_model", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH",
     "TRAINING_FILES", "STRUCTURE_SPEC", "CACHE_OFF", "check_cache_folder", "check_patch_size", "density_value",
-    "data_fingerprint", "with_overrides",
+    "data_fingerprint", "with_overrides", "check_student_family",
 ]
 
 #: The options dataclass of each stage that has options beyond its :class:`StageSettings`.

@@ -4,15 +4,18 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from torch import nn
 
+from ...models import model_record
+from ...models.external import ALL_WEIGHTS
 from ...ops import CHARBONNIER_EPS
 from .. import distributed
-from ..artifacts import model_spec, records_failure, write_json
+from ..artifacts import records_failure, write_json
 from ..distributed import on_main
 from .common import (
     DENSITY_FILE,
@@ -62,7 +65,9 @@ class PruneOptions:
 
 
 def density_report(model: nn.Module) -> dict:
-    """d of the deep-feature module's weight tensors (the paper's d), of all weights, and per layer."""
+    """d of the deep-feature module's weight tensors (the paper's d), of all weights, and per layer; for a model
+    of no family (an external teacher) the deep-feature module is all its weights."""
+    from ...models import SRModel
     from ...optim import density
 
     deep = list(model.deep_feature_parameters())
@@ -70,8 +75,14 @@ def density_report(model: nn.Module) -> dict:
         "density": density(deep, weights_only=True),
         "all_weights": density(model, weights_only=True),
         "layers": {name: density(p, weights_only=True) for name, p in model.named_parameters() if p.dim() >= 2},
-        "model": model_spec(model),
+        "model": model_record(model),
+        "deep_feature_module": (list(model.deep_feature_modules) if isinstance(model, SRModel) else ALL_WEIGHTS),
     }
+
+
+def _name(model: nn.Module) -> str:
+    arch = model_record(model).get("architecture") or {}
+    return arch.get("name") or type(model).__name__
 
 
 @records_failure
@@ -79,7 +90,10 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
           val=None, *, resume: bool = False, overwrite: bool = False,
           context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
     """Stage 1: fine-tune a copy of ``teacher`` on charbonnier(eps=1e-3) with OBProx-SG's λ‖θ‖₁ under the
-    schedule of ``options``. Writes ``density.json``."""
+    schedule of ``options``. Writes ``density.json``. ``teacher`` may be of no family (an
+    :class:`~cdism_fast.models.ExternalModel`, e.g. a spandrel file): its deep-feature module is then all its
+    weights (said on stderr and recorded in ``stage.json`` and ``density.json``)."""
+    from ...models import SRModel
     from ...ops import charbonnier
     from ...optim import OBProxSG
     from ..teacher_cache import teacher_fingerprint
@@ -96,14 +110,19 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
         groups = [{"params": [p for p in model.parameters() if id(p) in deep]},
                   {"params": [p for p in model.parameters() if id(p) not in deep], "l1": False}]
     optimizer = OBProxSG(groups, lr=settings.lr, **{k: v for k, v in schedule.items() if k != "penalty"})
-    depends = {"teacher": model_spec(teacher), "teacher_weights": teacher_fingerprint(teacher)}
+    depends = {"teacher": model_record(teacher), "teacher_weights": teacher_fingerprint(teacher)}
+    if not isinstance(teacher, SRModel):
+        weights = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+        depends["deep_feature_module"] = ALL_WEIGHTS
+        on_main(print, f"stage 1: the teacher is of no cdism_fast family ({_name(teacher)}): OBProx-SG prunes all its "
+                       f"parameters and d is measured over all its {weights:,} weights", file=sys.stderr)
     _, patches = open_stage(out_dir, "prune", settings, {**schedule, **depends}, scale=model.scale, data=data,
                             val=val, resume=resume, overwrite=overwrite, inputs=inputs,
                             files=(*TRAINING_FILES, DENSITY_FILE))
     trainer, result = train_stage(model, patch_loss(functools.partial(charbonnier, eps=CHARBONNIER_EPS)), optimizer,
                                   patches, settings, out_dir, resume=resume, description="stage 1: prune",
                                   kind="prune", data=data, val=val, context=context,
-                                  metadata={"model": model_spec(model), **schedule}, ema=False)
+                                  metadata={"model": model_record(model), **schedule}, ema=False)
     report = density_report(trainer.model)
     report.update(iteration=result.iteration, **schedule)
     if result.status == "completed":

@@ -152,11 +152,11 @@ def _scale_of(model: nn.Module) -> int:
 
 
 def _describe(model: nn.Module) -> dict:
-    """The family record of a family model, the class name of any other module."""
-    try:
-        return model_spec(model)
-    except ValueError:
-        return {"module": type(model).__name__}
+    """The family record of a family model, what was detected of an external one (spandrel's architecture,
+    scale, parameters, size requirements, tags), the class name of any other module."""
+    from ...models import model_record
+
+    return model_record(model)
 
 
 @records_failure
