@@ -116,7 +116,7 @@ def test_prune_of_an_external_model_measures_the_density_over_all_its_weights(tm
 
 def test_compress_of_a_teacher_of_no_family_needs_the_students_family(tmp_path):
     teacher = ExternalModel(SizeCheckingNet(SizeRequirements()), 2)
-    with pytest.raises(ValueError, match="pass --student-family with one of edsr"):
+    with pytest.raises(ValueError, match="pass --student-family with one of carn, compact, edsr"):
         compress(teacher, 0.5, tmp_path / "c")
     assert not (tmp_path / "c").exists()
     result = compress(teacher, None, tmp_path / "c", CompressOptions(student_family="pan", params=3000))
