@@ -28,8 +28,8 @@ from cdism_fast.cli import main
 from cdism_fast.compress import closest_structure
 from cdism_fast.data import TrainingPatches
 from cdism_fast.evaluation import load_model
-from cdism_fast.models import ExternalModel, format_names, load_pretrained
 from cdism_fast.models import Compact as OurCompact
+from cdism_fast.models import ExternalModel, format_names, load_pretrained
 from cdism_fast.models import SwinIR as OurSwinIR
 from cdism_fast.training.teacher_cache import TeacherCache
 
