@@ -9,7 +9,7 @@ from torch import nn
 
 from ..artifacts import mark_stage, model_spec, prepare_run_folder, read_json, records_failure, write_json
 from ..distributed import on_main
-from .common import FLOPS_SIZE, STUDENT_FILE, StageResult, setting
+from .common import STUDENT_FILE, StageResult, flops_size, setting
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,14 @@ class CompressOptions:
 
 
 def structure_table(models: dict[str, nn.Module]) -> list[dict]:
-    """Rows of structure, parameters and FLOPs (MACs at 1280×720 output) for each named model."""
+    """Rows of structure, parameters and FLOPs (MACs at 1280×720 output, see :func:`flops_size` at ×3) for each named
+    model."""
     from ...models import count_flops, count_params
 
     rows = []
     for name, model in models.items():
         structure = model.structure()
-        flops = count_flops(model, out_hw=FLOPS_SIZE)
+        flops = count_flops(model, out_hw=flops_size(model.scale))
         rows.append({"model": name, "n_b": structure.n_b, "n_l": structure.n_l, "n_c": structure.n_c,
                      "params": count_params(model), "flops": flops["total"],
                      "flops_without_attention": flops["total_without_attention"]})
