@@ -9,10 +9,13 @@ and writes:
   ``flops``, ``psnr``, ``ssim`` (means over the evaluation images),
   ``density``, ``structure`` and per-set scores; plus ``command``, ``preset``,
   ``density`` (the pruning result) and ``checks`` (the claims of the demo);
-* ``report.md``: the same as tables, with the figures;
+* ``report.md``: the same as tables, with the figures; in a run with
+  ``--targets teacher`` also each model's PSNR/SSIM against the teacher's
+  output on the images held back from ``--data`` (``vs_teacher``: how closely
+  it imitates the teacher, not a score against a ground truth);
 * ``psnr_vs_cost.png``: PSNR against parameters and against FLOPs, in the
-  style of the paper's Fig. 4, with the published reference points
-  (:data:`PAPER_POINTS`) for scale;
+  style of the paper's Fig. 4, with the published reference points of the
+  run's scale (:func:`paper_points`) for scale;
 * ``crops.png``: the same crop of one evaluation image for HR, bicubic,
   teacher and students, in the style of the paper's Fig. 3.
 
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from .run_evaluation import EVALUATION_FILE
 
-__all__ = ["build_report", "PAPER_POINTS", "PUBLISHED", "REPORT_MODELS"]
+__all__ = ["build_report", "PAPER_POINTS", "PUBLISHED", "PUBLISHED_BY_SCALE", "REPORT_MODELS", "paper_points"]
 
 #: Report entries in display order, with their labels.
 REPORT_MODELS = {"teacher": "teacher", "pruned": "pruned teacher", "student": "student (KD)",
@@ -61,14 +64,40 @@ PUBLISHED = {
                "sets": {"Set5": (37.53, 0.9583), "Set14": (33.26, 0.9141), "B100": (31.92, 0.8960)},
                "source": "Ahn et al. 2018, Table 2"},
 }
-#: The published points of the figure: the mean of Set5 and Set14 PSNR (the paper's Fig. 4), None where
-#: one is missing (drawn as a line at the model's size).
-PAPER_POINTS = {
-    name: {"params": row["params"], "flops": row["flops"],
-           "psnr": (sum(row["sets"][s][0] for s in ("Set5", "Set14")) / 2
-                    if all(s in row["sets"] for s in ("Set5", "Set14")) else None)}
-    for name, row in PUBLISHED.items()
+#: Published ×3 and ×4 models (the published IMDN and PAN weights' numbers; FLOPs counted here at the size of
+#: :func:`~cdism_fast.training.stages.flops_size`), by scale, beside the ×2 ones.
+PUBLISHED_BY_SCALE = {
+    2: PUBLISHED,
+    3: {
+        "IMDN ×3": {"params": 703_059, "flops": 71.50e9,
+                    "sets": {"Set5": (34.36, 0.9270), "Set14": (30.32, 0.8417), "B100": (29.09, 0.8046)},
+                    "source": "Hui et al. 2019, Table 4; FLOPs counted here"},
+        "PAN ×3": {"params": 261_403, "flops": 39.08e9,
+                   "sets": {"Set5": (34.4003, 0.92717), "Set14": (30.3553, 0.84220), "B100": (29.1045, 0.80491)},
+                   "source": "Zhao et al. 2020, the released PANx3_DF2K test log; FLOPs counted here"},
+    },
+    4: {
+        "IMDN ×4": {"params": 715_176, "flops": 40.89e9,
+                    "sets": {"Set5": (32.21, 0.8948), "Set14": (28.58, 0.7811), "B100": (27.56, 0.7353)},
+                    "source": "Hui et al. 2019, Table 4; FLOPs counted here"},
+        "PAN ×4": {"params": 272_419, "flops": 28.16e9,
+                   "sets": {"Set5": (32.1311, 0.89481), "Set14": (28.6107, 0.78215), "B100": (27.5914, 0.73627)},
+                   "source": "Zhao et al. 2020, the released PANx4_DF2K test log; FLOPs counted here"},
+    },
 }
+
+
+def paper_points(scale: int = 2) -> dict:
+    """The published points of the figure at ×``scale``: the mean of Set5 and Set14 PSNR (the paper's Fig. 4),
+    None where one is missing (drawn as a line at the model's size)."""
+    return {name: {"params": row["params"], "flops": row["flops"],
+                   "psnr": (sum(row["sets"][s][0] for s in FIGURE_SETS) / 2
+                            if all(s in row["sets"] for s in FIGURE_SETS) else None)}
+            for name, row in PUBLISHED_BY_SCALE.get(scale, {}).items()}
+
+
+#: The published ×2 points of the figure (:func:`paper_points` at ×2).
+PAPER_POINTS = paper_points(2)
 
 
 def _checks(models: dict) -> dict:
@@ -78,8 +107,10 @@ def _checks(models: dict) -> dict:
     if teacher and student:
         checks["student_params_fraction"] = student["params"] / teacher["params"]
         checks["student_under_10_percent"] = checks["student_params_fraction"] < 0.10
-    if student and bicubic:
+    if student and bicubic and student["psnr"] is not None:
         checks["student_minus_bicubic_psnr"] = student["psnr"] - bicubic["psnr"]
+    if student and student.get("vs_teacher"):
+        checks["student_psnr_vs_teacher"] = student["vs_teacher"]["psnr"]
     if student and models.get("student_no_kd"):
         checks["kd_minus_no_kd_psnr"] = student["psnr"] - models["student_no_kd"]["psnr"]
         checks["kd_beats_no_kd"] = checks["kd_minus_no_kd_psnr"] > 0
@@ -99,9 +130,9 @@ def label(name: str) -> str:
     return REPORT_MODELS.get(name, name)
 
 
-def figure_psnr(entry: dict) -> float:
+def figure_psnr(entry: dict) -> float | None:
     """The PSNR a model is drawn at: the mean of its Set5 and Set14 means when it has both (the paper's Fig. 4),
-    else its mean over every evaluation image."""
+    else its mean over every evaluation image (None without a ground-truth set)."""
     sets = entry.get("sets") or {}
     if all(name in sets for name in FIGURE_SETS):
         return sum(sets[name]["psnr"] for name in FIGURE_SETS) / len(FIGURE_SETS)
@@ -121,7 +152,7 @@ def _save_figure(figure, path: Path) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
-def _figure_cost(models: dict, path: Path) -> Path:
+def _figure_cost(models: dict, path: Path, scale: int = 2) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +180,7 @@ def _figure_cost(models: dict, path: Path) -> Path:
                         else "PSNR (dB, Y) on this run's evaluation images")
         axis.grid(True, which="both", alpha=0.3)
         reference = axis if shared_axis else axis.twinx()
-        for name, point in PAPER_POINTS.items():
+        for name, point in paper_points(scale).items():
             if point["psnr"] is None:
                 axis.axvline(point[key], color="tab:purple", alpha=0.35, linestyle=":")
                 axis.annotate(name, (point[key], 0.02), xycoords=("data", "axes fraction"), rotation=90,
@@ -159,9 +190,9 @@ def _figure_cost(models: dict, path: Path) -> Path:
                 reference.annotate(name, (point[key], point["psnr"]), textcoords="offset points", xytext=(6, -10),
                                    color="tab:purple", fontsize=8)
         if not shared_axis:
-            reference.set_ylabel(f"published ×2 PSNR, mean of {' and '.join(FIGURE_SETS)} (purple)",
+            reference.set_ylabel(f"published ×{scale} PSNR, mean of {' and '.join(FIGURE_SETS)} (purple)",
                                  color="tab:purple")
-    figure.suptitle("PSNR against size and cost (style of the paper's Fig. 4; purple: published ×2 models)")
+    figure.suptitle(f"PSNR against size and cost (style of the paper's Fig. 4; purple: published ×{scale} models)")
     figure.tight_layout()
     return _save_figure(figure, path)
 
@@ -183,7 +214,8 @@ def _figure_crops(run_dir: Path, names: list[str], crop: dict, models: dict, pat
         image = read_image(run_dir / "crops" / f"{name}.png").permute(1, 2, 0).numpy()
         axis.imshow(image, interpolation="nearest")
         score = models.get(name)
-        axis.set_title(text + (f"\n{score['psnr']:.2f} dB" if score else "\n"), fontsize=9)
+        psnr = score and (score["psnr"] if score["psnr"] is not None else (score.get("vs_teacher") or {}).get("psnr"))
+        axis.set_title(text + (f"\n{psnr:.2f} dB" if psnr is not None else "\n"), fontsize=9)
         axis.axis("off")
     figure.suptitle(f"{crop['image']}, {crop['size']}×{crop['size']} crop at ({crop['top']}, {crop['left']}) "
                     "(style of the paper's Fig. 3; dB: mean over the evaluation images)", fontsize=9)
@@ -217,12 +249,13 @@ def _benchmark_lines(report: dict) -> list[str]:
                             else "–" for s in sets)
         size = f"{entry['params'] / 1e3:.1f}K | {_giga(entry['flops'], 1)}" if entry["params"] else "– | –"
         lines.append(f"| {label(name)} | {size} | {scores} |")
-    for name, row in PUBLISHED.items():
+    published = PUBLISHED_BY_SCALE.get(report.get("scale"), {})
+    for name, row in published.items():
         scores = " | ".join(_published_score(row["sets"].get(s)) for s in sets)
         lines.append(f"| *published: {name}* | {row['params'] / 1e3:.1f}K | {row['flops'] / 1e9:.1f}G | {scores} |")
-    lines += ["", "PSNR (dB) / SSIM on Y, border of `scale` pixels removed, mean per set. Published rows (in "
-              "italics; – where not at hand): " + "; ".join(f"{n}: {r['source']}" for n, r in PUBLISHED.items()),
-              ""]
+    lines += ["", "PSNR (dB) / SSIM on Y, border of `scale` pixels removed, mean per set. Published "
+              f"×{report['scale']} rows (in italics; – where not at hand): "
+              + ("; ".join(f"{n}: {r['source']}" for n, r in published.items()) or "none at this scale"), ""]
     compression = report.get("compression") or {}
     student = report.get("student")
     if student and compression.get("density") is not None:
@@ -230,6 +263,24 @@ def _benchmark_lines(report: dict) -> list[str]:
                   f"{student['params']:,} parameters, {100 * student['params'] / teacher['params']:.1f}% of the "
                   f"teacher's ({teacher['params'] / student['params']:.1f}x fewer).", ""]
     return lines
+
+
+def _vs_teacher_lines(report: dict) -> list[str]:
+    """The models scored against the teacher's output on the held-back images (a run with --targets teacher)."""
+    about = report.get("vs_teacher")
+    if not about:
+        return []
+    lines = ["## Against the teacher's output (held-back images, no ground truth)", "",
+             f"Images of `--data` held back from training: {len(about['images'])} ({', '.join(about['images'])}). "
+             "The targets were the teacher's outputs, so this measures how closely each model imitates the teacher, "
+             "artefacts included: PSNR against the teacher is not PSNR against a ground truth.", "",
+             "| model | params | PSNR vs teacher | SSIM vs teacher |", "|---|---|---|---|"]
+    for name in report["models"]:
+        score = report[name].get("vs_teacher")
+        if score:
+            size = f"{report[name]['params'] / 1e3:.1f}K" if report[name]["params"] else "–"
+            lines.append(f"| {label(name)} | {size} | {score['psnr']:.3f} | {score['ssim']:.4f} |")
+    return [*lines, ""]
 
 
 def _markdown(report: dict, figures: dict) -> str:
@@ -240,11 +291,15 @@ def _markdown(report: dict, figures: dict) -> str:
         entry = report[name]
         structure = entry.get("structure") or {}
         density = f"{entry['density']:.4f}" if entry.get("density") is not None else "–"
+        scores = (f"{entry['psnr']:.3f} | {entry['ssim']:.4f}" if entry["psnr"] is not None else "– | –")
         lines.append(f"| {label(name)} | {structure.get('n_b', '–')} | {structure.get('n_l', '–')} | "
                      f"{structure.get('n_c', '–')} | {entry['params'] / 1e3:.1f}K | {_giga(entry['flops'], 2)} | "
-                     f"{density} | {entry['psnr']:.3f} | {entry['ssim']:.4f} |")
-    lines += ["", "PSNR/SSIM: Y channel, border of `scale` pixels removed, means over the evaluation images.",
-              "FLOPs: multiply-accumulates for one 1280×720 output image (the paper's Table I convention).", ""]
+                     f"{density} | {scores} |")
+    lines += ["", "PSNR/SSIM: Y channel, border of `scale` pixels removed, means over the evaluation images "
+              "(–: no evaluation set with a ground truth).",
+              "FLOPs: multiply-accumulates for one 1280×720 output image (the paper's Table I convention; ×3: "
+              "1281×720).", ""]
+    lines += _vs_teacher_lines(report)
     lines += _benchmark_lines(report)
     if report.get("density"):
         lines += ["## Pruning", "", f"Density d of the deep-feature weights: **{report['density']['density']:.4f}** "
@@ -257,6 +312,9 @@ def _markdown(report: dict, figures: dict) -> str:
                          f"({'under' if checks['student_under_10_percent'] else 'NOT under'} 10%)")
         if "student_minus_bicubic_psnr" in checks:
             lines.append(f"- student PSNR minus bicubic: {checks['student_minus_bicubic_psnr']:+.3f} dB")
+        if "student_psnr_vs_teacher" in checks:
+            lines.append(f"- student PSNR against the teacher's output (held-back images, not a ground truth): "
+                         f"{checks['student_psnr_vs_teacher']:.3f} dB")
         if "kd_minus_no_kd_psnr" in checks:
             lines.append(f"- distilled minus no-KD student (same budget): {checks['kd_minus_no_kd_psnr']:+.3f} dB")
         for name, difference in checks.get("kd_minus_no_kd", {}).items():
@@ -306,7 +364,9 @@ def build_report(run_dir) -> dict:
                          f"edited or damaged: {type(error).__name__}: {error}); restore them, or remove "
                          "evaluation.json and resume the run to evaluate again") from None
     if available("matplotlib"):
-        figures = {"cost": _figure_cost(models, run_dir / "psnr_vs_cost.png").name}
+        drawable = {name: entry for name, entry in models.items() if figure_psnr(entry) is not None}
+        figures = {"cost": _figure_cost(drawable, run_dir / "psnr_vs_cost.png", report["scale"]).name
+                   if drawable else None}
         crops = _figure_crops(run_dir, [n for n in report["models"] if n != "bicubic"],
                               evaluation["crop"], models, run_dir / "crops.png")
         figures["crops"] = crops.name if crops is not None else None
@@ -339,7 +399,8 @@ def _collect(run_dir: Path, evaluation: dict, stage: dict, read_json) -> tuple[d
                    "student": (models.get("student") or {}).get("structure")},
         compression=read_json(run_dir / "compress" / "student.json", "student file"),
         checks=_checks(models),
-        paper_points=PAPER_POINTS,
+        paper_points=paper_points(evaluation["scale"]),
+        vs_teacher=evaluation.get("vs_teacher"),
         models=order,
         timings=read_json(run_dir / TIMINGS_FILE, "timings file") or {},
     )

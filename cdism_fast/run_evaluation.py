@@ -37,11 +37,24 @@ def _pick_crop(hr: torch.Tensor, size: int) -> tuple[int, int]:
     return corner
 
 
-def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, out_dir, progress: bool = True) -> dict:
+def _mean(images: list[dict], key: str) -> float:
+    return math.fsum(i[key] for i in images) / len(images)
+
+
+def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, out_dir, progress: bool = True,
+                    reference=None) -> dict:
     """PSNR/SSIM of each model (and bicubic) on every set, sizes and costs, and the crops of one image.
 
     Writes ``evaluation.json`` and ``crops/<model>.png`` (the same crop of the
     first image of the first set for HR, bicubic and every model).
+
+    ``reference``: held-back images paired with the teacher's outputs
+    (:class:`~cdism_fast.training.stages.TeacherOutputs`, a run with
+    ``--targets teacher``): every model but the teacher is also scored against
+    the teacher's output on them, under ``vs_teacher`` (not against a ground
+    truth). Without ground-truth sets (``eval_sets`` empty) ``psnr`` and
+    ``ssim`` are None and the crops come from the first held-back image, with
+    the teacher's output in place of HR.
     """
     from .data import write_image
     from .evaluation import Bicubic, evaluate, upscale
@@ -51,10 +64,11 @@ def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, o
 
     out_dir = Path(out_dir)
     entries = {}
-    lr, hr, image_name = eval_sets[0][0]
+    lr, hr, image_name = (eval_sets or [reference])[0][0]
     top, left = _pick_crop(hr, CROP_SIZE)
     crop = (slice(top, top + CROP_SIZE), slice(left, left + CROP_SIZE))
-    write_image(out_dir / "crops" / "hr.png", hr[:, crop[0], crop[1]])
+    if eval_sets:
+        write_image(out_dir / "crops" / "hr.png", hr[:, crop[0], crop[1]])
     for name, model in {**models, "bicubic": Bicubic(scale)}.items():
         model = model.eval()
         per_set = {}
@@ -63,10 +77,13 @@ def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, o
             per_set[scores["name"]] = {"psnr": scores["psnr"], "ssim": scores["ssim"], "images": scores["images"]}
         images = [image for scores in per_set.values() for image in scores["images"]]
         entry = {
-            "psnr": math.fsum(i["psnr"] for i in images) / len(images),
-            "ssim": math.fsum(i["ssim"] for i in images) / len(images),
+            "psnr": _mean(images, "psnr") if images else None,
+            "ssim": _mean(images, "ssim") if images else None,
             "sets": per_set,
         }
+        if reference is not None and name != "teacher":
+            scores = evaluate(model, reference, scale, progress=progress)
+            entry["vs_teacher"] = {"psnr": scores["psnr"], "ssim": scores["ssim"], "images": scores["images"]}
         if name != "bicubic":
             row = structure_table({name: model})[0]  # an external teacher: no structure, FLOPs where countable
             entry.update(params=row["params"], flops=row["flops"],
@@ -81,5 +98,9 @@ def evaluate_models(models: dict[str, nn.Module], eval_sets: list, scale: int, o
         entries[name] = entry
     evaluation = {"scale": scale, "crop": {"image": image_name, "top": top, "left": left, "size": CROP_SIZE},
                   "models": entries, "table": structure_table(models)}
+    if reference is not None:
+        evaluation["vs_teacher"] = {"set": reference.name, "images": reference.names(),
+                                    "about": "PSNR/SSIM (Y, border = scale) against the teacher's output on images "
+                                             "held back from --data, not against a ground truth"}
     write_json(out_dir / EVALUATION_FILE, evaluation)
     return evaluation

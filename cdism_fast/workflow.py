@@ -12,6 +12,7 @@ This module sits above :mod:`cdism_fast.training` (the stages),
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ from .training.stages import (
     STAGE_OPTIONS,
     STUDENT_FILE,
     StageResult,
+    TargetOptions,
+    TeacherOutputs,
     check_cache_folder,
     check_patch_size,
     check_student_family,
@@ -52,6 +55,7 @@ from .training.stages import (
     prune,
     train_teacher,
     training_pairs,
+    unlabelled_split,
     validation_sets,
     with_overrides,
 )
@@ -125,14 +129,15 @@ def _preset(preset: str | WorkflowPreset, option_overrides: dict | None = None,
             raise ValueError(f"preset must be one of {sorted(WORKFLOWS)}, got {preset!r}")
         preset = WORKFLOWS[preset]
     given = {key: value for key, value in (option_overrides or {}).items() if value is not None}
-    changes = {}
-    for stage, cls in STAGE_OPTIONS.items():
+    changes, used = {}, set()
+    for stage, cls in STAGE_OPTIONS.items():  # a shared field (TargetOptions') goes to every stage that has it
         names = {f.name for f in dataclasses.fields(cls)}
-        mine = {key: given.pop(key) for key in list(given) if key in names}
+        mine = {key: value for key, value in given.items() if key in names}
+        used |= set(mine)
         if mine:
             changes[f"{stage}_options"] = dataclasses.replace(getattr(preset, f"{stage}_options"), **mine)
-    if given:
-        raise ValueError(f"no stage has the option(s) {sorted(given)}")
+    if set(given) - used:
+        raise ValueError(f"no stage has the option(s) {sorted(set(given) - used)}")
     if scale is not None:
         changes["scale"] = scale
     return dataclasses.replace(preset, **changes) if changes else preset
@@ -156,6 +161,26 @@ def _check_preset(preset: WorkflowPreset, data, teacher) -> WorkflowPreset:
         raise ValueError(f"preset {preset.name!r} compresses a pretrained model: pass --teacher FILE (e.g. the "
                          "published IMDN_x2.pth)")
     return preset
+
+
+def _targets(preset: WorkflowPreset, teacher, no_kd_baseline: bool | None) -> tuple[bool, bool]:
+    """(whether the run trains on the teacher's outputs, whether it trains the no-KD twins): one kind of target
+    for the whole run, and no twin without a ground truth."""
+    kinds = {stage: getattr(preset, f"{stage}_options").targets for stage, cls in STAGE_OPTIONS.items()
+             if issubclass(cls, TargetOptions)}
+    if len(set(kinds.values())) != 1:
+        raise ValueError(f"the stages of a run train toward one kind of target, got {kinds}; give them one --targets")
+    teacher_targets = next(iter(kinds.values())) == "teacher"
+    if not teacher_targets:
+        return False, no_kd_baseline is not False
+    if teacher is None:
+        raise ValueError("--targets teacher trains on the teacher's outputs: pass --teacher FILE (without it stage 0 "
+                         "trains a teacher on HR images, which --targets teacher has none of)")
+    if no_kd_baseline:
+        raise ValueError("--no-kd-baseline trains the student on the ground truth, which --targets teacher has none "
+                         "of; drop --no-kd-baseline, or pass --targets hr with HR images in --data (nothing was "
+                         "written)")
+    return True, False
 
 
 def _given_teacher(preset: WorkflowPreset, teacher, scale: int | None) -> nn.Module:
@@ -214,7 +239,7 @@ def _students(preset: WorkflowPreset, teacher_model, out_dir: Path, overrides: d
 
 @records_failure
 def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, teacher=None, scale: int | None = None,
-                 no_kd_baseline: bool = True, resume: bool = False, overwrite: bool = False,
+                 no_kd_baseline: bool | None = None, resume: bool = False, overwrite: bool = False,
                  settings_overrides: dict | None = None, option_overrides: dict | None = None,
                  progress: bool = True, context: distributed.DistributedContext | None = None) -> WorkflowResult:
     """Run every stage of ``preset`` into ``out_dir`` and write the report.
@@ -226,11 +251,18 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     ``settings_overrides`` replace fields of every stage's settings (e.g.
     ``num_workers``, ``amp``), ``option_overrides`` fields of the stages'
     options (any field of :data:`~cdism_fast.training.stages.STAGE_OPTIONS`' dataclasses, e.g. ``lam``,
-    ``alpha``, ``teacher_cache``). Each stage's wall time is kept in ``timings.json``.
+    ``alpha``, ``teacher_cache``, ``targets``). Each stage's wall time is kept in ``timings.json``.
+
+    ``no_kd_baseline``: also train each student's no-KD twin (None: yes, unless the targets are the teacher's).
+    With ``targets="teacher"`` (:class:`~cdism_fast.training.stages.TargetOptions`, one value for pruning and
+    distillation) the images of ``data`` are LR inputs as they are, ``teacher`` is required, no twin is trained
+    (there is no ground truth), and every model is also evaluated against the teacher's output on the images held
+    back from ``data`` (``vs_teacher`` in ``evaluation.json``, a table of its own in the report).
     """
     base = _preset(preset)
     option_overrides = _changed_options(base, option_overrides)
     preset = _check_preset(_preset(base, option_overrides, scale), data, teacher)
+    teacher_targets, no_kd_baseline = _targets(preset, teacher, no_kd_baseline)
     context = context or distributed.setup()
     out_dir = Path(out_dir)
     overrides = {**(settings_overrides or {}), "progress": progress}
@@ -240,10 +272,15 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
               "val": [str(v) for v in val] if val else None, "teacher": str(teacher) if teacher else None,
               "no_kd_baseline": no_kd_baseline, "overrides": given}
     # Fail on bad input now, before the run folder is made.
-    training_pairs(data, preset.scale)
+    if teacher_targets:
+        _, held = unlabelled_split(data, preset.scale, preset.distill_options.holdout)
+    else:
+        training_pairs(data, preset.scale)
+        held = None
     eval_sets = validation_sets(val, data, preset.scale)
-    if not eval_sets:
-        raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data")
+    if not eval_sets and not held:
+        raise ValueError("no evaluation images: pass --val DIR (e.g. Set5) when training on your own --data"
+                         + (", or keep --holdout above 0 to evaluate against the teacher" if teacher_targets else ""))
     given_teacher = _given_teacher(preset, teacher, scale) if teacher is not None else None
     if given_teacher is not None:
         check_student_family(given_teacher, preset.compress_options)
@@ -257,6 +294,12 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     def interrupted(stage: str) -> WorkflowResult:
         on_main(mark_stage, out_dir, status="interrupted", stopped_in=stage)
         return WorkflowResult("interrupted", out_dir)
+
+    if teacher_targets and context.is_main:
+        print("targets: the teacher's outputs on the images of --data (no ground truth): distillation's loss is "
+              "L_dis alone, no no-KD twin is trained, and every model is also scored against the teacher's output "
+              f"on the images held back from --data ({len(held) if held else 0}; PSNR against the teacher, not "
+              "against a ground truth)", file=sys.stderr)
 
     # One stop request for the whole run: Ctrl-C between or at the end of stages stops before the next.
     with StopRequest() as stop:
@@ -285,8 +328,10 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
             return interrupted(stopped_in)
 
         models = {"teacher": teacher_model, "pruned": pruned, **trained}
+        reference = TeacherOutputs(held, teacher_model) if held else None
         evaluation = _timed(out_dir, "evaluation",
-                            lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress))
+                            lambda: on_main(evaluate_models, models, eval_sets, preset.scale, out_dir, progress,
+                                            reference=reference))
         if _stop_requested(stop):
             return interrupted("evaluation")
         report = on_main(build_report, out_dir)

@@ -1,5 +1,6 @@
-"""Each stage's options are declared once (PruneOptions, CompressOptions, DistillOptions) and every field
-reaches its stage from the stage's own command and from `run`.
+"""Each stage's options are declared once (PruneOptions, CompressOptions, DistillOptions; the fields of
+TargetOptions, which pruning and distillation share, once for both) and every field reaches its stage from the
+stage's own command and from `run` (a shared field reaches every stage that has it).
 
 The stage functions are replaced by recorders, so nothing trains.
 """
@@ -18,9 +19,10 @@ from cdism_fast.cli.run import RUN_PRESET
 from cdism_fast.models import build
 from cdism_fast.training.artifacts import save_model
 from cdism_fast.training.presets import WORKFLOWS
-from cdism_fast.training.stages import STAGE_OPTIONS, StageResult, StageSettings
+from cdism_fast.training.stages import STAGE_OPTIONS, StageResult, StageSettings, TargetOptions
 
 FIELDS = [(stage, f.name) for stage, cls in STAGE_OPTIONS.items() for f in fields(cls)]
+SHARED = {f.name for f in fields(TargetOptions)}
 
 
 class Reached(BaseException):
@@ -98,13 +100,18 @@ def test_every_option_of_every_stage_reaches_it_from_run(tmp_path, teacher, monk
         main(["run", "--teacher", str(teacher), "--out", str(tmp_path / "run"), "--no-progress", *words])
     assert set(seen) == set(STAGE_OPTIONS)
     assert seen[stage] == dataclasses.replace(base, **{name: expected}) != base
-    for other in set(STAGE_OPTIONS) - {stage}:
-        assert seen[other] == _preset_options(RUN_PRESET, other)
+    for other in set(STAGE_OPTIONS) - {stage}:  # a shared field is one option of every stage that has it
+        own = _preset_options(RUN_PRESET, other)
+        shares = name in SHARED and issubclass(STAGE_OPTIONS[other], TargetOptions)
+        assert seen[other] == (dataclasses.replace(own, **{name: expected}) if shares else own)
 
 
 def test_the_options_do_not_collide_with_the_settings_or_each_other():
     names = [f.name for cls in STAGE_OPTIONS.values() for f in fields(cls)]
-    assert len(names) == len(set(names))
+    repeated = {name for name in names if names.count(name) > 1}
+    assert repeated == SHARED  # only TargetOptions' fields, declared once and inherited by prune and distill
+    assert [cls for cls in STAGE_OPTIONS.values() if issubclass(cls, TargetOptions)] == [
+        STAGE_OPTIONS["prune"], STAGE_OPTIONS["distill"]]
     assert not set(names) & {f.name for f in fields(StageSettings)}
     for cls in STAGE_OPTIONS.values():
         for f in fields(cls):
@@ -178,7 +185,8 @@ def test_stage_json_records_every_distill_option_with_the_cache_folder_resolved(
     distill(None, "edsr:1,1,4", tmp_path / "s", settings, DistillOptions(alpha=0.5), kd=False)
     recorded = read_stage(tmp_path / "s")["settings"]
     assert {f.name: recorded[f.name] for f in fields(DistillOptions)} == {
-        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "high_pass": True, "teacher_cache": "off"}
+        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "high_pass": True, "teacher_cache": "off",
+        "targets": "hr", "holdout": None}
 
 
 def test_an_option_no_stage_has_is_refused_by_the_workflow_before_its_folder(tmp_path):

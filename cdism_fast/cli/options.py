@@ -4,8 +4,9 @@ Every training command takes the same data, budget and output options. The
 budget options are generated from the fields of
 :class:`~cdism_fast.training.stages.StageSettings`, and each stage's own
 options from its options dataclass (:data:`~cdism_fast.training.stages.STAGE_OPTIONS`:
-``PruneOptions``, ``CompressOptions``, ``DistillOptions``): one option per
-field, the field's name in kebab-case (``num_workers`` is ``--num-workers``),
+``PruneOptions``, ``CompressOptions``, ``DistillOptions``; the fields of
+``TargetOptions``, which pruning and distillation share, are one option of
+``run`` for both): one option per field, the field's name in kebab-case (``num_workers`` is ``--num-workers``),
 with the help, unit, choices and metavar that the field declares. Their
 defaults come from a workflow preset (``--preset``, default ``paper-edsr`` for
 the stage commands), so ``cdism-fast prune --preset demo ...`` runs the demo's
@@ -26,11 +27,12 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 
-from ..training.stages import STAGE_OPTIONS, StageSettings
+from ..training.stages import STAGE_OPTIONS, StageSettings, TargetOptions
 
 __all__ = ["add_data_arguments", "data_argument", "add_output_arguments", "add_training_arguments",
-           "add_stage_options", "settings_from_args", "overrides_from_args", "run_safely", "EXIT_INTERRUPTED",
-           "preset_argument", "option_name", "SETTING_ALIASES", "stage_defaults", "options_from_args"]
+           "add_stage_options", "add_target_options", "settings_from_args", "overrides_from_args", "run_safely",
+           "EXIT_INTERRUPTED", "preset_argument", "option_name", "SETTING_ALIASES", "stage_defaults",
+           "options_from_args"]
 
 EXIT_INTERRUPTED = 130
 #: Other spellings of setting and option flags, also accepted: field → option strings.
@@ -88,12 +90,14 @@ def _help(field, defaults: Mapping[str, object], preset: str | None) -> str:
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls, title: str, defaults: Mapping[str, object],
-                preset: str | None) -> None:
-    """One option per field of the dataclass ``cls``, its dest the field's name and its default None (given
-    options are told apart from the preset's values by that)."""
+                preset: str | None, skip=frozenset()) -> None:
+    """One option per field of the dataclass ``cls`` (but those named in ``skip``), its dest the field's name and
+    its default None (given options are told apart from the preset's values by that)."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for field in fields(cls):
+        if field.name in skip:
+            continue
         extra = {key: field.metadata[key] for key in ("choices", "metavar") if field.metadata.get(key)}
         group.add_argument(option_name(field.name), *SETTING_ALIASES.get(field.name, ()), dest=field.name,
                            default=None, help=_help(field, defaults, preset), **{**_parser_of(hints[field.name]),
@@ -114,13 +118,25 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Mapping[st
                                                    "each other, which can make steps 10-20x slower)")
 
 
-def add_stage_options(parser: argparse.ArgumentParser, stage: str, preset: str | None) -> None:
-    """One option per field of ``stage``'s options dataclass (``--help`` shows ``preset``'s values)."""
+def add_stage_options(parser: argparse.ArgumentParser, stage: str, preset: str | None, skip=frozenset()) -> None:
+    """One option per field of ``stage``'s options dataclass, but those named in ``skip`` (``--help`` shows
+    ``preset``'s values)."""
     from ..training.presets import WORKFLOWS
 
     defaults = {stage: getattr(WORKFLOWS[preset], f"{stage}_options")} if preset else {}
     _add_fields(parser, STAGE_OPTIONS[stage], f"{stage} (defaults: the preset's)" if preset else stage, defaults,
-                preset)
+                preset, skip)
+
+
+def add_target_options(parser: argparse.ArgumentParser, preset: str) -> frozenset:
+    """``run``'s one option per field of :class:`TargetOptions`, for every stage whose options extend it (``--help``
+    shows ``preset``'s values); returns their names, for :func:`add_stage_options` to skip."""
+    from ..training.presets import WORKFLOWS
+
+    stages = [stage for stage, cls in STAGE_OPTIONS.items() if issubclass(cls, TargetOptions)]
+    defaults = {stage: getattr(WORKFLOWS[preset], f"{stage}_options") for stage in stages}
+    _add_fields(parser, TargetOptions, f"targets of {' and '.join(stages)} (defaults: the preset's)", defaults, preset)
+    return frozenset(field.name for field in fields(TargetOptions))
 
 
 # The preset whose values the stage commands (train, prune, distill) use unless --preset is given.
@@ -165,8 +181,8 @@ def data_argument(parser, default_text: str = "the built-in photographs") -> Non
     """``--data``, repeatable: several folders are read as one training set (e.g. T91 and BSD200)."""
     parser.add_argument("--data", action="append", metavar="DIR",
                         help="training images: a folder of HR images, or a dataset root in the DIV2K or HR/LR_bicubic "
-                             "layout; repeat it to train on several folders as one set, none inside another "
-                             f"(default: {default_text})")
+                             "layout (with --targets teacher: a folder of LR inputs, used as they are); repeat it to "
+                             f"train on several folders as one set, none inside another (default: {default_text})")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

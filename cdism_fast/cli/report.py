@@ -14,11 +14,19 @@ def print_summary(report: dict, run_dir) -> None:
     """The report's models as a short table, its checks, and where the files are."""
     from ..report import label
 
-    print(f"{'model':<18} {'params':>10} {'FLOPs@720p':>11} {'PSNR':>8} {'SSIM':>7}")
+    vs_teacher = bool(report.get("vs_teacher"))
+    print(f"{'model':<18} {'params':>10} {'FLOPs@720p':>11} {'PSNR':>8} {'SSIM':>7}"
+          + (f" {'PSNR vs teacher':>16}" if vs_teacher else ""))
     for name in report["models"]:
         entry = report[name]
-        print(f"{label(name):<18} {entry['params'] / 1e3:>9.1f}K {entry['flops'] / 1e9:>10.2f}G "
-              f"{entry['psnr']:>8.3f} {entry['ssim']:>7.4f}")
+        scores = (f"{entry['psnr']:>8.3f} {entry['ssim']:>7.4f}" if entry["psnr"] is not None
+                  else f"{'–':>8} {'–':>7}")
+        against = (entry.get("vs_teacher") or {}).get("psnr")
+        print(f"{label(name):<18} {entry['params'] / 1e3:>9.1f}K {entry['flops'] / 1e9:>10.2f}G {scores}"
+              + ((f" {against:>16.3f}" if against is not None else f" {'(reference)':>16}") if vs_teacher else ""))
+    if vs_teacher:
+        print(f"PSNR vs teacher: against the teacher's output on the images held back from --data "
+              f"({len(report['vs_teacher']['images'])}), not against a ground truth")
     checks = report.get("checks", {})
     if "student_params_fraction" in checks:
         print(f"student/teacher parameters: {100 * checks['student_params_fraction']:.2f}%")

@@ -19,6 +19,7 @@ def add_arguments(parser) -> None:
     from .options import (
         add_output_arguments,
         add_stage_options,
+        add_target_options,
         add_training_arguments,
         data_argument,
         preset_argument,
@@ -36,11 +37,13 @@ def add_arguments(parser) -> None:
                              "that does not tell it (a PAN x2/x3 teacher needs it)")
     baseline = parser.add_mutually_exclusive_group()
     baseline.add_argument("--no-kd-baseline", dest="no_kd_baseline", action="store_true", default=None,
-                          help="also train the student without distillation, same budget (default: on)")
+                          help="also train the student without distillation, same budget (default: on, but off "
+                               "with --targets teacher: there is no ground truth to train it on)")
     baseline.add_argument("--skip-no-kd-baseline", dest="no_kd_baseline", action="store_false",
                           help="do not train the no-KD baseline")
+    shared = add_target_options(parser, RUN_PRESET)
     for stage in STAGE_OPTIONS:
-        add_stage_options(parser, stage, RUN_PRESET)
+        add_stage_options(parser, stage, RUN_PRESET, skip=shared)
     add_training_arguments(parser, stage_defaults(RUN_PRESET, "teacher", "prune", "distill"), RUN_PRESET)
     add_output_arguments(parser, required=False)
 
@@ -61,7 +64,7 @@ def _run(args) -> str:
     out = args.out or f"runs/{args.preset}"
     options = {name: value for cls in STAGE_OPTIONS.values() for name, value in overrides_from_args(args, cls).items()}
     result = run_workflow(args.preset, out, data=args.data, val=args.val, teacher=args.teacher, scale=args.scale,
-                          no_kd_baseline=args.no_kd_baseline is not False, resume=args.resume,
+                          no_kd_baseline=args.no_kd_baseline, resume=args.resume,
                           overwrite=args.overwrite, settings_overrides=overrides_from_args(args),
                           option_overrides=options, progress=args.progress is not False, context=context)
     if context.is_main and result.status == "completed":

@@ -10,6 +10,11 @@ images are made with the MATLAB-exact :func:`~cdism_fast.data.imresize` and
 cached. Every item is an :class:`ImagePair` of RGB uint8 (3, H, W) tensors with
 the HR image mod-cropped to ``scale`` times the LR size (top-left kept), which
 is how published results pair them.
+
+A folder of unlabelled images (``LRFolderDataset``, :func:`unlabelled_dataset`)
+gives the images as LR inputs as they are, without HR (``hr`` is None): the
+training targets are then a teacher's outputs. :func:`hold_back` splits off a
+few of them, chosen by their place in the sorted list, to validate on.
 """
 from __future__ import annotations
 
@@ -28,13 +33,14 @@ from ..safe_io import remove_stale_temporaries
 from .imresize import imresize
 from .io import image_size, list_images, read_image, write_image
 
-__all__ = ["ImagePair", "ImageTooSmall", "PairedFolderDataset", "HRFolderDataset", "CombinedPairs", "resolve_layout",
-           "folder_dataset", "mod_crop"]
+__all__ = ["ImagePair", "ImageTooSmall", "PairedFolderDataset", "HRFolderDataset", "LRFolderDataset", "CombinedPairs",
+           "ImageSubset", "resolve_layout", "folder_dataset", "unlabelled_dataset", "hold_back", "mod_crop"]
 
 
 class ImagePair(NamedTuple):
+    """An LR image, its HR image (None in a dataset of unlabelled LR images) and the image's name."""
     lr: torch.Tensor
-    hr: torch.Tensor
+    hr: torch.Tensor | None
     name: str
 
 
@@ -184,6 +190,43 @@ class HRFolderDataset(Dataset):
         return ImagePair(self._make_lr(index, hr), hr, self.paths[index].stem)
 
 
+class LRFolderDataset(Dataset):
+    """Unlabelled images (a folder or a list of files) as LR inputs, as they are: no degradation, no HR.
+
+    Each item is an :class:`ImagePair` whose ``hr`` is None: the training target
+    of such an image is a teacher's output at ×``scale`` (``scale`` is the
+    teacher's, the size of the targets, not a size these images are cut to).
+    Greyscale files are read as RGB (as every image is, see :func:`read_image`),
+    so a folder may mix greyscale and colour images.
+    """
+
+    #: Items have no HR image.
+    lr_only = True
+
+    def __init__(self, images: str | Path | Sequence[str | Path], scale: int, name: str | None = None):
+        self.scale = check_int("scale", scale)
+        if isinstance(images, (str, Path)):
+            self.paths = list_images(images)
+            self.name = name or Path(images).name
+        else:
+            self.paths = [Path(p) for p in images]
+            if not self.paths:
+                raise ValueError("LRFolderDataset: the list of images is empty; pass a folder or image files")
+            missing = [p for p in self.paths if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"image {missing[0]} does not exist ({len(missing)} missing in all)")
+            self.name = name or self.paths[0].parent.name
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def cache_key(self, index: int) -> str:
+        return f"lr-only|{_file_signature(self.paths[index])}"
+
+    def __getitem__(self, index: int) -> ImagePair:
+        return ImagePair(read_image(self.paths[index]), None, self.paths[index].stem)
+
+
 def _single_hr_subfolder(root: Path) -> Path | None:
     candidates = sorted(p for p in root.iterdir() if p.is_dir() and (p.name == "HR" or p.name.endswith("_HR")))
     if len(candidates) > 1:
@@ -234,6 +277,10 @@ class CombinedPairs(Dataset):
             raise ValueError(f"the datasets to combine are at different scales ({sorted(scales)}); combine sets "
                              "of one scale")
         self.scale = scales.pop()
+        kinds = {bool(getattr(dataset, "lr_only", False)) for dataset in self.datasets}
+        if len(kinds) != 1:
+            raise ValueError("the datasets to combine mix image pairs and unlabelled images; combine sets of one kind")
+        self.lr_only = kinds.pop()
         self.name = "+".join(dataset.name for dataset in self.datasets)
         self._ends = list(itertools.accumulate(len(dataset) for dataset in self.datasets))
         self._length = self._ends[-1]
@@ -256,6 +303,56 @@ class CombinedPairs(Dataset):
         return dataset.cache_key(local)
 
 
+class ImageSubset(Dataset):
+    """The images ``indices`` of a dataset, in that order, with its scale, kind and cache keys."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], name: str | None = None):
+        self.dataset, self.indices = dataset, list(indices)
+        self.scale = dataset.scale
+        self.lr_only = getattr(dataset, "lr_only", False)
+        self.name = name or getattr(dataset, "name", "images")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> ImagePair:
+        return self.dataset[self.indices[index]]
+
+    def cache_key(self, index: int) -> str:
+        return self.dataset.cache_key(self.indices[index])
+
+
+def hold_back(dataset: Dataset, count: int, option: str = "--holdout") -> tuple[ImageSubset, ImageSubset]:
+    """(training images, held-back images) of ``dataset``: ``count`` images spread evenly over its order (image
+    ``floor((i + 0.5) * n / count)`` of ``n``, for i < ``count``), never trained on; the rest train.
+
+    At least one image must be left to train on: otherwise a ValueError names ``option``.
+    """
+    count = check_int("count of held-back images", count, 0, expected="an integer >= 0")
+    total = len(dataset)
+    name = getattr(dataset, "name", "images")
+    if count >= total:
+        raise ValueError(f"the training images ({name}) are {total}, too few to hold back {count} for validation and "
+                         f"train on the rest; add images, or pass a smaller {option} (at most {max(total - 1, 0)}; "
+                         f"{option} 0 holds none back)")
+    held = sorted({int((i + 0.5) * total / count) for i in range(count)})
+    kept = [index for index in range(total) if index not in set(held)]
+    return ImageSubset(dataset, kept, name), ImageSubset(dataset, held, f"{name} held back")
+
+
+def _check_folders(path: Sequence) -> None:
+    """Several data folders are read as one set: each once, none inside another."""
+    resolved = [Path(folder).resolve() for folder in path]
+    for first, second in itertools.combinations(range(len(path)), 2):
+        one, other = resolved[first], resolved[second]
+        if one == other:
+            raise ValueError(f"data folder {path[second]} is given twice; pass each folder once")
+        if one.is_relative_to(other) or other.is_relative_to(one):
+            inner, outer = (first, second) if one.is_relative_to(other) else (second, first)
+            raise ValueError(f"data folder {path[inner]} lies inside data folder {path[outer]}, so its images "
+                             "would be read twice; pass only one of the two --data folders")
+
+
 def folder_dataset(path, scale: int, cache_dir=None) -> PairedFolderDataset | HRFolderDataset | CombinedPairs:
     """The dataset for a data folder in either layout (see :func:`resolve_layout`), or for a
     list of folders (read as one :class:`CombinedPairs`).
@@ -266,18 +363,26 @@ def folder_dataset(path, scale: int, cache_dir=None) -> PairedFolderDataset | HR
     if isinstance(path, (list, tuple)):
         if len(path) == 1:
             return folder_dataset(path[0], scale, cache_dir)
-        resolved = [Path(folder).resolve() for folder in path]
-        for first, second in itertools.combinations(range(len(path)), 2):
-            one, other = resolved[first], resolved[second]
-            if one == other:
-                raise ValueError(f"data folder {path[second]} is given twice; pass each folder once")
-            if one.is_relative_to(other) or other.is_relative_to(one):
-                inner, outer = (first, second) if one.is_relative_to(other) else (second, first)
-                raise ValueError(f"data folder {path[inner]} lies inside data folder {path[outer]}, so its images "
-                                 "would be read twice; pass only one of the two --data folders")
+        _check_folders(path)
         return CombinedPairs([folder_dataset(folder, scale, cache_dir) for folder in path])
     hr_dir, lr_dir = resolve_layout(path, scale)
     name = Path(path).name if hr_dir != Path(path) else None
     if lr_dir is not None:
         return PairedFolderDataset(hr_dir, lr_dir, scale, name=name)
     return HRFolderDataset(hr_dir, scale, cache_dir=cache_dir, name=name)
+
+
+def unlabelled_dataset(path, scale: int) -> LRFolderDataset | CombinedPairs:
+    """The images of a folder (or of a list of folders, read as one set) as unlabelled LR inputs
+    (:class:`LRFolderDataset`) for a teacher of ×``scale``.
+
+    The images are those directly in the folder, or in its HR folder when it is a dataset root
+    (``T91`` holding ``HR/``, as :func:`resolve_layout` finds it); LR folders of a dataset root are not read.
+    """
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            return unlabelled_dataset(path[0], scale)
+        _check_folders(path)
+        return CombinedPairs([unlabelled_dataset(folder, scale) for folder in path])
+    folder, _ = resolve_layout(path, scale)
+    return LRFolderDataset(folder, scale, name=Path(path).name)

@@ -14,6 +14,10 @@ run sees the same patches as an uninterrupted one.
 With :meth:`TrainingPatches.use_targets` (the distillation teacher's cached
 outputs, :mod:`cdism_fast.training.teacher_cache`), each sample also carries
 the target patch cut from the same place, with the same flips, as the HR patch.
+
+A dataset of unlabelled images (``lr_only``, e.g.
+:class:`~cdism_fast.data.LRFolderDataset`) has no HR image: its samples are
+the LR patch alone, or (LR patch, target patch) with targets.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class TrainingPatches(Dataset):
 
     Each item is ``(lr, hr)``: uint8 tensors of shape (3, p, p) and
     (3, p·scale, p·scale) cut at the same place (HR offset = scale × LR offset),
+    or ``(lr,)`` for a dataset of unlabelled images (``pairs.lr_only``),
     with random horizontal flip, vertical flip and transpose when ``augment``.
     Convert a batch with ``x.float().div_(255)`` on the training device (uint8
     keeps worker-to-trainer traffic four times smaller). Sample ``index`` uses
@@ -58,6 +63,8 @@ class TrainingPatches(Dataset):
         self.repeat = check_int("repeat", repeat)
         self.augment, self.seed = augment, seed
         self.name = getattr(pairs, "name", "training set")
+        #: The images have no HR: a sample is its LR patch (and its target patch, with targets).
+        self.lr_only = bool(getattr(pairs, "lr_only", False))
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None and not hasattr(pairs, "cache_key"):
             raise ValueError(f"cache_dir needs a dataset with cache_key(index) (PairedFolderDataset, "
@@ -77,9 +84,10 @@ class TrainingPatches(Dataset):
                           disable=None if progress else True, leave=False):
             self._add(pairs, index)
         if not self.names:
+            least = (f"the images are the LR inputs, at least {patch_size} pixels a side" if self.lr_only
+                     else f"x{self.scale}: HR at least {patch_size * self.scale} pixels a side")
             raise ValueError(f"no image of {self.name} is large enough for a {patch_size}x{patch_size} LR patch "
-                             f"(x{self.scale}: HR at least {patch_size * self.scale} pixels a side); "
-                             "use a smaller patch_size or larger images")
+                             f"({least}); use a smaller patch_size or larger images")
         if self.skipped:
             warnings.warn(f"{len(self.skipped)} of {len(pairs)} images of {self.name} are smaller than the "
                           f"{patch_size}x{patch_size} LR patch and are skipped: {', '.join(self.skipped[:5])}"
@@ -89,7 +97,8 @@ class TrainingPatches(Dataset):
         if self.cache_dir is not None:
             digest = hashlib.sha1(pairs.cache_key(index).encode()).hexdigest()[:20]
             lr_file, hr_file = (self.cache_dir / f"{digest}_{kind}.npy" for kind in ("lr", "hr"))
-            if lr_file.is_file() and hr_file.is_file():
+            hr_file = None if self.lr_only else hr_file
+            if lr_file.is_file() and (hr_file is None or hr_file.is_file()):
                 lr_height, lr_width = np.load(lr_file, mmap_mode="r").shape[-2:]
                 name = str(np.load(lr_file.with_name(f"{digest}_name.npy")))
                 self._keep(index, name, lr_height, lr_width, files=(lr_file, hr_file))
@@ -104,11 +113,12 @@ class TrainingPatches(Dataset):
         if self.cache_dir is None:
             # In place when already contiguous: an LR image cached by the
             # dataset is then shared, not held twice.
-            self._images.append((lr.contiguous().share_memory_(), hr.contiguous().share_memory_()))
+            self._images.append((lr.contiguous().share_memory_(),
+                                 None if hr is None else hr.contiguous().share_memory_()))
             return
         # Name file first: the pair counts as cached only once both arrays exist.
-        for array, target in ((np.array(name), lr_file.with_name(f"{digest}_name.npy")), (lr.numpy(), lr_file),
-                              (hr.numpy(), hr_file)):
+        arrays = [(np.array(name), lr_file.with_name(f"{digest}_name.npy")), (lr.numpy(), lr_file)]
+        for array, target in arrays + ([] if hr is None else [(hr.numpy(), hr_file)]):
             with atomic_open(target) as stream:
                 np.save(stream, array)
         self._cache_files.append((lr_file, hr_file))
@@ -129,13 +139,15 @@ class TrainingPatches(Dataset):
         state["_mapped"] = {}
         return state
 
-    def _arrays(self, image: int) -> tuple[np.ndarray, np.ndarray]:
+    def _arrays(self, image: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The LR and HR arrays of kept image ``image`` (HR None for unlabelled images)."""
         if self.cache_dir is None:
             lr, hr = self._images[image]
-            return lr.numpy(), hr.numpy()
+            return lr.numpy(), None if hr is None else hr.numpy()
         if image not in self._mapped:
             lr_file, hr_file = self._cache_files[image]
-            self._mapped[image] = (np.load(lr_file, mmap_mode="r"), np.load(hr_file, mmap_mode="r"))
+            self._mapped[image] = (np.load(lr_file, mmap_mode="r"),
+                                   None if hr_file is None else np.load(hr_file, mmap_mode="r"))
         return self._mapped[image]
 
     def lr_image(self, image: int) -> np.ndarray:
@@ -169,11 +181,13 @@ class TrainingPatches(Dataset):
         left = int(rng.integers(0, lr.shape[2] - patch + 1))
         hr_rows = slice(top * scale, (top + patch) * scale)
         hr_cols = slice(left * scale, (left + patch) * scale)
-        crops = [lr[:, top: top + patch, left: left + patch], hr[:, hr_rows, hr_cols]]
+        crops = [lr[:, top: top + patch, left: left + patch]]
+        if hr is not None:
+            crops.append(hr[:, hr_rows, hr_cols])
         if self._targets is not None:
             target = self._targets.target(image)
             crops.append(target[:, hr_rows, hr_cols] if target is not None
-                         else np.full((hr.shape[0], patch * scale, patch * scale), np.nan, np.float16))
+                         else np.full((lr.shape[0], patch * scale, patch * scale), np.nan, np.float16))
         if self.augment:
             flip_horizontal, flip_vertical, transpose = rng.integers(0, 2, size=3)
             if flip_horizontal:

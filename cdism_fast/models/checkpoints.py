@@ -155,7 +155,8 @@ def _load_own(raw: Mapping, source: str, name, scale, overrides) -> nn.Module:
         return load_spandrel(dict(raw.get("params", {})), source, scale)
     model = build_from_spec({"family": raw.get("family"), "config": {**raw.get("config", {}), **overrides}})
     if scale is not None and scale != model.scale:
-        raise ValueError(f"{source} holds a ×{model.scale} model, not ×{scale}; pass its scale or none")
+        raise ValueError(f"{source} holds a ×{model.scale} model, not ×{scale}; pass --scale {model.scale} or "
+                         "drop --scale")
     state = dict(raw.get("params", {}))
     _check_fit(model, state, {}, source, f"the {model.family} model it records")
     model.load_state_dict(state, strict=True)

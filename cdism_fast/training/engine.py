@@ -238,13 +238,16 @@ class Trainer:
     ``{"psnr": ..., "ssim": ...}``. ``scheduler`` is stepped once per
     iteration. ``kind`` names what is trained (a checkpoint of another kind
     is refused on resume); ``metadata`` is stored in the checkpoint as is.
+    ``note``: one line said once when training starts (printed on rank 0 and
+    kept in the log's ``start`` record).
     """
 
     def __init__(self, model: nn.Module, step_loss: Callable, optimizer: torch.optim.Optimizer, dataset,
                  config: TrainConfig, out_dir, *, scheduler=None, validate: Callable | None = None,
                  kind: str = "train", metadata: dict | None = None,
-                 context: distributed.DistributedContext | None = None):
+                 context: distributed.DistributedContext | None = None, note: str | None = None):
         self.config = config
+        self.note = note
         self.context = context or distributed.current()
         self.device = self.context.device
         self.out_dir = Path(out_dir)
@@ -463,7 +466,10 @@ class Trainer:
                 batches = iter(self._loader())  # workers fork here and inherit the stop handler
                 if log is not None:
                     log.write("start", self.iteration, kind=self.kind, iterations=config.iterations,
-                              world_size=self.context.world_size, resumed=self.iteration > 0)
+                              world_size=self.context.world_size, resumed=self.iteration > 0,
+                              **({"note": self.note} if self.note else {}))
+                    if self.note:
+                        tqdm.write(self.note)
                 status = self._loop(batches, stop, log, bar)
             if log is not None:
                 log.write("end", self.iteration, status=status, seconds=time.perf_counter() - started)

@@ -16,24 +16,36 @@ Each stage's own options are one frozen dataclass (:class:`PruneOptions`,
   mode, ``no_grad``), AdaMax with betas (0.9, 0.99); ``kd=False`` trains the
   same student on the ground truth alone, with the same budget.
 
+Pruning and distillation share :class:`TargetOptions` (``targets``,
+``holdout``, ``teacher_cache``): with ``targets="teacher"`` the images of
+``--data`` are LR inputs as they are and the targets are the teacher's outputs.
+
 Every training stage writes into its own folder: ``stage.json`` (command,
 settings, status), ``checkpoint.pt`` (resumable), ``log.jsonl`` and
 ``model.pt`` (the result, readable by :func:`~cdism_fast.training.artifacts.read_model_file` and by
 :func:`cdism_fast.models.load_pretrained`).
 """
 from .common import (
+    CACHE_OFF,
     DENSITY_FILE,
     FLOPS_SIZE,
     MODEL_FILE,
     SAMPLES_PER_EPOCH,
     STUDENT_FILE,
+    TARGETS,
     TRAINING_FILES,
     StageResult,
     StageSettings,
+    TargetOptions,
+    TeacherOutputs,
+    check_cache_folder,
     data_fingerprint,
+    default_holdout,
+    flops_size,
     load_stage_model,
     make_validator,
     training_pairs,
+    unlabelled_split,
     validation_sets,
     with_overrides,
 )
@@ -48,23 +60,24 @@ from .stage2_compress import (
     structure_table,
 )
 from .stage3_distill import (
-    CACHE_OFF,
     STRUCTURE_SPEC,
     DistillOptions,
-    check_cache_folder,
     check_patch_size,
     distill,
     student_from,
+    teacher_only_loss,
 )
 
 __all__ = [
-    "StageSettings", "PruneOptions", "CompressOptions", "DistillOptions", "STAGE_OPTIONS", "StageResult",
-    "train_teacher", "prune", "compress", "distill", "student_from",
-    "density_report", "structure_table", "format_table", "training_pairs", "validation_sets", "make_validator",
-    "load_stage_model", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH",
-    "TRAINING_FILES", "STRUCTURE_SPEC", "CACHE_OFF", "check_cache_folder", "check_patch_size", "density_value",
-    "data_fingerprint", "with_overrides", "check_student_family",
+    "StageSettings", "PruneOptions", "CompressOptions", "DistillOptions", "TargetOptions", "STAGE_OPTIONS",
+    "StageResult", "train_teacher", "prune", "compress", "distill", "student_from", "teacher_only_loss",
+    "density_report", "structure_table", "format_table", "training_pairs", "unlabelled_split", "default_holdout",
+    "validation_sets", "make_validator", "TeacherOutputs", "load_stage_model", "MODEL_FILE", "DENSITY_FILE",
+    "STUDENT_FILE", "FLOPS_SIZE", "flops_size", "SAMPLES_PER_EPOCH", "TRAINING_FILES", "STRUCTURE_SPEC",
+    "CACHE_OFF", "TARGETS", "check_cache_folder", "check_patch_size", "density_value", "data_fingerprint",
+    "with_overrides", "check_student_family",
 ]
 
-#: The options dataclass of each stage that has options beyond its :class:`StageSettings`.
+#: The options dataclass of each stage that has options beyond its :class:`StageSettings`. Fields of
+#: :class:`TargetOptions` belong to every stage whose dataclass extends it (one declaration, one option).
 STAGE_OPTIONS = {"prune": PruneOptions, "compress": CompressOptions, "distill": DistillOptions}

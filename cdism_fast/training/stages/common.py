@@ -29,16 +29,25 @@ from ..engine import (
     setting,
 )
 
-__all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator", "stage_patches",
-           "to_unit", "with_overrides", "available_cpus", "open_stage", "train_stage", "patch_loss",
-           "finish_stage", "data_fingerprint", "load_stage_model", "setting", "MODEL_FILE", "DENSITY_FILE",
-           "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
+__all__ = ["StageSettings", "StageResult", "TargetOptions", "TARGETS", "CACHE_OFF", "HOLDOUT_MAX",
+           "training_pairs", "unlabelled_split", "default_holdout", "validation_sets", "make_validator",
+           "TeacherOutputs", "stage_patches", "to_unit", "with_overrides", "available_cpus", "open_stage",
+           "train_stage", "patch_loss", "finish_stage", "data_fingerprint", "load_stage_model", "setting",
+           "check_cache_folder", "teacher_targets", "frozen_teacher", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE",
+           "FLOPS_SIZE", "flops_size", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
 
 MODEL_FILE = "model.pt"
 DENSITY_FILE = "density.json"
 STUDENT_FILE = "student.json"
 #: Output size (H, W) at which FLOPs (multiply-accumulates) are reported, as in the paper's Table I.
 FLOPS_SIZE = (720, 1280)
+
+
+def flops_size(scale: int) -> tuple[int, int]:
+    """The output size (H, W) FLOPs are counted at for a ×``scale`` model: :data:`FLOPS_SIZE`, each side rounded
+    up to a multiple of the scale (×3: 720×1281, from a 240×427 input, as the published ×3 Multi-Adds are counted:
+    IMDN ×3's 71.5G is this)."""
+    return tuple(-(-side // scale) * scale for side in FLOPS_SIZE)
 #: Distinct random patches per epoch of the sample stream (see ``_patches``).
 SAMPLES_PER_EPOCH = 2 ** 20
 #: What a training stage writes in its folder (``--overwrite`` removes these and nothing else).
@@ -96,6 +105,80 @@ def with_overrides(base: StageSettings, overrides: dict) -> StageSettings:
     return base.replace(**given)
 
 
+#: What a stage with a teacher trains toward: the HR images of --data, or the teacher's outputs on them.
+TARGETS = ("hr", "teacher")
+#: The ``teacher_cache`` value that runs the teacher on every patch instead.
+CACHE_OFF = "off"
+#: The most images :func:`default_holdout` holds back.
+HOLDOUT_MAX = 8
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """The training targets of the stages that have a teacher (pruning and distillation), declared once.
+
+    ``targets="hr"``: the images of ``--data`` are HR images and the LR inputs
+    are made from them (MATLAB-exact bicubic, or the folder's own LR images).
+    ``targets="teacher"``: each image of ``--data`` is an LR input as it is (no
+    degradation, no HR), and the target is the teacher's output on it: a
+    student then imitates the teacher, artefacts included, and PSNR against the
+    teacher is not PSNR against a ground truth. ``holdout`` images of ``--data``
+    are then held back (never trained on) and the model is validated against
+    the teacher's output on them (unset: :func:`default_holdout`; 0: none).
+    ``teacher_cache``: unset runs the teacher once per whole training image
+    before training and trains on its stored outputs (see
+    :mod:`~cdism_fast.training.teacher_cache`: the teacher sees the whole image,
+    and flips are applied to its output instead of its input), in
+    :func:`~cdism_fast.training.teacher_cache.default_cache_folder`; a folder
+    puts the cache there; ``"off"`` runs the teacher on every patch.
+    """
+    targets: str = setting("hr", help="training targets: hr (--data holds HR images, the LR inputs are made from "
+                                      "them) or teacher (each image of --data is an LR input as it is, and the "
+                                      "target is the teacher's output on it: no ground truth needed)",
+                           choices=TARGETS)
+    holdout: Optional[int] = setting(None, help="with --targets teacher: images of --data held back from training "
+                                                "and validated against the teacher's output (unset: a tenth of the "
+                                                f"images, 1 to {HOLDOUT_MAX}; 0: none)", unit="images")
+    teacher_cache: Optional[str] = setting(
+        None, metavar="DIR|off", help="folder of the teacher-output cache (unset: $CDISM_CACHE/teacher-outputs, "
+                                      "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
+
+    def __post_init__(self):
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        if self.holdout is not None:
+            check_int("holdout", self.holdout, 0, expected="a number of images >= 0")
+
+    @property
+    def teacher_targets(self) -> bool:
+        """Whether the targets are the teacher's outputs."""
+        return self.targets == "teacher"
+
+    def cache_folder(self) -> Optional[Path]:
+        """The teacher cache's folder (absolute), or None when it is off."""
+        from ..teacher_cache import cache_folder
+
+        folder = cache_folder(self.teacher_cache)
+        return None if folder is None else folder.expanduser().absolute()
+
+
+def check_cache_folder(options: TargetOptions) -> Optional[Path]:
+    """The cache folder of ``options`` when it is (or can be made) a writable folder, before any work: a
+    one-line ValueError naming it and the options otherwise."""
+    folder = options.cache_folder()
+    if folder is None:
+        return None
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return folder
+    raise ValueError(f"teacher cache folder {folder} cannot be used ({problem}); pass --teacher-cache DIR with a "
+                     "writable folder (or set CDISM_CACHE), or --teacher-cache off for the per-patch teacher")
+
+
 @dataclass
 class StageResult:
     status: str
@@ -115,6 +198,57 @@ def training_pairs(data, scale: int):
     return builtin_dataset("train", scale) if data is None else folder_dataset(data, scale)
 
 
+def default_holdout(count: int) -> int:
+    """Images held back for validation against the teacher out of ``count``: a tenth, at least 1 and at most
+    :data:`HOLDOUT_MAX`."""
+    return min(HOLDOUT_MAX, max(1, count // 10))
+
+
+def unlabelled_split(data, scale: int, holdout: Optional[int] = None):
+    """(training images, held-back images) of the unlabelled images of ``data`` (``--targets teacher``; the
+    built-in training photographs when ``data`` is None) for a teacher of ×``scale``: ``holdout`` images (unset:
+    :func:`default_holdout`) spread over the sorted list are held back; refused when none would be left to train."""
+    from ...data import LRFolderDataset, builtin_image_paths, hold_back, unlabelled_dataset
+
+    images = (LRFolderDataset(builtin_image_paths("train"), scale, name="builtin-train") if data is None
+              else unlabelled_dataset(data, scale))
+    count = default_holdout(len(images)) if holdout is None else holdout
+    return hold_back(images, count)
+
+
+class TeacherOutputs:
+    """Held-back unlabelled images paired with the teacher's output on each (uint8, as a saved image would be):
+    a dataset of :class:`~cdism_fast.data.ImagePair` to validate a model against the teacher, not against a
+    ground truth (``reference = "teacher"``). The outputs are computed on first use, tiled as the teacher
+    cache tiles, and kept."""
+
+    reference = "teacher"
+
+    def __init__(self, images, teacher: nn.Module):
+        self.images, self.teacher = images, teacher
+        self.scale = images.scale
+        self.name = images.name
+        self._items: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def names(self) -> list[str]:
+        """The held-back images' names (decoded, the teacher not run)."""
+        return [self.images[index].name for index in range(len(self))]
+
+    def __getitem__(self, index: int):
+        if index not in self._items:
+            from ...data import ImagePair
+            from ...evaluation import upscale
+            from ..teacher_cache import CACHE_OVERLAP, CACHE_TILE
+
+            lr, _, name = self.images[index]
+            output = upscale(self.teacher, lr, self.scale, tile=CACHE_TILE, overlap=CACHE_OVERLAP)
+            self._items[index] = ImagePair(lr, output.cpu(), name)
+        return self._items[index]
+
+
 def validation_sets(val, data, scale: int) -> list:
     """Held-out sets: the ``val`` folders, or the built-in held-out photographs when no data was given."""
     from ...data import builtin_dataset, folder_dataset
@@ -125,19 +259,27 @@ def validation_sets(val, data, scale: int) -> list:
 
 
 def make_validator(sets: list, scale: int) -> Optional[Callable]:
-    """``validate(model)`` → PSNR/SSIM (Y channel, border = scale) per set and their means, or None without sets."""
+    """``validate(model)`` → PSNR/SSIM (Y channel, border = scale) per set and their means, or None without sets.
+
+    A set of :class:`TeacherOutputs` (held-back images and the teacher's outputs) is scored against the teacher,
+    not against a ground truth, and labelled so: ``psnr_vs_teacher`` and ``ssim_vs_teacher``, apart from the
+    ``psnr`` and ``ssim`` means of the ground-truth sets."""
     if not sets:
         return None
     from ...evaluation import evaluate
 
     def validate(model: nn.Module) -> dict:
-        results = {}
+        results, truth = {}, [s for s in sets if getattr(s, "reference", None) != "teacher"]
         for dataset in sets:
             scores = evaluate(model, dataset, scale, progress=False)
-            results[f"{scores['name']}/psnr"] = scores["psnr"]
-            results[f"{scores['name']}/ssim"] = scores["ssim"]
-        results["psnr"] = math.fsum(v for k, v in results.items() if k.endswith("/psnr")) / len(sets)
-        results["ssim"] = math.fsum(v for k, v in results.items() if k.endswith("/ssim")) / len(sets)
+            if dataset in truth:
+                results[f"{scores['name']}/psnr"] = scores["psnr"]
+                results[f"{scores['name']}/ssim"] = scores["ssim"]
+            else:
+                results.update(psnr_vs_teacher=scores["psnr"], ssim_vs_teacher=scores["ssim"])
+        if truth:
+            results["psnr"] = math.fsum(v for k, v in results.items() if k.endswith("/psnr")) / len(truth)
+            results["ssim"] = math.fsum(v for k, v in results.items() if k.endswith("/ssim")) / len(truth)
         return results
 
     return validate
@@ -174,6 +316,30 @@ def patch_loss(loss: Callable) -> Callable:
     return step_loss
 
 
+def frozen_teacher(teacher: nn.Module, device, settings: StageSettings) -> nn.Module:
+    """A copy of the teacher on the training device, in eval mode, without gradients, in the faster layout."""
+    import copy
+
+    from ..engine import uses_channels_last
+
+    teacher = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
+    if uses_channels_last(settings.channels_last, device, teacher):
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def teacher_targets(teacher: nn.Module, patches, folder: Path, settings: StageSettings):
+    """The teacher's outputs on every training image of ``patches``, checked and built before training in the
+    cache ``folder`` (:class:`~cdism_fast.training.teacher_cache.TeacherCache`), and attached to the patches."""
+    from ..engine import AMP_DTYPES
+    from ..teacher_cache import TeacherCache
+
+    cache = TeacherCache(folder, teacher, patches, amp_dtype=AMP_DTYPES[settings.amp], progress=settings.progress)
+    cache.prepare()
+    patches.use_targets(cache)
+    return cache
+
+
 # ----------------------------------------------------------------------------------- the stage folder
 def data_fingerprint(data) -> Optional[str]:
     """SHA-256 of the names and sizes of every file under the data folder(s) (None for the built-in
@@ -189,12 +355,12 @@ def data_fingerprint(data) -> Optional[str]:
 
 
 def open_stage(folder, stage: str, settings: StageSettings, record: dict, *, scale: int, data, val, resume: bool,
-               overwrite: bool, inputs: dict | None, files=TRAINING_FILES):
-    """(pairs, patches): the training pairs of ``data`` at ``scale`` (checked first: a refusal leaves no folder)
-    and their patch stream (:func:`stage_patches`), once the stage folder is prepared (rank 0): ``stage.json``
-    records ``settings``, ``record`` (the stage's options and what it depends on) and the data with its
-    fingerprint, so that a resume with other inputs is refused."""
-    pairs = training_pairs(data, scale)
+               overwrite: bool, inputs: dict | None, files=TRAINING_FILES, pairs=None):
+    """(pairs, patches): the training pairs of ``data`` at ``scale`` (checked first: a refusal leaves no folder;
+    ``pairs`` given: those) and their patch stream (:func:`stage_patches`), once the stage folder is prepared
+    (rank 0): ``stage.json`` records ``settings``, ``record`` (the stage's options and what it depends on) and the
+    data with its fingerprint, so that a resume with other inputs is refused."""
+    pairs = training_pairs(data, scale) if pairs is None else pairs
     record = {**asdict(settings), **record, "data": data_source(data),
               "data_fingerprint": data_fingerprint(data)}
     on_main(prepare_run_folder, folder, stage, record, resume=resume, overwrite=overwrite, files=files,
@@ -204,16 +370,19 @@ def open_stage(folder, stage: str, settings: StageSettings, record: dict, *, sca
 
 def train_stage(model: nn.Module, step_loss: Callable, optimizer, patches, settings: StageSettings, folder, *,
                 resume: bool, description: str, kind: str, data, val, context, metadata: dict,
-                ema: bool = True) -> tuple[Trainer, TrainResult]:
+                ema: bool = True, held_back: Optional[TeacherOutputs] = None,
+                note: Optional[str] = None) -> tuple[Trainer, TrainResult]:
     """(trainer, result): the :class:`~.engine.Trainer` of a training stage (the step schedule of ``settings``,
-    validation on the held-out sets of ``val`` or the built-in ones) and its ``fit``, recorded in
-    ``stage.json`` when a non-finite loss stopped it."""
+    validation on the held-out sets of ``val`` or the built-in ones, and against the teacher on ``held_back``)
+    and its ``fit``, recorded in ``stage.json`` when a non-finite loss stopped it. ``note``: one line said once
+    as training starts (printed, and in the log's start record)."""
     scale = model.scale
+    sets = validation_sets(val, data, scale) + ([held_back] if held_back is not None and len(held_back) else [])
     trainer = Trainer(model, step_loss, optimizer, patches, settings.train_config(description, ema=ema), folder,
                       scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.milestones),
                                                                      gamma=settings.gamma),
-                      context=context, kind=kind, validate=make_validator(validation_sets(val, data, scale), scale),
-                      metadata=metadata)
+                      context=context, kind=kind, validate=make_validator(sets, scale),
+                      metadata=metadata, note=note)
     try:
         return trainer, trainer.fit(resume=resume)
     except NonFiniteLossError as error:

@@ -10,7 +10,7 @@ from torch import nn
 from ...models import FAMILIES, model_record
 from ..artifacts import mark_stage, model_spec, prepare_run_folder, read_json, records_failure, write_json
 from ..distributed import on_main
-from .common import FLOPS_SIZE, STUDENT_FILE, StageResult, setting
+from .common import STUDENT_FILE, StageResult, flops_size, setting
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,16 @@ def student_for(teacher: nn.Module, density: float, options: CompressOptions) ->
 
 
 def structure_table(models: dict[str, nn.Module]) -> list[dict]:
-    """Rows of structure, parameters and FLOPs (MACs at 1280×720 output) for each named model; a model of no
-    family (an external teacher) has no structure, and None FLOPs where they cannot be counted on meta tensors."""
+    """Rows of structure, parameters and FLOPs (MACs at 1280×720 output, see :func:`flops_size` at ×3) for each
+    named model; a model of no family (an external teacher) has no structure, and None FLOPs where they cannot
+    be counted on meta tensors."""
     from ...models import SRModel, count_flops, count_params
 
     rows = []
     for name, model in models.items():
         structure = model.structure() if isinstance(model, SRModel) else None
         try:
-            flops = count_flops(model, out_hw=FLOPS_SIZE)
+            flops = count_flops(model, out_hw=flops_size(model.scale))
         except Exception:  # an external architecture that does not run on meta tensors
             if isinstance(model, SRModel):
                 raise

@@ -1,8 +1,6 @@
 """Stage 3: the compact student distilled from the frozen teacher (or, as the ablation, trained without it)."""
 from __future__ import annotations
 
-import copy
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,37 +13,38 @@ from torch import nn
 from ...ops import STUDENT_LOSSES
 from .. import distributed
 from ..artifacts import build_from_spec, model_spec, records_failure
-from ..engine import uses_channels_last
 from .common import (
+    CACHE_OFF,
     StageResult,
     StageSettings,
+    TargetOptions,
+    TeacherOutputs,
+    check_cache_folder,
     finish_stage,
+    frozen_teacher,
     open_stage,
     setting,
+    teacher_targets,
     to_unit,
     train_stage,
+    unlabelled_split,
 )
 
 #: How the distillation loss sums a pyramid level.
 REDUCTIONS = ("mean", "sum")
-#: The ``teacher_cache`` value that runs the teacher on every patch instead.
-CACHE_OFF = "off"
 
 
 @dataclass(frozen=True)
-class DistillOptions:
-    """The loss of stage 3 and where the teacher's outputs are kept.
+class DistillOptions(TargetOptions):
+    """The loss of stage 3, its targets and where the teacher's outputs are kept.
 
     ``reduction`` is the distillation loss's: ``"mean"`` per pyramid level (the
     authors' released code) or ``"sum"`` (Niklaus and Liu's Laplacian loss).
-    ``teacher_cache``: unset runs the teacher once per whole training image
-    before training and trains on its stored outputs (see
-    :mod:`~cdism_fast.training.teacher_cache`: the teacher sees the whole image,
-    and flips are applied to its output instead of its input), in
-    :func:`~cdism_fast.training.teacher_cache.default_cache_folder`; a folder
-    puts the cache there; ``"off"`` runs the teacher on every patch.
+    ``targets``, ``holdout`` and ``teacher_cache`` are :class:`TargetOptions`'
+    (shared with pruning): with ``targets="teacher"`` there is no ground truth,
+    so the loss is the distillation term L_dis alone (``alpha`` does not apply).
     """
-    alpha: float = setting(0.1, help="weight of the student loss")
+    alpha: float = setting(0.1, help="weight of the student loss (not used with --targets teacher: no ground truth)")
     student_loss: str = setting("l1", help="the teacher family's original loss (l1: EDSR and SwinIR)",
                                 choices=STUDENT_LOSSES)
     reduction: str = setting("mean", help="of the distillation loss, per pyramid level: mean (the authors' code; "
@@ -53,39 +52,27 @@ class DistillOptions:
                              choices=REDUCTIONS)
     high_pass: bool = setting(True, help="the high-pass term L_Lap(HF(s), HF(t)) of eq. (9); --no-high-pass "
                                          "drops it (an ablation: the student loss and the pyramid term remain)")
-    teacher_cache: Optional[str] = setting(
-        None, metavar="DIR|off", help="folder of the teacher-output cache (unset: $CDISM_CACHE/teacher-outputs, "
-                                      "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.student_loss not in STUDENT_LOSSES:
             raise ValueError(f"student_loss must be one of {STUDENT_LOSSES}, got {self.student_loss!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
 
-    def cache_folder(self) -> Optional[Path]:
-        """The teacher cache's folder (absolute), or None when it is off."""
-        from ..teacher_cache import cache_folder
 
-        folder = cache_folder(self.teacher_cache)
-        return None if folder is None else folder.expanduser().absolute()
+#: What distillation says once, in the log and on the terminal, when the targets are the teacher's outputs.
+TEACHER_TARGETS_NOTE = ("targets: the teacher's outputs on the images of --data, each an LR input as it is (no ground "
+                        "truth): the loss is L_dis alone, the alpha * L_stu term is dropped")
 
 
-def check_cache_folder(options: DistillOptions) -> Optional[Path]:
-    """The cache folder of ``options`` when it is (or can be made) a writable folder, before any work: a
-    one-line ValueError naming it and the options otherwise."""
-    folder = options.cache_folder()
-    if folder is None:
-        return None
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        problem = f"{existing} is not a folder"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
-    else:
-        return folder
-    raise ValueError(f"teacher cache folder {folder} cannot be used ({problem}); pass --teacher-cache DIR with a "
-                     "writable folder (or set CDISM_CACHE), or --teacher-cache off for the per-patch teacher")
+def teacher_only_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """L_dis, the distillation loss without its ground-truth term: laplacian_loss(student, teacher) +
+    laplacian_loss(HF(student), HF(teacher)) (what ``distillation_loss`` adds to alpha * L_stu)."""
+    from ...ops import gaussian_highpass, laplacian_loss
+
+    return (laplacian_loss(student, teacher, reduction=reduction)
+            + laplacian_loss(gaussian_highpass(student), gaussian_highpass(teacher), reduction=reduction))
 
 
 #: ``family:n_b,n_l,n_c``, a student named by its structure (e.g. ``edsr:8,1,16``).
@@ -176,9 +163,19 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     refused before anything is written. ``student``: a model, a student.json or its
     dict, a preset or ``family:n_b,n_l,n_c`` (these two at ``scale``, default: the
     teacher's, else 2).
+
+    With ``options.targets == "teacher"`` each image of ``data`` is an LR input as
+    it is, the target is the teacher's output on it (cached or live) and the loss
+    is :func:`teacher_only_loss` alone (there is no ground truth: ``kd=False`` is
+    refused); ``options.holdout`` images are held back and the student is validated
+    against the teacher's output on them (``psnr_vs_teacher``), besides ``val``.
     """
     from ..teacher_cache import teacher_fingerprint
 
+    if options.teacher_targets and not kd:
+        raise ValueError("--targets teacher trains on the teacher's outputs, so there is no ground truth to train "
+                         "the --no-kd ablation on; drop --no-kd, or pass --targets hr with HR images in --data "
+                         "(nothing was written)")
     if kd and teacher is None:
         raise ValueError("teacher is required for distillation (kd=True); pass kd=False for the ground-truth-only "
                          "ablation")
@@ -191,6 +188,8 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     if kd:
         check_patch_size(settings.patch_size, student.scale)
     cache_folder = check_cache_folder(options) if kd else None
+    train_images, held = (unlabelled_split(data, student.scale, options.holdout) if options.teacher_targets
+                          else (None, None))
     context = context or distributed.setup()
     torch.manual_seed(settings.seed)  # the same initial student for the KD run and its ablation
     model = build_from_spec(model_spec(student))
@@ -200,30 +199,38 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     record = {"kd": kd, **recorded_options, "student": model_spec(model),
               "teacher": _describe(teacher) if used else None,
               "teacher_weights": teacher_fingerprint(teacher) if used else None}
+    if held is not None:
+        record.update(holdout=len(held), **_teacher_targets_record(held))
     given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
     pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val,
-                                resume=resume, overwrite=overwrite, inputs=given)
-    teacher = _frozen(teacher, context.device, settings) if used else None
+                                resume=resume, overwrite=overwrite, inputs=given, pairs=train_images)
+    teacher = frozen_teacher(teacher, context.device, settings) if used else None
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
-    cache = _teacher_cache(teacher, patches, cache_folder, settings) if used and cache_folder else None
-    trainer, result = train_stage(model, _step_loss(teacher, cache, options), optimizer, patches, settings, out_dir,
+    cache = teacher_targets(teacher, patches, cache_folder, settings) if used and cache_folder else None
+    step_loss = _step_loss(teacher, cache, options)
+    trainer, result = train_stage(model, step_loss, optimizer, patches, settings, out_dir,
                                   resume=resume, description="stage 3: distill" if kd else "stage 3: no-KD ablation",
                                   kind=kind, data=data, val=val, context=context,
-                                  metadata={"student": model_spec(model), "kd": kd, **recorded_options})
-    return finish_stage(result, trainer, out_dir, extra_info={"kd": kd})
+                                  metadata={"student": model_spec(model), "kd": kd, **recorded_options},
+                                  held_back=TeacherOutputs(held, teacher) if held is not None else None,
+                                  note=TEACHER_TARGETS_NOTE if options.teacher_targets else None)
+    return finish_stage(result, trainer, out_dir, extra_info={"kd": kd, "targets": options.targets})
 
 
-def _frozen(teacher: nn.Module, device, settings: StageSettings) -> nn.Module:
-    """A copy of the teacher on the training device, in eval mode, without gradients, in the faster layout."""
-    teacher = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
-    if uses_channels_last(settings.channels_last, device, teacher):
-        teacher = teacher.to(memory_format=torch.channels_last)
-    return teacher
+def _teacher_targets_record(held) -> dict:
+    """What ``stage.json`` says of a stage trained on the teacher's outputs: its loss and its validation."""
+    names = TeacherOutputs(held, None).names()
+    return {"loss": "L_dis alone (no alpha * L_stu term: there is no ground truth)",
+            "validation_reference": (f"psnr_vs_teacher and ssim_vs_teacher: against the teacher's output on "
+                                     f"the images held back from --data ({len(names)}), not against a ground truth"
+                                     if names else None),
+            "held_back": names}
 
 
 def _step_loss(teacher: Optional[nn.Module], cache, options: DistillOptions) -> Callable:
     """``loss(student, batch)`` of one step: the distillation loss against the cached or the live teacher's
-    output, or (no teacher: the ablation) the student loss against the ground truth alone."""
+    output, or (no teacher: the ablation) the student loss against the ground truth alone; with teacher
+    targets (the batch holds no HR patch) :func:`teacher_only_loss` alone."""
     from ...ops import charbonnier, distillation_loss, laplacian_loss
     from ...ops.distillation import PYRAMID_LEVELS
 
@@ -232,16 +239,22 @@ def _step_loss(teacher: Optional[nn.Module], cache, options: DistillOptions) -> 
             return torch.nn.functional.l1_loss(output, hr, reduction=reduction)
         return charbonnier(output, hr, reduction=reduction)
 
+    def target_of(lr, cached):
+        if cache is not None:
+            return cache.targets_for(cached, lr)
+        with torch.no_grad():
+            return teacher(lr).float()
+
     def step_loss(net, batch):
+        if options.teacher_targets:
+            lr = batch[0].float().div_(255.0)
+            target = target_of(lr, batch[1] if cache is not None else None)
+            return teacher_only_loss(net(lr).float(), target, options.reduction)
         lr, hr = to_unit(batch[:2])
         output = net(lr).float()
         if teacher is None:
             return gt_loss(output, hr)
-        if cache is not None:
-            target = cache.targets_for(batch[2], lr)
-        else:
-            with torch.no_grad():
-                target = teacher(lr).float()
+        target = target_of(lr, batch[2] if cache is not None else None)
         if not options.high_pass:  # eq. (8) without its high-pass term, reduced as distillation_loss reduces
             return (options.alpha * gt_loss(output, hr, options.reduction)
                     + laplacian_loss(output, target, PYRAMID_LEVELS, options.reduction))
@@ -249,15 +262,3 @@ def _step_loss(teacher: Optional[nn.Module], cache, options: DistillOptions) -> 
                                  reduction=options.reduction)
 
     return step_loss
-
-
-def _teacher_cache(teacher: nn.Module, patches, folder: Path, settings: StageSettings):
-    """The teacher's outputs on every training image, checked and built before training (see distill)."""
-    from ..engine import AMP_DTYPES
-    from ..teacher_cache import TeacherCache
-
-    cache = TeacherCache(folder, teacher, patches,
-                         amp_dtype=AMP_DTYPES[settings.amp], progress=settings.progress)
-    cache.prepare()
-    patches.use_targets(cache)
-    return cache
