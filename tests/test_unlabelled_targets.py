@@ -2,6 +2,7 @@
 the loss without a ground-truth term, targets equal to the teacher's output (cached and live), resume, validation
 against the teacher, the run and its report, and the refusals (one line, exit 2, nothing written)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 import cdism_fast.ops
 import cdism_fast.training.engine as engine
 import cdism_fast.training.stages.stage3_distill as stage3
-from cdism_fast.cli import main
+from cdism_fast.cli import build_parser, main
 from cdism_fast.data import (
     LRFolderDataset,
     TrainingPatches,
@@ -270,12 +271,19 @@ def test_run_with_a_ground_truth_set_scores_both(images, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ refusals
+def _options_of(command) -> set:
+    (sub,) = [a for a in build_parser()._actions if getattr(a, "choices", None) and command in a.choices]
+    return {s for action in sub.choices[command]._actions for s in action.option_strings}
+
+
 def _refused(capsys, argv, tmp_path) -> str:
-    """The one line of a refusal (exit 2) that left ``tmp_path`` as it was."""
+    """The one line of a refusal (exit 2) that left ``tmp_path`` as it was, every option it names one of the
+    command's."""
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)) <= _options_of(argv[0])
     return line
 
 
