@@ -218,6 +218,16 @@ def test_validation_is_psnr_against_the_teachers_output_on_the_held_back_images(
     assert logged["psnr_vs_teacher"] == validation["psnr_vs_teacher"]
 
 
+@pytest.mark.parametrize("scale", [3, 4])
+def test_teacher_targets_at_every_scale_of_the_teacher(images, tmp_path, scale):
+    options = DistillOptions(targets="teacher", teacher_cache=str(tmp_path / "c"))
+    result = distill(tiny_teacher(scale), "edsr:1,1,4", tmp_path / "s", tiny(2), options, data=images)
+    assert result.status == "completed" and result.model.scale == scale
+    assert np.isfinite(result.validation["psnr_vs_teacher"])
+    entries = sorted((tmp_path / "c").rglob("*.npy"))  # the teacher's whole-image outputs, at its scale
+    assert len(entries) == 3 and all(np.load(p).shape == (3, 40 * scale, 48 * scale) for p in entries)
+
+
 # ------------------------------------------------------------------------------------------------ pruning
 def test_pruning_on_teacher_targets_fine_tunes_the_teacher_against_its_own_output(images, tmp_path):
     teacher = tiny_teacher()
