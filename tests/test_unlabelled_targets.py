@@ -2,6 +2,7 @@
 the loss without a ground-truth term, targets equal to the teacher's output (cached and live), resume, validation
 against the teacher, the run and its report, and the refusals (one line, exit 2, nothing written)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 import cdism_fast.ops
 import cdism_fast.training.engine as engine
 import cdism_fast.training.stages.stage3_distill as stage3
-from cdism_fast.cli import main
+from cdism_fast.cli import build_parser, main
 from cdism_fast.data import (
     LRFolderDataset,
     TrainingPatches,
@@ -39,6 +40,7 @@ from cdism_fast.training.stages import (
 from cdism_fast.workflow import run_workflow
 
 from helpers.images import write_smooth_images
+from helpers.runs import one_error_line
 from tolerances import assert_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -216,6 +218,16 @@ def test_validation_is_psnr_against_the_teachers_output_on_the_held_back_images(
     assert logged["psnr_vs_teacher"] == validation["psnr_vs_teacher"]
 
 
+@pytest.mark.parametrize("scale", [3, 4])
+def test_teacher_targets_at_every_scale_of_the_teacher(images, tmp_path, scale):
+    options = DistillOptions(targets="teacher", teacher_cache=str(tmp_path / "c"))
+    result = distill(tiny_teacher(scale), "edsr:1,1,4", tmp_path / "s", tiny(2), options, data=images)
+    assert result.status == "completed" and result.model.scale == scale
+    assert np.isfinite(result.validation["psnr_vs_teacher"])
+    entries = sorted((tmp_path / "c").rglob("*.npy"))  # the teacher's whole-image outputs, at its scale
+    assert len(entries) == 3 and all(np.load(p).shape == (3, 40 * scale, 48 * scale) for p in entries)
+
+
 # ------------------------------------------------------------------------------------------------ pruning
 def test_pruning_on_teacher_targets_fine_tunes_the_teacher_against_its_own_output(images, tmp_path):
     teacher = tiny_teacher()
@@ -270,12 +282,19 @@ def test_run_with_a_ground_truth_set_scores_both(images, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ refusals
+def _options_of(command) -> set:
+    (sub,) = [a for a in build_parser()._actions if getattr(a, "choices", None) and command in a.choices]
+    return {s for action in sub.choices[command]._actions for s in action.option_strings}
+
+
 def _refused(capsys, argv, tmp_path) -> str:
-    """The one line of a refusal (exit 2) that left ``tmp_path`` as it was."""
+    """The one line of a refusal (exit 2) that left ``tmp_path`` as it was, every option it names one of the
+    command's."""
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(argv) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    line = one_error_line(capsys, argv[0])  # beside it, run may note that matplotlib is missing
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)) <= _options_of(argv[0])
     return line
 
 

@@ -7,7 +7,10 @@ the ground truth alone with the same budget. By default the teacher runs once on
 image before training (tiled, float16 outputs kept in a cache folder and reused by later runs with
 the same teacher and images): the teacher then sees the whole image instead of the patch (no
 patch-border effects), and the random flips/transpose are applied to its output instead of its
-input. --teacher-cache off runs the teacher on every patch instead.
+input. --teacher-cache off runs the teacher on every patch instead. --targets teacher trains on
+unlabelled images: each image of --data is an LR input as it is, the target is the teacher's output,
+the loss is the distillation term alone (no alpha * L_stu: there is no ground truth), and a few
+held-back images (--holdout) validate against the teacher's output.
 """
 from __future__ import annotations
 

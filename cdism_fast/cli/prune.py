@@ -3,7 +3,8 @@
 Fine-tune the teacher on charbonnier(eps=1e-3) while OBProx-SG applies lam*||theta||_1 (Prox-SG
 phase, then orthant phase). The penalty is the optimizer's: only the Charbonnier term is
 back-propagated. Writes the pruned model.pt and density.json (d of the deep-feature module's
-weights, the paper's d, and per-layer densities).
+weights, the paper's d, and per-layer densities). --targets teacher: each image of --data is an LR
+input as it is, and the teacher is fine-tuned against its own (cached, pre-pruning) output on it.
 """
 from __future__ import annotations
 

@@ -4,7 +4,9 @@ Run the whole workflow of a preset into --out: teacher (trained unless --teacher
 compression, distillation and the no-KD baseline, then evaluate teacher, pruned teacher, students
 and bicubic and write report.md/report.json with the figures. --resume skips completed stages and
 resumes the interrupted one. Every option of every stage can be set here; the training options apply
-to every training stage.
+to every training stage. --targets teacher trains pruning and distillation on the teacher's outputs
+on the images of --data, taken as LR inputs as they are (no no-KD twin), and also scores every model
+against the teacher on images held back from --data.
 """
 from __future__ import annotations
 

@@ -28,10 +28,15 @@
     authors' form. Everything else follows the paper.
 
 ``cpu-291``
-    Compresses a published ×2 model (``--teacher``, e.g. IMDN_x2.pth) on
-    the classic 291 training images (``--data T91 --data BSD200``) and
-    evaluates on the standard benchmarks (``--val Set5 --val Set14 --val
-    B100``), in about 80 minutes on a 2-core CPU. It distils two students
+    Compresses a published model (``--teacher``, e.g. IMDN_x2.pth; any
+    scale: ``--scale 3`` or ``4`` with a ×3/×4 teacher, the benchmarks'
+    ``LR_bicubic/X3``/``X4`` images are then used) on the classic 291
+    training images (``--data T91 --data BSD200``) and evaluates on the
+    standard benchmarks (``--val Set5 --val Set14 --val B100``), in about 80
+    minutes on a 2-core CPU at ×2. The patch sizes are in LR pixels at every
+    scale, so at ×4 the images whose LR side is under 48 pixels (51 of T91's
+    91 for distillation, 7 for pruning's 32) are skipped, one warning
+    counting them; a smaller ``--patch-size`` keeps them. It distils two students
     from the same teacher: the teacher family's own compressed structure
     (stage 2) and the paper's EDSRmini (N_b 8, N_l 1, N_c 16, 49.6K), each
     with its no-KD twin at the same budget. The budget decides the rest:
@@ -115,8 +120,8 @@ WORKFLOWS: dict[str, WorkflowPreset] = {
     ),
     "cpu-291": WorkflowPreset(
         name="cpu-291",
-        description="a published x2 teacher compressed on T91 + BSD200, evaluated on Set5/Set14/B100, "
-                    "about 80 minutes on a 2-core CPU",
+        description="a published teacher (x2; --scale 3|4 for x3/x4) compressed on T91 + BSD200, evaluated on "
+                    "Set5/Set14/B100, about 80 minutes on a 2-core CPU",
         teacher_model="imdn", scale=2, needs_data=True, needs_teacher=True,
         # Only `cdism-fast train --preset cpu-291` uses it: a model trained from scratch at the students' budget.
         teacher=StageSettings(iterations=8000, batch_size=16, patch_size=48, lr=2e-3, milestones=(4000, 6000, 7000),
