@@ -33,8 +33,9 @@ import torch
 from .harness import RESULTS_DIR
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weights"
-#: The published teachers measured beside the students, where they are at hand.
-TEACHER_FILES = ("IMDN_x2.pth", "PANx2_DF2K.pth")
+#: The published teachers measured beside the students, where they are at hand, with their scale (a PAN file
+#: does not tell x2 from x3).
+TEACHER_FILES = {"IMDN_x2.pth": 2, "PANx2_DF2K.pth": 2}
 OUTPUT_HW = (720, 1280)
 MODES = ("fp32", "compile", "bf16")
 CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
@@ -74,11 +75,12 @@ def peak_bytes(fn) -> int | None:
         return None
 
 
-def default_models() -> list[str]:
+def default_models() -> list[tuple[str, int | None]]:
     from cdism_fast.models.pretrained import PRETRAINED
 
-    teachers = [str(SHARED_WEIGHTS / name) for name in TEACHER_FILES if (SHARED_WEIGHTS / name).is_file()]
-    return teachers + list(PRETRAINED)
+    teachers = [(str(SHARED_WEIGHTS / name), scale) for name, scale in TEACHER_FILES.items()
+                if (SHARED_WEIGHTS / name).is_file()]
+    return teachers + [(name, None) for name in PRETRAINED]
 
 
 def _runners(model: torch.nn.Module, x: torch.Tensor) -> dict:
@@ -91,11 +93,11 @@ def _runners(model: torch.nn.Module, x: torch.Tensor) -> dict:
     return {"fp32": lambda: model(x), "compile": lambda: compiled(x), "bf16": bf16}
 
 
-def measure(spec: str, runs: int) -> dict:
+def measure(spec: str, runs: int, scale: int | None = None) -> dict:
     from cdism_fast.evaluation import infer_scale, load_model
     from cdism_fast.models import count_flops, count_params
 
-    model = load_model(spec).eval()
+    model = load_model(spec, scale).eval()
     scale = infer_scale(model)
     height, width = OUTPUT_HW[0] // scale, OUTPUT_HW[1] // scale
     x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -149,8 +151,8 @@ def main(argv=None) -> int:
     print(f"{cpu['model']} ({', '.join(cpu['flags'])}), {torch.get_num_threads()} threads, torch {torch.__version__}",
           flush=True)
     rows = []
-    for spec in args.model or default_models():
-        rows.append(measure(spec, args.runs))
+    for spec, scale in [(spec, None) for spec in args.model or ()] or default_models():
+        rows.append(measure(spec, args.runs, scale))
         print(f"  {rows[-1]['model']}: " + ", ".join(f"{mode} {rows[-1][mode + '_ms']:.0f} ms" for mode in MODES),
               flush=True)
     table = format_table(rows)
