@@ -128,6 +128,19 @@ class PairedFolderDataset(Dataset):
         return f"paired|x{self.scale}|{_file_signature(hr_path)}|{_file_signature(lr_path)}"
 
 
+def _image_files(images, name: str | None, owner: str, noun: str) -> tuple[list[Path], str]:
+    """The image files of a folder or of a list of files (each checked to exist), and the data set's name."""
+    if isinstance(images, (str, Path)):
+        return list_images(images), name or Path(images).name
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise ValueError(f"{owner}: the list of {noun}s is empty; pass a folder or image files")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{noun} {missing[0]} does not exist ({len(missing)} missing in all)")
+    return paths, name or paths[0].parent.name
+
+
 class HRFolderDataset(Dataset):
     """HR images only (a folder or a list of files); LR images are made with ``imresize``.
 
@@ -138,17 +151,7 @@ class HRFolderDataset(Dataset):
 
     def __init__(self, hr: str | Path | Sequence[str | Path], scale: int, cache_dir=None, name: str | None = None):
         self.scale = check_int("scale", scale)
-        if isinstance(hr, (str, Path)):
-            self.paths = list_images(hr)
-            self.name = name or Path(hr).name
-        else:
-            self.paths = [Path(p) for p in hr]
-            if not self.paths:
-                raise ValueError("HRFolderDataset: the list of HR images is empty; pass a folder or image files")
-            missing = [p for p in self.paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(f"HR image {missing[0]} does not exist ({len(missing)} missing in all)")
-            self.name = name or self.paths[0].parent.name
+        self.paths, self.name = _image_files(hr, name, "HRFolderDataset", "HR image")
         # Refused when read (ImageTooSmall), so that training skips them as it skips the other small images.
         self._too_small = {index: size for index, path in enumerate(self.paths)
                            if min(size := image_size(path)) < self.scale}
@@ -205,17 +208,7 @@ class LRFolderDataset(Dataset):
 
     def __init__(self, images: str | Path | Sequence[str | Path], scale: int, name: str | None = None):
         self.scale = check_int("scale", scale)
-        if isinstance(images, (str, Path)):
-            self.paths = list_images(images)
-            self.name = name or Path(images).name
-        else:
-            self.paths = [Path(p) for p in images]
-            if not self.paths:
-                raise ValueError("LRFolderDataset: the list of images is empty; pass a folder or image files")
-            missing = [p for p in self.paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(f"image {missing[0]} does not exist ({len(missing)} missing in all)")
-            self.name = name or self.paths[0].parent.name
+        self.paths, self.name = _image_files(images, name, "LRFolderDataset", "image")
 
     def __len__(self) -> int:
         return len(self.paths)
