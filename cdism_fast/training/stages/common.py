@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..._checks import check_int
-from ..artifacts import data_source, mark_stage, prepare_run_folder, save_model, stage_inputs
+from ..artifacts import data_source, mark_stage, prepare_run_folder, read_stage, save_model, stage_inputs
 from ..checkpoint import load_checkpoint
 from ..distributed import on_main
 from ..engine import (
@@ -28,11 +28,12 @@ from ..engine import (
     TrainResult,
     setting,
 )
+from ..precision import Precision, check_amp, workload_of
 
 __all__ = ["StageSettings", "StageResult", "training_pairs", "validation_sets", "make_validator", "stage_patches",
            "to_unit", "with_overrides", "available_cpus", "open_stage", "train_stage", "patch_loss",
-           "finish_stage", "data_fingerprint", "load_stage_model", "setting", "MODEL_FILE", "DENSITY_FILE",
-           "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
+           "finish_stage", "data_fingerprint", "load_stage_model", "setting", "record_precision", "MODEL_FILE",
+           "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
 
 MODEL_FILE = "model.pt"
 DENSITY_FILE = "density.json"
@@ -189,11 +190,12 @@ def data_fingerprint(data) -> Optional[str]:
 
 
 def open_stage(folder, stage: str, settings: StageSettings, record: dict, *, scale: int, data, val, resume: bool,
-               overwrite: bool, inputs: dict | None, files=TRAINING_FILES):
-    """(pairs, patches): the training pairs of ``data`` at ``scale`` (checked first: a refusal leaves no folder)
-    and their patch stream (:func:`stage_patches`), once the stage folder is prepared (rank 0): ``stage.json``
-    records ``settings``, ``record`` (the stage's options and what it depends on) and the data with its
-    fingerprint, so that a resume with other inputs is refused."""
+               overwrite: bool, inputs: dict | None, device, files=TRAINING_FILES):
+    """(pairs, patches): the training pairs of ``data`` at ``scale`` and ``settings.amp`` on ``device`` (checked
+    first: a refusal leaves no folder) and their patch stream (:func:`stage_patches`), once the stage folder is
+    prepared (rank 0): ``stage.json`` records ``settings``, ``record`` (the stage's options and what it depends on)
+    and the data with its fingerprint, so that a resume with other inputs is refused."""
+    check_amp(settings.amp, device)
     pairs = training_pairs(data, scale)
     record = {**asdict(settings), **record, "data": data_source(data),
               "data_fingerprint": data_fingerprint(data)}
@@ -214,11 +216,19 @@ def train_stage(model: nn.Module, step_loss: Callable, optimizer, patches, setti
                                                                      gamma=settings.gamma),
                       context=context, kind=kind, validate=make_validator(validation_sets(val, data, scale), scale),
                       metadata=metadata)
+    on_main(record_precision, folder, workload_of(kind), trainer.precision)
     try:
         return trainer, trainer.fit(resume=resume)
     except NonFiniteLossError as error:
         on_main(mark_stage, folder, status="failed", error=str(error))
         raise
+
+
+def record_precision(folder, workload: str, precision: Precision) -> None:
+    """Add to ``stage.json``'s ``precision`` what ``workload`` runs in (``amp``), as requested, and why (what
+    ``--amp auto`` resolved to on this machine); a resume records its own."""
+    record = read_stage(folder) or {}
+    mark_stage(folder, precision={**(record.get("precision") or {}), workload: precision.as_record()})
 
 
 def finish_stage(result: TrainResult, trainer: Trainer, folder: Path, extra_info: dict | None = None,

@@ -98,7 +98,7 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
     optimizer = OBProxSG(groups, lr=settings.lr, **{k: v for k, v in schedule.items() if k != "penalty"})
     depends = {"teacher": model_spec(teacher), "teacher_weights": teacher_fingerprint(teacher)}
     _, patches = open_stage(out_dir, "prune", settings, {**schedule, **depends}, scale=model.scale, data=data,
-                            val=val, resume=resume, overwrite=overwrite, inputs=inputs,
+                            val=val, resume=resume, overwrite=overwrite, inputs=inputs, device=context.device,
                             files=(*TRAINING_FILES, DENSITY_FILE))
     trainer, result = train_stage(model, patch_loss(functools.partial(charbonnier, eps=CHARBONNIER_EPS)), optimizer,
                                   patches, settings, out_dir, resume=resume, description="stage 1: prune",
