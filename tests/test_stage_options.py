@@ -176,7 +176,7 @@ def test_stage_json_records_every_distill_option_with_the_cache_folder_resolved(
     distill(None, "edsr:1,1,4", tmp_path / "s", settings, DistillOptions(alpha=0.5), kd=False)
     recorded = read_stage(tmp_path / "s")["settings"]
     assert {f.name: recorded[f.name] for f in fields(DistillOptions)} == {
-        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "teacher_cache": "off"}
+        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "init": "scratch", "teacher_cache": "off"}
 
 
 def test_an_option_no_stage_has_is_refused_by_the_workflow_before_its_folder(tmp_path):

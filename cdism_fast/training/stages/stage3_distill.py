@@ -11,16 +11,20 @@ from typing import Optional
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ...ops import STUDENT_LOSSES
 from .. import distributed
-from ..artifacts import build_from_spec, model_spec, records_failure
+from ..artifacts import build_from_spec, mark_stage, model_spec, records_failure
+from ..distributed import on_main
 from ..engine import uses_channels_last
+from ..precision import resolve_amp
 from .common import (
     StageResult,
     StageSettings,
     finish_stage,
     open_stage,
+    record_precision,
     setting,
     to_unit,
     train_stage,
@@ -28,6 +32,8 @@ from .common import (
 
 #: How the distillation loss sums a pyramid level.
 REDUCTIONS = ("mean", "sum")
+#: The student's initial weights: sliced from the teacher, random, or the first where the student can inherit.
+INITS = ("auto", "inherit", "scratch")
 #: The ``teacher_cache`` value that runs the teacher on every patch instead.
 CACHE_OFF = "off"
 
@@ -38,6 +44,12 @@ class DistillOptions:
 
     ``reduction`` is the distillation loss's: ``"mean"`` per pyramid level (the
     authors' released code) or ``"sum"`` (Niklaus and Liu's Laplacian loss).
+    ``init``: the student's initial weights. ``"inherit"`` slices them out of the
+    teacher (:mod:`cdism_fast.inheritance`: the blocks and channels of the largest
+    magnitudes in the pruned teacher, stage 1's output), for a student of the
+    teacher's own family; ``"scratch"`` draws them from ``seed``; ``"auto"``
+    inherits where the student can and starts from scratch otherwise (a student of
+    another family, e.g. EDSRmini from IMDN), saying so.
     ``teacher_cache``: unset runs the teacher once per whole training image
     before training and trains on its stored outputs (see
     :mod:`~cdism_fast.training.teacher_cache`: the teacher sees the whole image,
@@ -51,6 +63,10 @@ class DistillOptions:
     reduction: str = setting("mean", help="of the distillation loss, per pyramid level: mean (the authors' code; "
                                           "paper presets) or sum (Niklaus and Liu; the demo and cpu-291 presets)",
                              choices=REDUCTIONS)
+    init: str = setting("scratch", help="the student's initial weights: inherit (sliced from the teacher, the "
+                                        "blocks and channels of the largest magnitudes in the pruned teacher; a "
+                                        "student of the teacher's family), scratch (random, from --seed) or auto "
+                                        "(inherit where the student can, else scratch)", choices=INITS)
     teacher_cache: Optional[str] = setting(
         None, metavar="DIR|off", help="folder of the teacher-output cache (unset: $CDISM_CACHE/teacher-outputs, "
                                       "i.e. ~/.cache/cdism-fast/teacher-outputs), or 'off' for the per-patch teacher")
@@ -60,6 +76,8 @@ class DistillOptions:
             raise ValueError(f"student_loss must be one of {STUDENT_LOSSES}, got {self.student_loss!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
 
     def cache_folder(self) -> Optional[Path]:
         """The teacher cache's folder (absolute), or None when it is off."""
@@ -157,33 +175,68 @@ def _describe(model: nn.Module) -> dict:
         return {"module": type(model).__name__}
 
 
+def init_problem(init: str, teacher: Optional[nn.Module], student: nn.Module) -> Optional[str]:
+    """Why ``student`` will not inherit from ``teacher`` under ``init`` (None: it will, or ``init`` is scratch);
+    ``init="inherit"`` turns a reason into a one-line ValueError naming it (raised before anything is written)."""
+    from ...inheritance import inheritance_problem
+
+    if init == "scratch":
+        return None
+    problem = "no teacher was given" if teacher is None else inheritance_problem(teacher, student)
+    if problem is not None and init == "inherit":
+        raise ValueError(f"--init inherit: {problem}; pass --init scratch (nothing was written)")
+    return problem
+
+
+def initial_weights(init: str, teacher: Optional[nn.Module], student: nn.Module,
+                    pruned: Optional[nn.Module] = None) -> dict:
+    """Give ``student`` its initial weights by ``init`` (see :class:`DistillOptions`): it keeps its random ones,
+    or inherits ``teacher``'s, chosen by ``pruned``'s magnitudes (:func:`cdism_fast.inheritance.inherit`); returns
+    what was done, and why, for ``stage.json``."""
+    from ...inheritance import inherit
+
+    problem = init_problem(init, teacher, student)
+    if init == "scratch":
+        return {"init": "scratch", "requested": init, "reason": "asked for"}
+    if problem is not None:
+        return {"init": "scratch", "requested": init, "reason": problem}
+    kept = inherit(student, teacher, pruned)
+    return {"init": "inherit", "requested": init,
+            "reason": f"sliced from the teacher, blocks and channels chosen by {kept['chosen_from']}'s magnitudes",
+            "blocks": kept["blocks"], "channels": kept["channels"]}
+
+
 @records_failure
 def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSettings,
             options: DistillOptions = DistillOptions(), data=None, val=None, *, kd: bool = True,
             scale: Optional[int] = None, resume: bool = False, overwrite: bool = False,
-            context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
-    """Stage 3: train ``student`` (re-initialised from ``settings.seed``) with AdaMax, betas (0.9, 0.99).
+            context: distributed.DistributedContext | None = None, inputs: dict | None = None,
+            pruned: Optional[nn.Module] = None) -> StageResult:
+    """Stage 3: train ``student`` (initialised from ``settings.seed``, or from the teacher: ``options.init``) with
+    AdaMax, betas (0.9, 0.99).
 
     With ``kd`` the loss is ``distillation_loss(student(x), teacher(x), gt,
     alpha, student_loss)`` with the options' ``alpha``, ``student_loss`` and
     ``reduction``; the teacher is frozen, in eval mode, and runs under
     ``no_grad`` (in the autocast dtype when AMP is on). Without ``kd`` (the
-    ablation) the loss is ``student_loss(student(x), gt)`` alone and no teacher
-    is needed. The teacher may be any module mapping RGB [0, 1] to RGB [0, 1] at
+    ablation) the loss is ``student_loss(student(x), gt)`` alone, and a teacher, when given,
+    only gives the initial weights of an inheriting student (so that the ablation starts where its KD twin
+    does). The teacher may be any module mapping RGB [0, 1] to RGB [0, 1] at
     the student's scale (another family than the student's, too); another scale is
     refused before anything is written. ``student``: a model, a student.json or its
     dict, a preset or ``family:n_b,n_l,n_c`` (these two at ``scale``, default: the
-    teacher's, else 2).
+    teacher's, else 2). ``pruned``: the pruned teacher (stage 1's model) whose magnitudes choose what an
+    inheriting student keeps; None: the teacher's own.
     """
     from ..teacher_cache import teacher_fingerprint
 
     if kd and teacher is None:
         raise ValueError("teacher is required for distillation (kd=True); pass kd=False for the ground-truth-only "
                          "ablation")
-    teacher_scale = _scale_of(teacher) if teacher is not None and kd else None
+    teacher_scale = _scale_of(teacher) if teacher is not None else None
     spec = student
     student = student_from(spec, scale=scale or teacher_scale or 2)
-    if teacher_scale is not None and teacher_scale != student.scale:
+    if kd and teacher_scale != student.scale:
         raise ValueError(f"the teacher upscales ×{teacher_scale} but the student ×{student.scale}; distill from a "
                          "teacher of the student's scale (nothing was written)")
     if kd:
@@ -192,23 +245,32 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     context = context or distributed.setup()
     torch.manual_seed(settings.seed)  # the same initial student for the KD run and its ablation
     model = build_from_spec(model_spec(student))
+    init = initial_weights(options.init, teacher, model, pruned)
+    inherits = init["init"] == "inherit"
     kind = "distill" if kd else "distill-no-kd"
     used = teacher is not None and kd
     recorded_options = {**asdict(options), "teacher_cache": str(cache_folder) if cache_folder else CACHE_OFF}
     record = {"kd": kd, **recorded_options, "student": model_spec(model),
-              "teacher": _describe(teacher) if used else None,
-              "teacher_weights": teacher_fingerprint(teacher) if used else None}
+              "teacher": _describe(teacher) if used or inherits else None,
+              "teacher_weights": teacher_fingerprint(teacher) if used or inherits else None,
+              "pruned_weights": teacher_fingerprint(pruned) if inherits and pruned is not None else None}
     given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
     pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val,
-                                resume=resume, overwrite=overwrite, inputs=given)
+                                resume=resume, overwrite=overwrite, inputs=given, device=context.device)
+    on_main(mark_stage, out_dir, init=init)
+    if context.is_main:
+        tqdm.write(f"{kind}: the student starts from "
+                   + (f"the teacher's weights ({init['reason']}; blocks {init['blocks']})" if inherits
+                      else f"scratch ({init['reason']})"))
     teacher = _frozen(teacher, context.device, settings) if used else None
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
-    cache = _teacher_cache(teacher, patches, cache_folder, settings) if used and cache_folder else None
+    cache = (_teacher_cache(teacher, patches, cache_folder, settings, out_dir, context.device)
+             if used and cache_folder else None)
     trainer, result = train_stage(model, _step_loss(teacher, cache, options), optimizer, patches, settings, out_dir,
                                   resume=resume, description="stage 3: distill" if kd else "stage 3: no-KD ablation",
                                   kind=kind, data=data, val=val, context=context,
                                   metadata={"student": model_spec(model), "kd": kd, **recorded_options})
-    return finish_stage(result, trainer, out_dir, extra_info={"kd": kd})
+    return finish_stage(result, trainer, out_dir, extra_info={"kd": kd, "init": init["init"]})
 
 
 def _frozen(teacher: nn.Module, device, settings: StageSettings) -> nn.Module:
@@ -245,13 +307,14 @@ def _step_loss(teacher: Optional[nn.Module], cache, options: DistillOptions) -> 
     return step_loss
 
 
-def _teacher_cache(teacher: nn.Module, patches, folder: Path, settings: StageSettings):
-    """The teacher's outputs on every training image, checked and built before training (see distill)."""
-    from ..engine import AMP_DTYPES
+def _teacher_cache(teacher: nn.Module, patches, folder: Path, settings: StageSettings, out_dir, device):
+    """The teacher's outputs on every training image, checked and built before training (see distill), in the
+    precision ``settings.amp`` resolves to for the ``cache`` workload (recorded in ``stage.json``)."""
     from ..teacher_cache import TeacherCache
 
-    cache = TeacherCache(folder, teacher, patches,
-                         amp_dtype=AMP_DTYPES[settings.amp], progress=settings.progress)
+    precision = resolve_amp(settings.amp, device, "cache")
+    on_main(record_precision, out_dir, "cache", precision)
+    cache = TeacherCache(folder, teacher, patches, amp_dtype=precision.dtype, progress=settings.progress)
     cache.prepare()
     patches.use_targets(cache)
     return cache
