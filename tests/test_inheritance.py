@@ -15,6 +15,7 @@ from cdism_fast.ops import distillation_loss
 from cdism_fast.training.artifacts import save_model
 
 from helpers.images import write_noise_images, write_smooth_images
+from helpers.runs import one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,9 +156,8 @@ QUICK = ["--preset", "demo", "--batch-size", "2", "--patch-size", "16", "--itera
 def _refused(capsys, argv, tmp_path) -> str:
     before = sorted(tmp_path.rglob("*"))
     assert main(argv) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
     assert sorted(tmp_path.rglob("*")) == before
-    return line
+    return one_error_line(capsys, argv[0])
 
 
 def test_inherit_with_a_student_of_another_family_is_refused_before_anything_is_written(folders, tmp_path, capsys):

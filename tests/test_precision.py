@@ -17,6 +17,7 @@ from cdism_fast.training import precision
 from cdism_fast.training.teacher_cache import TeacherCache
 
 from helpers.images import write_noise_images, write_smooth_images
+from helpers.runs import one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,7 +117,7 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_before_anything_is_written(folde
             "run": ["run", *QUICK, "--patch-size", "16", "--teacher", str(folders["teacher"]), "--val",
                     str(folders["val"]), *cache]}[command]
     assert main([*argv, "--data", str(folders["train"]), "--amp", "fp16", "--out", str(tmp_path / "out")]) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    line = one_error_line(capsys, command)  # (run notes a missing matplotlib on a line of its own)
     assert line == (f"cdism-fast {command}: error: --amp fp16 needs a CUDA device (this runs on cpu); pass --amp auto "
                     "(bf16 where this CPU runs it faster) or --amp bf16 (nothing was written)")
     assert list(tmp_path.iterdir()) == []
