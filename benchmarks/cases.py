@@ -7,7 +7,10 @@ SGD for the optimizer update, ``sdpa`` for attention with a materialised bias +
 mask, ``flex`` for FlexAttention with the bias and mask in its ``score_mod``).
 The ``distill`` group times a stage-3 training step with the live teacher
 against the same step reading the teacher's cached output; the ``layout`` group
-times each family's training step and inference in both memory layouts.
+times each family's training step and inference in both memory layouts; the
+``precision`` group each family's training step and inference in fp32 and under
+bf16 autocast (``python -m benchmarks.precision`` interleaves the two and adds the
+cache build and the pruning step).
 
 Memory-bound cases (losses, optimizer) rotate among copies of their inputs that
 add up to :data:`ROTATION_BYTES`: run after run on one set would time a cache
@@ -458,6 +461,24 @@ def layout_cases(device: torch.device, quick: bool = False) -> list[Case]:
     return cases
 
 
+def precision_cases(device: torch.device, quick: bool = False) -> list[Case]:
+    """Each model of ``benchmarks.precision`` in fp32 and under bf16 autocast: the stage-3 step on 16x3x48²
+    (forward, distillation loss, backward, AdaMax) and inference on 1x3x360x640, in the default layout. On
+    CUDA the same cases run under CUDA autocast."""
+    from .precision import FORWARD_SHAPE, PRECISION_MODELS, STEP_SHAPE, model_runners, models_to_time
+
+    cases = []
+    models = models_to_time(PRECISION_MODELS[:1] if quick else PRECISION_MODELS)
+    for spec in models:
+        for part, shape, mode in (("step", STEP_SHAPE, "train"), ("forward", FORWARD_SHAPE, "infer")):
+            if quick:
+                shape = (max(1, shape[0] // 4), shape[1], shape[2] // 2, shape[3] // 2)
+            runners = model_runners(spec, part, device=device, shape=shape)
+            cases.append(Case(f"precision: {part}", f"{spec} {'x'.join(map(str, shape))}", mode, runners, None,
+                              shape[0]))
+    return cases
+
+
 @contextlib.contextmanager
 def _forced_backend(backend: str):
     """CDISM_BACKEND set to ``backend`` for the block ("auto" leaves it unset)."""
@@ -486,6 +507,7 @@ def all_cases(device: torch.device, quick: bool = False, hot: bool = False
                                               ("edsr_baseline", "swinir_lightweight", "10M"), hot)),
         ("distill", lambda: distill_cases(device, quick)),
         ("layout", lambda: layout_cases(device, quick)),
+        ("precision", lambda: precision_cases(device, quick)),
         # Last: its compiled forward is the slowest group to build.
         ("models", lambda: model_cases(device, lr_hw=48 if cpu else 64,
                                        batch={"edsr": 16, "swinir": 2 if cpu else 16}, compiled=not quick)),

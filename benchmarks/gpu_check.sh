@@ -6,7 +6,8 @@
 #   3. run the benchmark suite on cuda, one case group at a time while time is left, in the
 #      order of benchmarks.cases.GROUP_NAMES (losses, attention, optimizer; distill: the
 #      stage-3 step with the live teacher, also under bf16 autocast, against the step reading
-#      cached teacher outputs; layout: each family in both memory layouts; models).
+#      cached teacher outputs; layout: each family in both memory layouts; precision: each family's
+#      training step and inference in fp32 and under bf16 autocast; models).
 # Writes benchmarks/results/<date>_<gpu>_gpu-check.{json,md} (tests summary and
 # every benchmark table) and, when $OUT is set (a folder to collect them in), copies them and
 # the full log there.

@@ -140,6 +140,13 @@ def format_table(rows: list[Measurement], bandwidth: float) -> str:
     return "\n".join(lines)
 
 
+def cpu_bf16_record() -> dict:
+    """The CPU's bf16 capability as torch sees it and what ``--amp auto`` decides on it (``cdism-fast info``)."""
+    from cdism_fast.training.precision import bf16_decision
+
+    return bf16_decision().as_record()
+
+
 def save(rows: list[Measurement], device: torch.device, bandwidth: float, table: str, inputs: str,
          hot: bool = False, tag: str | None = None) -> Path:
     """Write JSON and markdown named with date, device, torch version (and ``_hot``, ``_<tag>``);
@@ -156,10 +163,14 @@ def save(rows: list[Measurement], device: torch.device, bandwidth: float, table:
         "threads": torch.get_num_threads(),
         "copy_bandwidth_gbps": bandwidth / 1e9,
         "inputs": inputs,
+        "cpu_bf16": cpu_bf16_record(),
         "measurements": [asdict(r) | {"gbps": r.gbps()} for r in rows],
     }
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    bf16 = payload["cpu_bf16"]
     header = (f"Device: {device_label(device)}; torch {torch.__version__}; copy bandwidth "
-              f"{bandwidth / 1e9:.1f} GB/s (read + write); {inputs}; {stamp}\n\n")
+              f"{bandwidth / 1e9:.1f} GB/s (read + write); {inputs}; {stamp}; CPU bf16: {bf16['cpu']} "
+              f"({', '.join(f'{k} {v}' for k, v in bf16['flags'].items())}), --amp auto: "
+              f"{', '.join(w + ' ' + a['amp'] for w, a in bf16['auto'].items())}\n\n")
     (RESULTS_DIR / f"{stem}.md").write_text(header + table + "\n")
     return RESULTS_DIR / f"{stem}.json"

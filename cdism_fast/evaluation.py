@@ -76,7 +76,9 @@ def _blend_weights(length: int, ramp: int, fade_in: bool, fade_out: bool, device
 
 
 def _run(model: nn.Module, x: torch.Tensor, scale: int, device: torch.device, amp_dtype) -> torch.Tensor:
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    # Without a dtype, fp32 even inside a caller's autocast region (a training step's): the scores are fp32.
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else torch.autocast(device.type, enabled=False))
     with autocast:
         out = model(x.to(device))
     expected = (x.shape[0], x.shape[-2] * scale, x.shape[-1] * scale)
@@ -97,7 +99,9 @@ def upscale(model: nn.Module, image: torch.Tensor, scale: int, tile: int | None 
     memory is bounded by the tile size and seams do not show; a model that
     looks at most ``overlap/4`` input pixels away gives its untiled output. Tiles run on the
     model's device; the result is assembled on the image's device. ``amp_dtype``
-    (``torch.float16``/``torch.bfloat16``) runs the model under autocast.
+    (``torch.float16``/``torch.bfloat16``) runs the model under autocast; without it the model runs in
+    its own precision with autocast off, also inside an autocast region of the caller (so :func:`evaluate`,
+    which calls this without ``amp_dtype``, always scores the fp32 model).
     ``progress`` shows a progress bar over the tiles.
     Returns uint8 for uint8 input (quantised as ``to_uint8``), else float32
     (unclamped model output), in the input's layout.

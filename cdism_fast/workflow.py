@@ -37,6 +37,7 @@ from .training.artifacts import (
 )
 from .training.distributed import on_main
 from .training.engine import StopRequest
+from .training.precision import check_amp
 from .training.presets import WORKFLOWS, WorkflowPreset
 from .training.stages import (
     DENSITY_FILE,
@@ -51,8 +52,10 @@ from .training.stages import (
     compress,
     distill,
     format_table,
+    init_problem,
     load_stage_model,
     prune,
+    student_from,
     train_teacher,
     training_pairs,
     unlabelled_split,
@@ -219,19 +222,36 @@ def _teacher(preset: WorkflowPreset, teacher: nn.Module | None, out_dir: Path, o
     return _stage(out_dir, "teacher", train)
 
 
-def _students(preset: WorkflowPreset, teacher_model, out_dir: Path, overrides: dict, data, val, context,
+def _check_init(preset: WorkflowPreset, teacher: nn.Module | None) -> None:
+    """Refuse ``--init inherit`` now, before the run folder is made, when a student of the preset cannot inherit
+    from the teacher (another family, or a family that declares no inheritance)."""
+    if preset.distill_options.init != "inherit":
+        return
+    if teacher is None:
+        from .models import build
+
+        teacher = build(preset.teacher_model, scale=preset.scale)
+        if preset.teacher_structure is not None:
+            teacher = teacher.with_structure(*preset.teacher_structure)
+    for spec in preset.students.values():
+        # Stage 2's student is the teacher's family, with its options: the teacher stands for it here.
+        init_problem("inherit", teacher, teacher if spec is None else student_from(spec, scale=preset.scale))
+
+
+def _students(preset: WorkflowPreset, teacher_model, pruned, out_dir: Path, overrides: dict, data, val, context,
               no_kd_baseline: bool) -> tuple[str, dict]:
-    """Stage 3: every student of the preset distilled, and its no-KD twin at the same budget."""
+    """Stage 3: every student of the preset distilled, and its no-KD twin at the same budget (and the same initial
+    weights: an inheriting student's twin inherits too, the blocks and channels chosen by the pruned teacher)."""
     trained = {}
     for name, spec in preset.students.items():
         student = out_dir / "compress" / STUDENT_FILE if spec is None else spec
         runs = {name: True, f"{name}{NO_KD_SUFFIX}": False} if no_kd_baseline else {name: True}
         for folder, kd in runs.items():
             status, trained[folder] = _stage(out_dir, folder, lambda resume, kd=kd, folder=folder, student=student:
-                                             distill(teacher_model if kd else None, student, out_dir / folder,
+                                             distill(teacher_model, student, out_dir / folder,
                                                      with_overrides(preset.distill, overrides),
                                                      preset.distill_options, data, val, kd=kd, scale=preset.scale,
-                                                     resume=resume, context=context))
+                                                     resume=resume, context=context, pruned=pruned))
             if status != "completed":
                 return folder, trained
     return "completed", trained
@@ -285,6 +305,8 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
     if given_teacher is not None:
         check_student_family(given_teacher, preset.compress_options)
         record["teacher_model"] = model_record(given_teacher)
+    check_amp(with_overrides(preset.distill, overrides).amp, context.device)
+    _check_init(preset, given_teacher)
     check_cache_folder(preset.distill_options)
     check_patch_size(with_overrides(preset.distill, overrides).patch_size, preset.scale)
     on_main(prepare_run_folder, out_dir, "run", record, resume=resume, overwrite=overwrite, files=RUN_FILES,
@@ -323,7 +345,8 @@ def run_workflow(preset: str | WorkflowPreset, out_dir, *, data=None, val=None, 
         if _stop_requested(stop):
             return interrupted("compress")
 
-        stopped_in, trained = _students(preset, teacher_model, out_dir, overrides, data, val, context, no_kd_baseline)
+        stopped_in, trained = _students(preset, teacher_model, pruned, out_dir, overrides, data, val, context,
+                                        no_kd_baseline)
         if stopped_in != "completed":
             return interrupted(stopped_in)
 

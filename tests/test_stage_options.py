@@ -185,7 +185,8 @@ def test_stage_json_records_every_distill_option_with_the_cache_folder_resolved(
     distill(None, "edsr:1,1,4", tmp_path / "s", settings, DistillOptions(alpha=0.5), kd=False)
     recorded = read_stage(tmp_path / "s")["settings"]
     assert {f.name: recorded[f.name] for f in fields(DistillOptions)} == {
-        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "high_pass": True, "teacher_cache": "off",
+        "alpha": 0.5, "student_loss": "l1", "reduction": "mean", "high_pass": True, "init": "scratch",
+        "teacher_cache": "off",
         "targets": "hr", "holdout": None}
 
 

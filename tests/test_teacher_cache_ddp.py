@@ -21,6 +21,7 @@ def worker(root: Path) -> None:
     from cdism_fast.data import TrainingPatches, folder_dataset
     from cdism_fast.models import build
     from cdism_fast.training import distributed
+    from cdism_fast.training.precision import resolve_amp
     from cdism_fast.training.stages import DistillOptions, StageSettings, distill
     from cdism_fast.training.teacher_cache import TeacherCache
 
@@ -30,7 +31,9 @@ def worker(root: Path) -> None:
     student = build("edsr_baseline", scale=2).with_structure(1, 1, 8)
     pairs = folder_dataset(root / "data", 2)
     patches = TrainingPatches(pairs, patch_size=12, progress=False)
-    cache = TeacherCache(root / "cache", teacher, patches, progress=False)
+    # In the precision distill's --amp auto resolves the cache build to on this CPU, so that distill reuses them.
+    amp_dtype = resolve_amp("auto", context.device, "cache").dtype
+    cache = TeacherCache(root / "cache", teacher, patches, progress=False, amp_dtype=amp_dtype)
     cache.prepare()
     built = distributed.gather_objects(cache.built)
     patches.use_targets(cache)

@@ -271,7 +271,7 @@ def test_config_rejects_bad_values(field, value, message):
 
 
 def test_fp16_needs_cuda(tmp_path):
-    with pytest.raises(ValueError, match="amp='fp16' needs a CUDA device"):
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
         make_trainer(tmp_path, amp="fp16")
 
 

@@ -1,7 +1,9 @@
 """``cdism-fast distill``: stage 3: distill the compact student (AdaMax), or --no-kd.
 
-Train the student of student.json from random initialisation with alpha*L_stu + L_Lap(student,
-teacher) + L_Lap(HF(student), HF(teacher)) and AdaMax (betas 0.9, 0.99). The teacher is frozen, in
+Train the student of student.json from random initialisation (or, with --init inherit, from the
+teacher's own weights, the blocks and channels of the largest magnitudes in the pruned teacher given
+by --pruned, else in the teacher) with alpha*L_stu + L_Lap(student, teacher) + L_Lap(HF(student),
+HF(teacher)) and AdaMax (betas 0.9, 0.99). The teacher is frozen, in
 eval mode, under no_grad (and in the autocast dtype with --amp). --no-kd trains the same student on
 the ground truth alone with the same budget. By default the teacher runs once on each whole training
 image before training (tiled, float16 outputs kept in a cache folder and reused by later runs with
@@ -28,7 +30,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scale", type=int, default=None,
                         help="scale of a preset or family:n_b,n_l,n_c student, and of a teacher file that does not "
                              "tell it (default: the teacher's, else 2)")
-    parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only, no teacher")
+    parser.add_argument("--pruned", metavar="FILE",
+                        help="the pruned teacher (the model.pt `prune` wrote from --teacher) whose magnitudes choose "
+                             "the blocks and channels a student keeps under --init inherit or auto (default: the "
+                             "teacher's own magnitudes)")
+    parser.add_argument("--no-kd", action="store_true", help="ablation: ground-truth loss only (a --teacher then only "
+                                                             "gives an inheriting student its initial weights)")
     add_stage_command_arguments(parser, "distill")
 
 
@@ -44,11 +51,13 @@ def _distill(args) -> str:
     options = options_from_args(args, preset.distill_options)
     if not args.no_kd and args.teacher is None:
         raise ValueError("--teacher is required for distillation; pass --no-kd for the ground-truth-only ablation")
-    teacher = load_model(args.teacher, args.scale, "--teacher") if args.teacher and not args.no_kd else None
+    wanted = args.teacher and (not args.no_kd or options.init != "scratch")
+    teacher = load_model(args.teacher, args.scale, "--teacher") if wanted else None
+    pruned = load_model(args.pruned, args.scale, "--pruned") if args.pruned and options.init != "scratch" else None
     context = distributed.setup(args.device)
     result = distill(teacher, args.student, args.out, settings, options, args.data, args.val, kd=not args.no_kd,
                      scale=args.scale, resume=args.resume, overwrite=args.overwrite, context=context,
-                     inputs={"--teacher": args.teacher})
+                     inputs={"--teacher": args.teacher, "--pruned": args.pruned}, pruned=pruned)
     if context.is_main and result.status == "completed":
         print(f"student: {result.model_path}" + (f"  validation: {result.validation}" if result.validation else ""))
     return result.status

@@ -1,4 +1,4 @@
-"""``cdism-fast info``: versions, built extensions, available backends per op."""
+"""``cdism-fast info``: versions, built extensions, bf16 on this CPU (--amp auto), available backends per op."""
 from __future__ import annotations
 
 import platform
@@ -10,6 +10,18 @@ def _triton_version() -> str:
     except ImportError as exc:
         return f"not installed ({exc})"
     return triton.__version__
+
+
+def _print_bf16() -> None:
+    """The CPU's bf16 capability and what --amp auto runs each workload in, with the measured reason."""
+    from cdism_fast.training.precision import WORKLOADS, bf16_decision
+
+    decision = bf16_decision()
+    flags = ", ".join(f"{name} {'yes' if value else 'no'}" for name, value in decision.flags.items())
+    print(f"bf16 on the CPU: {decision.cpu} ({flags}; torch kernels {decision.capability})")
+    for workload in WORKLOADS:
+        choice = decision.choices[workload]
+        print(f"  --amp auto, {workload:<6} {'bf16' if choice.bf16 else 'fp32'}: {choice.why}")
 
 
 def run(args) -> int:
@@ -28,6 +40,8 @@ def run(args) -> int:
             print(f"GPU {i}      {torch.cuda.get_device_name(i)}")
     else:
         print("GPU        none visible")
+    print()
+    _print_bf16()
     print()
     for status in _extension.statuses().values():
         state = f"loaded ({status.how})" if status.loaded else f"MISSING: {status.error}"

@@ -25,7 +25,20 @@ import warnings
 from .checkpoints import MODEL_FORMAT, CheckpointMismatch, format_names, load_pretrained
 from .counting import count_flops, count_params
 from .external import ExternalModel, SizeRequirements, model_record, pad_to_size
-from .family import ARCHITECTURES, FAMILIES, CheckpointFormat, Compressible, Preset, SRModel, Structure, register_family
+from .family import (
+    ARCHITECTURES,
+    FAMILIES,
+    CheckpointFormat,
+    Compressible,
+    Inheritance,
+    Part,
+    Preset,
+    Slice,
+    SRModel,
+    Structure,
+    kept_layers,
+    register_family,
+)
 from .presets import build, build_from_spec, family_names, from_structure, model_spec, preset_of
 from .pretrained import PRETRAINED, pretrained, pretrained_info
 
@@ -40,6 +53,10 @@ __all__ = [
     "Compressible",
     "CheckpointFormat",
     "register_family",
+    "Inheritance",
+    "Part",
+    "Slice",
+    "kept_layers",
     "FAMILIES",
     "ARCHITECTURES",
     "family_names",

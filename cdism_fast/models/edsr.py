@@ -35,10 +35,14 @@ from .common import (
 from .family import (
     CheckpointFormat,
     CheckpointMismatch,
+    Inheritance,
+    Part,
     Preset,
     SRModel,
     check_rgb_input,
+    conv_slices,
     indices,
+    kept_layers,
     register_family,
 )
 
@@ -158,6 +162,7 @@ class EDSR(SRModel):
     )
     deep_feature_modules = ("body", "conv_after_body")  # EDSR-PyTorch's ``body``
     structure_keys = ("scale", "n_c", "n_b", "n_l")
+    block_module = "body"
 
     def __init__(self, scale: int = 2, n_c: int = 64, n_b: int = 16, n_l: int = 1, res_scale: float = 1.0,
                  rgb_range: float = 255.0, rgb_mean=DIV2K_RGB_MEAN):
@@ -198,6 +203,30 @@ class EDSR(SRModel):
 
     def channel_multiple(self) -> int:
         return EDSR_CHANNEL_MULTIPLE
+
+    def inheritance(self, student: EDSR, blocks: list[int]) -> Inheritance:
+        """One channel space for the residual stream (head, every block's input and output, the conv after
+        the body, the upsampler's input and, four entries per channel at x2, its shuffled output) and one per
+        kept inner convolution; a student block takes its first convolutions and the last of the teacher's."""
+        stream = (Part("features"),)
+        sizes = (self.n_c, student.n_c)
+        spaces, weights = {"features": sizes}, conv_slices("conv_first", "conv_first", stream, None)
+        layers = kept_layers(student.n_l + 1, self.n_l + 1)
+        for j, b in enumerate(blocks):
+            for i, t in enumerate(layers, start=1):
+                inner = f"body.{b}.conv{t}"
+                out = stream if i == len(layers) else (Part(inner),)
+                inp = stream if t == 1 else (Part(f"body.{b}.conv{t - 1}"),)
+                for part in (*out, *inp):
+                    spaces.setdefault(part.space, sizes)
+                weights.update(conv_slices(f"body.{j}.conv{i}", inner, out, inp))
+        weights.update(conv_slices("conv_after_body", "conv_after_body", stream, stream))
+        for index in range(0, len(self.upsample), 2):  # conv, shuffle, conv, shuffle, ...
+            factor = self.upsample[index + 1].upscale_factor
+            name = f"upsample.{index}"
+            weights.update(conv_slices(name, name, (Part("features", group=factor * factor),), stream))
+        weights.update(conv_slices("conv_last", "conv_last", None, stream))
+        return Inheritance(spaces, weights)
 
     def extra_repr(self) -> str:
         return (f"scale={self.scale}, n_c={self.n_c}, n_b={self.n_b}, n_l={self.n_l}, res_scale={self.res_scale}, "

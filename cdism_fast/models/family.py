@@ -24,6 +24,11 @@ module of its folder, so a family is one file. Its declaration is:
   id spandrel (the model loader of chaiNNer and ComfyUI) detects that layout as, or None where spandrel
   does not know the family; ``spandrel_mismatch()`` says why spandrel would build another network
   from this model's file (an option it does not read), or None.
+* optionally, how a smaller member takes its weights from a larger one (``distill --init inherit``):
+  ``block_module`` (the submodule listing the deep-feature blocks, one of which is kept or dropped as a
+  whole) and ``inheritance(student, blocks)`` (:class:`Inheritance`: for every parameter of the student,
+  the teacher's parameter it is sliced from and which channel space each of its dimensions runs over).
+  A family without them says why in ``inheritance_refusal``.
 
 ``with_structure``, ``deep_feature_parameters`` and ``inherited_options`` follow from these.
 """
@@ -151,6 +156,78 @@ class CheckpointFormat:
         return f"{self.name} ({', '.join(self.keys)})"
 
 
+class Part(NamedTuple):
+    """A run of entries along one dimension of a teacher's parameter: the channels of the channel space
+    ``space``, each ``group`` consecutive entries wide (a pixel shuffle's r² input channels make one output
+    channel), or, with ``space=None``, ``size`` entries that the student drops.
+
+    >>> from cdism_fast.models import Part
+    >>> Part("features"), Part(None, size=16)
+    (Part(space='features', size=0, group=1), Part(space=None, size=16, group=1))
+    """
+
+    space: Optional[str]
+    size: int = 0
+    group: int = 1
+
+
+class Slice(NamedTuple):
+    """Where one parameter of an inheriting student comes from: the teacher's parameter ``source`` and, per
+    dimension, the :class:`Part` s that dimension is made of in the teacher, in order (``None``: the whole
+    dimension is kept, e.g. a kernel's height or an RGB input).
+
+    >>> from cdism_fast.models import Part, Slice
+    >>> Slice("conv_first.weight", ((Part("features"),), None, None, None)).source
+    'conv_first.weight'
+    """
+
+    source: str
+    dims: tuple
+
+
+@dataclass(frozen=True)
+class Inheritance:
+    """How a student takes its weights from a teacher of its family (see :mod:`cdism_fast.inheritance`).
+
+    ``spaces``: every channel space, ``name -> (the teacher's channels, the student's)``; one space is shared
+    by every dimension that must keep the same channels (the residual stream of the deep features, from the
+    first convolution to the upsampler). ``weights``: every parameter of the student, by name, and its
+    :class:`Slice` of the teacher. Which channels of a space are kept is chosen from the magnitudes (of a
+    pruned copy of the teacher) along all the dimensions that run over it.
+
+    >>> from cdism_fast.models import Inheritance, Part, Slice
+    >>> plan = Inheritance({"features": (64, 16)}, {"head.bias": Slice("head.bias", ((Part("features"),),))})
+    >>> plan.spaces["features"]
+    (64, 16)
+    """
+
+    spaces: dict
+    weights: dict
+
+
+def kept_layers(student_layers: int, teacher_layers: int) -> list[int]:
+    """Which of a teacher block's ``teacher_layers`` layers (1-based) a block of ``student_layers`` layers
+    takes, in order: the first ``student_layers - 1`` and the last (the one that closes the block).
+
+    >>> from cdism_fast.models import kept_layers
+    >>> kept_layers(2, 4), kept_layers(1, 4), kept_layers(3, 3)
+    ([1, 4], [4], [1, 2, 3])
+    """
+    if not 1 <= student_layers <= teacher_layers:
+        raise ValueError(f"a student block of {student_layers} layers cannot take them from a teacher block of "
+                         f"{teacher_layers}")
+    return [*range(1, student_layers), teacher_layers]
+
+
+def conv_slices(student: str, teacher: str, out, inp, bias: bool = True) -> dict:
+    """The :class:`Slice` entries of a student convolution ``student`` taken from the teacher's ``teacher``:
+    ``out`` and ``inp`` are the output and input dimensions' parts (None: whole); its bias when ``bias``."""
+    entries = {f"{student}.weight": Slice(f"{teacher}.weight", (out, inp, None, None))}
+    if bias:
+        entries[f"{student}.bias"] = Slice(f"{teacher}.bias", (out,))
+    return entries
+
+
 def _key_regex(pattern: str) -> str:
     return ".*".join(r"\d+".join(map(re.escape, part.split(INDEX))) for part in pattern.split(ANY))
 
@@ -175,6 +252,11 @@ class SRModel(nn.Module):
     #: The architecture id spandrel gives the layout of :meth:`official_state_dict` ("Compact", "SwinIR"), or
     #: None where spandrel does not know the family (``tests/test_spandrel_export.py`` checks both).
     spandrel_architecture: ClassVar[Optional[str]] = None
+    #: The submodule whose children are the deep-feature blocks a student inheriting from this model picks
+    #: from (``--init inherit``; None: the family declares no inheritance, see ``inheritance_refusal``).
+    block_module: ClassVar[Optional[str]] = None
+    #: Why the students of this family cannot inherit their weights (when ``block_module`` is None).
+    inheritance_refusal: ClassVar[str] = "the family declares no weight inheritance (block_module, inheritance)"
     scale: int
 
     @classmethod
@@ -213,6 +295,10 @@ class SRModel(nn.Module):
         """Why spandrel would not rebuild this very network from :meth:`official_state_dict` (an option it
         does not read from the tensors), or None; only asked of a family with a ``spandrel_architecture``."""
         return None
+    def inheritance(self, student: SRModel, blocks: list[int]) -> Inheritance:
+        """How ``student`` (a smaller member of this family, same options) takes its weights from this model,
+        its block ``j`` from this model's block ``blocks[j]`` (0-based, ascending)."""
+        raise NotImplementedError(f"{type(self).__name__}: {self.inheritance_refusal}")
 
 
 #: Model families by name, in the order their modules were imported (see :func:`register_family`).

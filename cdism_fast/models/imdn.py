@@ -24,11 +24,15 @@ from torch import nn
 from .common import check_positive_int, check_rgb, construct
 from .family import (
     CheckpointFormat,
+    Inheritance,
+    Part,
     Preset,
     SRModel,
     check_multiple,
     check_rgb_input,
+    conv_slices,
     indices,
+    kept_layers,
     register_family,
 )
 
@@ -113,6 +117,7 @@ class IMDN(SRModel):
     )
     #: The blocks, the fusion of their outputs and the conv before the global skip.
     deep_feature_modules = ("blocks", "c", "LR_conv")
+    block_module = "blocks"
 
     def __init__(self, scale: int = 2, n_c: int = 64, n_b: int = 6, n_l: int = 4):
         super().__init__()
@@ -143,6 +148,45 @@ class IMDN(SRModel):
 
     def channel_multiple(self) -> int:
         return IMDN_CHANNEL_MULTIPLE
+
+    def inheritance(self, student: IMDN, blocks: list[int]) -> Inheritance:
+        """One channel space for the features every block reads and adds to (``fea_conv``, the blocks, each
+        block's slot in the fusion ``c``, ``LR_conv``, the upsampler's input); per kept block, the distilled
+        and the remaining channels of each kept progressive conv and the channel attention's bottleneck. A
+        student block takes the teacher block's first convs and its last (which gives distilled channels only)."""
+        stream = (Part("features"),)
+        spaces, weights = {"features": (self.n_c, student.n_c)}, conv_slices("fea_conv", "fea_conv", stream, None)
+        steps, kept = self.n_l, kept_layers(student.n_l, self.n_l)
+        distilled = (self.n_c // 4, student.n_c // 4)
+        remaining = (self.n_c - distilled[0], student.n_c - distilled[1])
+        attention = (max(1, distilled[0] * steps // ATTENTION_REDUCTION),
+                     max(1, distilled[1] * student.n_l // ATTENTION_REDUCTION))
+        for j, b in enumerate(blocks):
+            teacher, name = f"IMDB{b + 1}", f"IMDB{j + 1}"
+            for i, t in enumerate(kept, start=1):
+                spaces[f"{teacher}.d{t}"] = distilled
+                out = (Part(f"{teacher}.d{t}"),)
+                if t < steps:
+                    spaces[f"{teacher}.r{t}"] = remaining
+                    out += (Part(f"{teacher}.r{t}"),)
+                if t == 1:
+                    inp = stream
+                else:  # the teacher's conv t reads the remaining channels of its conv t - 1
+                    spaces[f"{teacher}.r{t - 1}"] = (remaining[0], student.n_c if i == 1 else remaining[1])
+                    inp = (Part(f"{teacher}.r{t - 1}"),)
+                weights.update(conv_slices(f"{name}.c{i}", f"{teacher}.c{t}", out, inp))
+            pieces = tuple(Part(f"{teacher}.d{t}") if t in kept else Part(None, distilled[0])
+                           for t in range(1, steps + 1))
+            spaces[f"{teacher}.attention"] = attention
+            hidden = (Part(f"{teacher}.attention"),)
+            weights.update(conv_slices(f"{name}.cca.conv_du.0", f"{teacher}.cca.conv_du.0", hidden, pieces))
+            weights.update(conv_slices(f"{name}.cca.conv_du.2", f"{teacher}.cca.conv_du.2", pieces, hidden))
+            weights.update(conv_slices(f"{name}.c{student.n_l + 1}", f"{teacher}.c{steps + 1}", stream, pieces))
+        outputs = tuple(Part("features") if b in blocks else Part(None, self.n_c) for b in range(self.n_b))
+        weights.update(conv_slices("c.0", "c.0", stream, outputs))
+        weights.update(conv_slices("LR_conv", "LR_conv", stream, stream))
+        weights.update(conv_slices("upsampler.0", "upsampler.0", None, stream))
+        return Inheritance(spaces, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rgb(x)

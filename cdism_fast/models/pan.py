@@ -25,11 +25,16 @@ from .common import check_positive_int, check_rgb, construct
 from .family import (
     CheckpointFormat,
     CheckpointMismatch,
+    Inheritance,
+    Part,
     Preset,
+    Slice,
     SRModel,
     check_multiple,
     check_rgb_input,
+    conv_slices,
     indices,
+    kept_layers,
     register_family,
 )
 
@@ -119,6 +124,7 @@ class PAN(SRModel):
         CheckpointFormat("PAN", ("SCPA_trunk.0.conv1_a.weight",), _infer_pan),
     )
     deep_feature_modules = ("SCPA_trunk", "trunk_conv")
+    block_module = "SCPA_trunk"
 
     def __init__(self, scale: int = 2, n_c: int = 40, n_b: int = 16, n_l: int = 1, unf: int = 24):
         super().__init__()
@@ -149,6 +155,40 @@ class PAN(SRModel):
 
     def channel_multiple(self) -> int:
         return PAN_CHANNEL_MULTIPLE
+
+    def inheritance(self, student: PAN, blocks: list[int]) -> Inheritance:
+        """One channel space for the features (``conv_first``, every SC-PA block's input and output,
+        ``trunk_conv``, the first upsampling conv's input); per kept block, one per half-width feature map (the
+        plain half after each kept conv, the attention half before and after ``PAConv``). The reconstruction
+        keeps its ``unf`` channels (the student has the teacher's). A student block takes the first convs of
+        the plain half and its last."""
+        stream = (Part("features"),)
+        halves = (self.n_c // 2, student.n_c // 2)
+        spaces, weights = {"features": (self.n_c, student.n_c)}, conv_slices("conv_first", "conv_first", stream, None)
+        kept = kept_layers(student.n_l, self.n_l)
+        for j, b in enumerate(blocks):
+            teacher, name = f"SCPA_trunk.{b}", f"SCPA_trunk.{j}"
+            half = {}
+            for label in ("b0", "pa", "b1", *(f"a{t}" for t in range(self.n_l + 1))):
+                spaces[f"{teacher}.{label}"] = halves
+                half[label] = (Part(f"{teacher}.{label}"),)
+            # (student conv, teacher conv, output, input, bias); k1's convs sit at 0, 2, 4 ... (LeakyReLUs between)
+            convs = [("conv1_a", "conv1_a", half["a0"], stream, False),
+                     ("conv1_b", "conv1_b", half["b0"], stream, False),
+                     *((f"k1.{2 * (i - 1)}", f"k1.{2 * (t - 1)}", half[f"a{t}"], half[f"a{t - 1}"], False)
+                       for i, t in enumerate(kept, start=1)),
+                     ("PAConv.k2", "PAConv.k2", half["pa"], half["b0"], True),
+                     ("PAConv.k3", "PAConv.k3", half["pa"], half["b0"], False),
+                     ("PAConv.k4", "PAConv.k4", half["b1"], half["pa"], False),
+                     ("conv3", "conv3", stream, half[f"a{self.n_l}"] + half["b1"], False)]
+            for mine, theirs, out, inp, bias in convs:
+                weights.update(conv_slices(f"{name}.{mine}", f"{teacher}.{theirs}", out, inp, bias=bias))
+        weights.update(conv_slices("trunk_conv", "trunk_conv", stream, stream))
+        for name, parameter in self.named_parameters():  # the reconstruction, whole but for its first input
+            if not name.startswith(("conv_first.", "SCPA_trunk.", "trunk_conv.")):
+                weights[name] = Slice(name, (None, stream, None, None) if name == "upconv1.weight"
+                                      else (None,) * parameter.dim())
+        return Inheritance(spaces, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rgb(x)

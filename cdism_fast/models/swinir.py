@@ -292,6 +292,9 @@ class SwinIR(SRModel):
     deep_feature_modules = ("patch_embed", "layers", "norm", "conv_after_body")
     structure_keys = ("scale", "embed_dim", "depths", "num_heads")
     spandrel_architecture = "SwinIR"
+    inheritance_refusal = ("its LayerNorms normalise over every channel and its attention splits the channels "
+                           "into heads, so a subset of a teacher's channels is not the function of a smaller "
+                           "SwinIR")
 
     def __init__(self, scale: int = 2, embed_dim: int = 60, depths: Sequence[int] = (6, 6, 6, 6),
                  num_heads: Sequence[int] = (6, 6, 6, 6), window_size: int = 8, mlp_ratio: float = 2.0,

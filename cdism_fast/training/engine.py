@@ -43,6 +43,7 @@ from . import distributed
 from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
 from .ema import ExponentialMovingAverage
 from .monitor import RunLog, drop_repeated_records
+from .precision import AMP_CHOICES, AMP_DTYPES, resolve_amp, workload_of
 from .sampler import ShardedStreamSampler
 
 __all__ = ["StopRequest", "LoopSettings", "TrainConfig", "setting", "TrainResult", "Trainer", "NonFiniteLossError",
@@ -51,7 +52,6 @@ __all__ = ["StopRequest", "LoopSettings", "TrainConfig", "setting", "TrainResult
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 CHECKPOINT_FORMAT = "cdism_fast.training/1"
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -86,8 +86,9 @@ class LoopSettings:
     ``checkpoint_every`` / ``validate_every`` / ``log_every`` are in
     iterations; 0 turns the periodic action off (a checkpoint is still written
     at the end and on interruption, and validation still runs at the end when
-    a validation callable is given). ``amp``: ``"none"``, ``"bf16"`` or
-    ``"fp16"`` autocast (fp16 also scales the loss; it needs CUDA).
+    a validation callable is given). ``amp``: ``"auto"`` (bf16 autocast for the
+    workloads this CPU runs faster in bf16, else fp32: :mod:`~cdism_fast.training.precision`),
+    ``"none"`` (fp32), ``"bf16"`` or ``"fp16"`` autocast (fp16 also scales the loss; it needs CUDA).
     ``channels_last``: ``None`` picks the faster layout (see :func:`uses_channels_last`).
     ``ema_decay``: keep an exponential moving average of the weights.
     ``compile``: train through ``torch.compile(model, fullgraph=True, dynamic=False)``.
@@ -101,7 +102,10 @@ class LoopSettings:
     log_every: int = setting(50, help="interval between log lines", unit="iterations")
     num_workers: int = setting(0, help="DataLoader worker processes (0: load in the training process; a "
                                          "preset's value is capped by the CPUs this process may use)")
-    amp: str = setting("none", help="autocast precision (fp16 needs CUDA)", choices=tuple(AMP_DTYPES))
+    amp: str = setting("auto", help="autocast precision: auto (bf16 where this CPU measured faster in it, per "
+                                    "workload, else fp32; `cdism-fast info` shows the choice), none (fp32), bf16, "
+                                    "fp16 (CUDA only); evaluation and validation always run in fp32",
+                       choices=AMP_CHOICES)
     channels_last: Optional[bool] = setting(
         None, help="channels_last memory format (unset: the faster one measured: on for CUDA, and on the CPU "
                    "for convolutional models such as EDSR, off for SwinIR)")
@@ -118,8 +122,8 @@ class LoopSettings:
             check_int(name, getattr(self, name), expected="a positive integer")
         for name in ("checkpoint_every", "validate_every", "log_every", "num_workers"):
             _check_off_or_more(name, getattr(self, name))
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
@@ -235,9 +239,11 @@ class Trainer:
     on) and the batch on the training device, and returns a scalar loss.
     ``validate(model)`` (optional, called on rank 0 under ``no_grad`` with the
     EMA model when EMA is on, in eval mode) returns a dict of numbers, e.g.
-    ``{"psnr": ..., "ssim": ...}``. ``scheduler`` is stepped once per
+    ``{"psnr": ..., "ssim": ...}``, always in fp32. ``scheduler`` is stepped once per
     iteration. ``kind`` names what is trained (a checkpoint of another kind
-    is refused on resume); ``metadata`` is stored in the checkpoint as is.
+    is refused on resume; it is also the workload ``config.amp="auto"`` decides for,
+    see :func:`~cdism_fast.training.precision.workload_of`); ``metadata`` is stored in the
+    checkpoint as is. ``precision`` is what the autocast resolved to, and why.
     ``note``: one line said once when training starts (printed on rank 0 and
     kept in the log's ``start`` record).
     """
@@ -254,10 +260,8 @@ class Trainer:
         self.kind, self.metadata = kind, dict(metadata or {})
         self.step_loss, self.optimizer, self.scheduler, self.validate = step_loss, optimizer, scheduler, validate
         self.dataset = dataset
-        amp_dtype = AMP_DTYPES[config.amp]
-        if amp_dtype == torch.float16 and self.device.type != "cuda":
-            raise ValueError(f"amp='fp16' needs a CUDA device (training runs on {self.device}); use 'bf16' or 'none'")
-        self.amp_dtype = amp_dtype
+        self.precision = resolve_amp(config.amp, self.device, workload_of(kind))
+        amp_dtype = self.amp_dtype = self.precision.dtype
         self.channels_last = uses_channels_last(config.channels_last, self.device, model)
         self.model = model.to(self.device)
         if self.channels_last:

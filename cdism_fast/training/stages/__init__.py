@@ -11,7 +11,8 @@ Each stage's own options are one frozen dataclass (:class:`PruneOptions`,
   to the loss, so it is not counted twice); writes ``density.json``.
 * :func:`compress` (stage 2): the compact structure from the density
   (:func:`~cdism_fast.compress.compress_config`) and a before/after table.
-* :func:`distill` (stage 3): the compact student from random initialisation,
+* :func:`distill` (stage 3): the compact student from random initialisation (or from
+  the teacher's weights, ``DistillOptions.init``),
   :func:`~cdism_fast.ops.distillation_loss` against the frozen teacher (eval
   mode, ``no_grad``), AdaMax with betas (0.9, 0.99); ``kd=False`` trains the
   same student on the ground truth alone, with the same budget.
@@ -60,10 +61,13 @@ from .stage2_compress import (
     structure_table,
 )
 from .stage3_distill import (
+    INITS,
     STRUCTURE_SPEC,
     DistillOptions,
     check_patch_size,
     distill,
+    init_problem,
+    initial_weights,
     student_from,
     teacher_only_loss,
 )
@@ -75,7 +79,7 @@ __all__ = [
     "validation_sets", "make_validator", "TeacherOutputs", "load_stage_model", "MODEL_FILE", "DENSITY_FILE",
     "STUDENT_FILE", "FLOPS_SIZE", "flops_size", "SAMPLES_PER_EPOCH", "TRAINING_FILES", "STRUCTURE_SPEC",
     "CACHE_OFF", "TARGETS", "check_cache_folder", "check_patch_size", "density_value", "data_fingerprint",
-    "with_overrides", "check_student_family",
+    "with_overrides", "check_student_family", "INITS", "init_problem", "initial_weights",
 ]
 
 #: The options dataclass of each stage that has options beyond its :class:`StageSettings`. Fields of

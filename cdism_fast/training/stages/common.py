@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..._checks import check_int
-from ..artifacts import data_source, mark_stage, prepare_run_folder, save_model, stage_inputs
+from ..artifacts import data_source, mark_stage, prepare_run_folder, read_stage, save_model, stage_inputs
 from ..checkpoint import load_checkpoint
 from ..distributed import on_main
 from ..engine import (
@@ -28,13 +28,14 @@ from ..engine import (
     TrainResult,
     setting,
 )
+from ..precision import Precision, check_amp, resolve_amp, workload_of
 
 __all__ = ["StageSettings", "StageResult", "TargetOptions", "TARGETS", "CACHE_OFF", "HOLDOUT_MAX",
            "training_pairs", "unlabelled_split", "default_holdout", "validation_sets", "make_validator",
            "TeacherOutputs", "stage_patches", "to_unit", "with_overrides", "available_cpus", "open_stage",
            "train_stage", "patch_loss", "finish_stage", "data_fingerprint", "load_stage_model", "setting",
-           "check_cache_folder", "teacher_targets", "frozen_teacher", "MODEL_FILE", "DENSITY_FILE", "STUDENT_FILE",
-           "FLOPS_SIZE", "flops_size", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
+           "check_cache_folder", "record_precision", "teacher_targets", "frozen_teacher", "MODEL_FILE",
+           "DENSITY_FILE", "STUDENT_FILE", "FLOPS_SIZE", "flops_size", "SAMPLES_PER_EPOCH", "TRAINING_FILES"]
 
 MODEL_FILE = "model.pt"
 DENSITY_FILE = "density.json"
@@ -328,13 +329,16 @@ def frozen_teacher(teacher: nn.Module, device, settings: StageSettings) -> nn.Mo
     return teacher
 
 
-def teacher_targets(teacher: nn.Module, patches, folder: Path, settings: StageSettings):
+def teacher_targets(teacher: nn.Module, patches, folder: Path, settings: StageSettings, out_dir, device):
     """The teacher's outputs on every training image of ``patches``, checked and built before training in the
-    cache ``folder`` (:class:`~cdism_fast.training.teacher_cache.TeacherCache`), and attached to the patches."""
-    from ..engine import AMP_DTYPES
+    cache ``folder`` (:class:`~cdism_fast.training.teacher_cache.TeacherCache`), in the precision ``settings.amp``
+    resolves to for the ``cache`` workload on ``device`` (recorded in ``out_dir``'s ``stage.json``), and attached
+    to the patches."""
     from ..teacher_cache import TeacherCache
 
-    cache = TeacherCache(folder, teacher, patches, amp_dtype=AMP_DTYPES[settings.amp], progress=settings.progress)
+    precision = resolve_amp(settings.amp, device, "cache")
+    on_main(record_precision, out_dir, "cache", precision)
+    cache = TeacherCache(folder, teacher, patches, amp_dtype=precision.dtype, progress=settings.progress)
     cache.prepare()
     patches.use_targets(cache)
     return cache
@@ -355,11 +359,12 @@ def data_fingerprint(data) -> Optional[str]:
 
 
 def open_stage(folder, stage: str, settings: StageSettings, record: dict, *, scale: int, data, val, resume: bool,
-               overwrite: bool, inputs: dict | None, files=TRAINING_FILES, pairs=None):
-    """(pairs, patches): the training pairs of ``data`` at ``scale`` (checked first: a refusal leaves no folder;
-    ``pairs`` given: those) and their patch stream (:func:`stage_patches`), once the stage folder is prepared
-    (rank 0): ``stage.json`` records ``settings``, ``record`` (the stage's options and what it depends on) and the
-    data with its fingerprint, so that a resume with other inputs is refused."""
+               overwrite: bool, inputs: dict | None, device, files=TRAINING_FILES, pairs=None):
+    """(pairs, patches): the training pairs of ``data`` at ``scale`` (``pairs`` given: those) and ``settings.amp``
+    on ``device`` (checked first: a refusal leaves no folder) and their patch stream (:func:`stage_patches`), once
+    the stage folder is prepared (rank 0): ``stage.json`` records ``settings``, ``record`` (the stage's options and
+    what it depends on) and the data with its fingerprint, so that a resume with other inputs is refused."""
+    check_amp(settings.amp, device)
     pairs = training_pairs(data, scale) if pairs is None else pairs
     record = {**asdict(settings), **record, "data": data_source(data),
               "data_fingerprint": data_fingerprint(data)}
@@ -383,11 +388,19 @@ def train_stage(model: nn.Module, step_loss: Callable, optimizer, patches, setti
                                                                      gamma=settings.gamma),
                       context=context, kind=kind, validate=make_validator(sets, scale),
                       metadata=metadata, note=note)
+    on_main(record_precision, folder, workload_of(kind), trainer.precision)
     try:
         return trainer, trainer.fit(resume=resume)
     except NonFiniteLossError as error:
         on_main(mark_stage, folder, status="failed", error=str(error))
         raise
+
+
+def record_precision(folder, workload: str, precision: Precision) -> None:
+    """Add to ``stage.json``'s ``precision`` what ``workload`` runs in (``amp``), as requested, and why (what
+    ``--amp auto`` resolved to on this machine); a resume records its own."""
+    record = read_stage(folder) or {}
+    mark_stage(folder, precision={**(record.get("precision") or {}), workload: precision.as_record()})
 
 
 def finish_stage(result: TrainResult, trainer: Trainer, folder: Path, extra_info: dict | None = None,

@@ -16,7 +16,7 @@ def train_teacher(model: nn.Module, out_dir, settings: StageSettings, data=None,
     """Stage 0: train ``model`` from its current weights with L1 loss and Adam (betas 0.9, 0.999)."""
     context = context or distributed.setup()
     _, patches = open_stage(out_dir, "train", settings, {"model": model_spec(model)}, scale=model.scale, data=data,
-                            val=val, resume=resume, overwrite=overwrite, inputs=inputs)
+                            val=val, resume=resume, overwrite=overwrite, inputs=inputs, device=context.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     trainer, result = train_stage(model, patch_loss(torch.nn.functional.l1_loss), optimizer, patches, settings,
                                   out_dir, resume=resume, description="stage 0: teacher", kind="train", data=data,

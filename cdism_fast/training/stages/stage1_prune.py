@@ -141,12 +141,13 @@ def prune(teacher: nn.Module, out_dir, settings: StageSettings, options: PruneOp
         depends.update(holdout=len(held), teacher_cache=str(cache_folder) if cache_folder else CACHE_OFF,
                        **_teacher_targets_record(held))
     _, patches = open_stage(out_dir, "prune", settings, {**schedule, **depends}, scale=model.scale, data=data,
-                            val=val, resume=resume, overwrite=overwrite, inputs=inputs,
+                            val=val, resume=resume, overwrite=overwrite, inputs=inputs, device=context.device,
                             files=(*TRAINING_FILES, DENSITY_FILE), pairs=train_images)
     loss = functools.partial(charbonnier, eps=CHARBONNIER_EPS)
     reference = frozen_teacher(teacher, context.device, settings) if options.teacher_targets else None
     if reference is not None:
-        cache = teacher_targets(reference, patches, cache_folder, settings) if cache_folder else None
+        cache = (teacher_targets(reference, patches, cache_folder, settings, out_dir, context.device)
+                 if cache_folder else None)
         step_loss = _teacher_step_loss(loss, reference, cache)
     else:
         step_loss = patch_loss(loss)

@@ -9,10 +9,12 @@ from typing import Optional
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ...ops import STUDENT_LOSSES
 from .. import distributed
-from ..artifacts import build_from_spec, model_spec, records_failure
+from ..artifacts import build_from_spec, mark_stage, model_spec, records_failure
+from ..distributed import on_main
 from .common import (
     CACHE_OFF,
     StageResult,
@@ -32,6 +34,8 @@ from .common import (
 
 #: How the distillation loss sums a pyramid level.
 REDUCTIONS = ("mean", "sum")
+#: The student's initial weights: sliced from the teacher, random, or the first where the student can inherit.
+INITS = ("auto", "inherit", "scratch")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,12 @@ class DistillOptions(TargetOptions):
     ``targets``, ``holdout`` and ``teacher_cache`` are :class:`TargetOptions`'
     (shared with pruning): with ``targets="teacher"`` there is no ground truth,
     so the loss is the distillation term L_dis alone (``alpha`` does not apply).
+    ``init``: the student's initial weights. ``"inherit"`` slices them out of the
+    teacher (:mod:`cdism_fast.inheritance`: the blocks and channels of the largest
+    magnitudes in the pruned teacher, stage 1's output), for a student of the
+    teacher's own family; ``"scratch"`` draws them from ``seed``; ``"auto"``
+    inherits where the student can and starts from scratch otherwise (a student of
+    another family, e.g. EDSRmini from IMDN), saying so.
     """
     alpha: float = setting(0.1, help="weight of the student loss (not used with --targets teacher: no ground truth)")
     student_loss: str = setting("l1", help="the teacher family's original loss (l1: EDSR and SwinIR)",
@@ -52,6 +62,10 @@ class DistillOptions(TargetOptions):
                              choices=REDUCTIONS)
     high_pass: bool = setting(True, help="the high-pass term L_Lap(HF(s), HF(t)) of eq. (9); --no-high-pass "
                                          "drops it (an ablation: the student loss and the pyramid term remain)")
+    init: str = setting("scratch", help="the student's initial weights: inherit (sliced from the teacher, the "
+                                        "blocks and channels of the largest magnitudes in the pruned teacher; a "
+                                        "student of the teacher's family), scratch (random, from --seed) or auto "
+                                        "(inherit where the student can, else scratch)", choices=INITS)
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,6 +73,8 @@ class DistillOptions(TargetOptions):
             raise ValueError(f"student_loss must be one of {STUDENT_LOSSES}, got {self.student_loss!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
 
 
 #: What distillation says once, in the log and on the terminal, when the targets are the teacher's outputs.
@@ -146,23 +162,58 @@ def _describe(model: nn.Module) -> dict:
     return model_record(model)
 
 
+def init_problem(init: str, teacher: Optional[nn.Module], student: nn.Module) -> Optional[str]:
+    """Why ``student`` will not inherit from ``teacher`` under ``init`` (None: it will, or ``init`` is scratch);
+    ``init="inherit"`` turns a reason into a one-line ValueError naming it (raised before anything is written)."""
+    from ...inheritance import inheritance_problem
+
+    if init == "scratch":
+        return None
+    problem = "no teacher was given" if teacher is None else inheritance_problem(teacher, student)
+    if problem is not None and init == "inherit":
+        raise ValueError(f"--init inherit: {problem}; pass --init scratch (nothing was written)")
+    return problem
+
+
+def initial_weights(init: str, teacher: Optional[nn.Module], student: nn.Module,
+                    pruned: Optional[nn.Module] = None) -> dict:
+    """Give ``student`` its initial weights by ``init`` (see :class:`DistillOptions`): it keeps its random ones,
+    or inherits ``teacher``'s, chosen by ``pruned``'s magnitudes (:func:`cdism_fast.inheritance.inherit`); returns
+    what was done, and why, for ``stage.json``."""
+    from ...inheritance import inherit
+
+    problem = init_problem(init, teacher, student)
+    if init == "scratch":
+        return {"init": "scratch", "requested": init, "reason": "asked for"}
+    if problem is not None:
+        return {"init": "scratch", "requested": init, "reason": problem}
+    kept = inherit(student, teacher, pruned)
+    return {"init": "inherit", "requested": init,
+            "reason": f"sliced from the teacher, blocks and channels chosen by {kept['chosen_from']}'s magnitudes",
+            "blocks": kept["blocks"], "channels": kept["channels"]}
+
+
 @records_failure
 def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSettings,
             options: DistillOptions = DistillOptions(), data=None, val=None, *, kd: bool = True,
             scale: Optional[int] = None, resume: bool = False, overwrite: bool = False,
-            context: distributed.DistributedContext | None = None, inputs: dict | None = None) -> StageResult:
-    """Stage 3: train ``student`` (re-initialised from ``settings.seed``) with AdaMax, betas (0.9, 0.99).
+            context: distributed.DistributedContext | None = None, inputs: dict | None = None,
+            pruned: Optional[nn.Module] = None) -> StageResult:
+    """Stage 3: train ``student`` (initialised from ``settings.seed``, or from the teacher: ``options.init``) with
+    AdaMax, betas (0.9, 0.99).
 
     With ``kd`` the loss is ``distillation_loss(student(x), teacher(x), gt,
     alpha, student_loss)`` with the options' ``alpha``, ``student_loss`` and
     ``reduction``; the teacher is frozen, in eval mode, and runs under
     ``no_grad`` (in the autocast dtype when AMP is on). Without ``kd`` (the
-    ablation) the loss is ``student_loss(student(x), gt)`` alone and no teacher
-    is needed. The teacher may be any module mapping RGB [0, 1] to RGB [0, 1] at
+    ablation) the loss is ``student_loss(student(x), gt)`` alone, and a teacher, when given,
+    only gives the initial weights of an inheriting student (so that the ablation starts where its KD twin
+    does). The teacher may be any module mapping RGB [0, 1] to RGB [0, 1] at
     the student's scale (another family than the student's, too); another scale is
     refused before anything is written. ``student``: a model, a student.json or its
     dict, a preset or ``family:n_b,n_l,n_c`` (these two at ``scale``, default: the
-    teacher's, else 2).
+    teacher's, else 2). ``pruned``: the pruned teacher (stage 1's model) whose magnitudes choose what an
+    inheriting student keeps; None: the teacher's own.
 
     With ``options.targets == "teacher"`` each image of ``data`` is an LR input as
     it is, the target is the teacher's output on it (cached or live) and the loss
@@ -179,10 +230,10 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     if kd and teacher is None:
         raise ValueError("teacher is required for distillation (kd=True); pass kd=False for the ground-truth-only "
                          "ablation")
-    teacher_scale = _scale_of(teacher) if teacher is not None and kd else None
+    teacher_scale = _scale_of(teacher) if teacher is not None else None
     spec = student
     student = student_from(spec, scale=scale or teacher_scale or 2)
-    if teacher_scale is not None and teacher_scale != student.scale:
+    if kd and teacher_scale != student.scale:
         raise ValueError(f"the teacher upscales ×{teacher_scale} but the student ×{student.scale}; distill from a "
                          "teacher of the student's scale (nothing was written)")
     if kd:
@@ -193,20 +244,30 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
     context = context or distributed.setup()
     torch.manual_seed(settings.seed)  # the same initial student for the KD run and its ablation
     model = build_from_spec(model_spec(student))
+    init = initial_weights(options.init, teacher, model, pruned)
+    inherits = init["init"] == "inherit"
     kind = "distill" if kd else "distill-no-kd"
     used = teacher is not None and kd
     recorded_options = {**asdict(options), "teacher_cache": str(cache_folder) if cache_folder else CACHE_OFF}
     record = {"kd": kd, **recorded_options, "student": model_spec(model),
-              "teacher": _describe(teacher) if used else None,
-              "teacher_weights": teacher_fingerprint(teacher) if used else None}
+              "teacher": _describe(teacher) if used or inherits else None,
+              "teacher_weights": teacher_fingerprint(teacher) if used or inherits else None,
+              "pruned_weights": teacher_fingerprint(pruned) if inherits and pruned is not None else None}
     if held is not None:
         record.update(holdout=len(held), **_teacher_targets_record(held))
     given = {**(inputs or {}), "--student": spec if isinstance(spec, (str, Path)) else None}
     pairs, patches = open_stage(out_dir, kind, settings, record, scale=model.scale, data=data, val=val,
-                                resume=resume, overwrite=overwrite, inputs=given, pairs=train_images)
+                                resume=resume, overwrite=overwrite, inputs=given, device=context.device,
+                                pairs=train_images)
+    on_main(mark_stage, out_dir, init=init)
+    if context.is_main:
+        tqdm.write(f"{kind}: the student starts from "
+                   + (f"the teacher's weights ({init['reason']}; blocks {init['blocks']})" if inherits
+                      else f"scratch ({init['reason']})"))
     teacher = frozen_teacher(teacher, context.device, settings) if used else None
     optimizer = torch.optim.Adamax(model.parameters(), lr=settings.lr, betas=(0.9, 0.99))
-    cache = teacher_targets(teacher, patches, cache_folder, settings) if used and cache_folder else None
+    cache = (teacher_targets(teacher, patches, cache_folder, settings, out_dir, context.device)
+             if used and cache_folder else None)
     step_loss = _step_loss(teacher, cache, options)
     trainer, result = train_stage(model, step_loss, optimizer, patches, settings, out_dir,
                                   resume=resume, description="stage 3: distill" if kd else "stage 3: no-KD ablation",
@@ -214,7 +275,8 @@ def distill(teacher: Optional[nn.Module], student, out_dir, settings: StageSetti
                                   metadata={"student": model_spec(model), "kd": kd, **recorded_options},
                                   held_back=TeacherOutputs(held, teacher) if held is not None else None,
                                   note=TEACHER_TARGETS_NOTE if options.teacher_targets else None)
-    return finish_stage(result, trainer, out_dir, extra_info={"kd": kd, "targets": options.targets})
+    return finish_stage(result, trainer, out_dir, extra_info={"kd": kd, "targets": options.targets,
+                                                              "init": init["init"]})
 
 
 def _teacher_targets_record(held) -> dict:
