@@ -94,6 +94,10 @@ DEMO_LAMBDA = 0.04
 #: 0.15, 300 (200 Prox-SG) give d = 0.094, just above the 10% of the parameters the student should stay
 #: under, and 500 (350 Prox-SG) d = 0.0255 (a 21K student, 3% of the teacher); the schedule sits between.
 CPU291_LAMBDA = 0.15
+#: Gradient-norm clip of the cpu-291 pruning (a plain SGD step at lr 5e-3): the published PAN x2 jumps from a
+#: Charbonnier loss of 0.017 to 5,106 at iteration 52 without it (at lr 2.5e-3, at 122), fp32 and bf16 alike. The
+#: first batches' gradient norms are 0.006-0.02 (PAN) and 0.014-0.098 (IMDN), so the clip only stops a blow-up.
+CPU291_PRUNE_GRAD_CLIP = 0.5
 #: Set5 PSNR (dB, fp32-evaluated) of the cpu-291 IMDN student 4/2/28 after 1,000 distillation iterations (the
 #: preset's settings, milestones 500/750/875, --amp none, T91, the pruned model of the preset's stage 1), seeds 0
 #: and 1: what makes the preset's students inherit (``init="auto"``). The command: docs/workflow.md.
@@ -143,7 +147,7 @@ WORKFLOWS: dict[str, WorkflowPreset] = {
         teacher=StageSettings(iterations=8000, batch_size=16, patch_size=48, lr=2e-3, milestones=(4000, 6000, 7000),
                               checkpoint_every=500, log_every=100),
         prune=StageSettings(iterations=340, batch_size=16, patch_size=32, lr=5e-3, checkpoint_every=100,
-                            log_every=50),
+                            log_every=50, grad_clip=CPU291_PRUNE_GRAD_CLIP),
         prune_options=PruneOptions(lam=CPU291_LAMBDA, n_p=235, penalty="deep"),
         distill=StageSettings(iterations=8000, batch_size=16, patch_size=48, lr=2e-3, milestones=(4000, 6000, 7000),
                               checkpoint_every=500, log_every=100),
