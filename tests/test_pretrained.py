@@ -24,7 +24,7 @@ RECORDED_SETS = ("Set5", "Set14", "B100")
 
 
 def test_the_package_ships_the_students_of_the_291_image_run():
-    assert {"edsr_mini_291", "imdn_mini_291"} <= set(SHIPPED)
+    assert {"edsr_mini_291", "imdn_mini_291", "pan_mini_291"} <= set(SHIPPED)
     for name in SHIPPED:
         info = models.pretrained_info(name)
         assert set(RECORDED_SETS) <= set(info["scores"]), name

@@ -34,7 +34,7 @@ def read_registry() -> dict:
 
     >>> from cdism_fast.models.pretrained import read_registry
     >>> sorted(read_registry())
-    ['edsr_mini_291', 'imdn_mini_291']
+    ['edsr_mini_291', 'imdn_mini_291', 'pan_mini_291']
     """
     registry = resources.files(WEIGHTS_PACKAGE).joinpath(REGISTRY_FILE)
     try:

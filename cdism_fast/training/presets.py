@@ -36,8 +36,8 @@
     scale: ``--scale 3`` or ``4`` with a ×3/×4 teacher, the benchmarks'
     ``LR_bicubic/X3``/``X4`` images are then used) on the classic 291
     training images (``--data T91 --data BSD200``) and evaluates on the
-    standard benchmarks (``--val Set5 --val Set14 --val B100``), in about 80
-    minutes on a 2-core CPU at ×2. The patch sizes are in LR pixels at every
+    standard benchmarks (``--val Set5 --val Set14 --val B100``), in 44
+    (IMDN ×2) to 51 (PAN ×2) minutes on a 2-core CPU at ×2, bf16 autocast on. The patch sizes are in LR pixels at every
     scale, so at ×4 the images whose LR side is under 48 pixels (51 of T91's
     91 for distillation, 7 for pruning's 32) are skipped, one warning
     counting them; a smaller ``--patch-size`` keeps them. It distils two students
@@ -93,6 +93,8 @@ DEMO_LAMBDA = 0.04
 #: x2 (16 patches of 32², lr 5e-3, T91 + BSD200): 200 iterations (150 Prox-SG) at 0.04 give d = 0.655; at
 #: 0.15, 300 (200 Prox-SG) give d = 0.094, just above the 10% of the parameters the student should stay
 #: under, and 500 (350 Prox-SG) d = 0.0255 (a 21K student, 3% of the teacher); the schedule sits between.
+#: Teachers with smaller weights need more: PAN x2 reaches d = 0.30 at 0.15, 0.093 at 0.3, 0.064 at 0.35 (its
+#: 23.7K student, 9.1%) and 0.043 at 0.4, so its run passes ``--lam 0.35`` (docs/workflow.md).
 CPU291_LAMBDA = 0.15
 #: Gradient-norm clip of the cpu-291 pruning (a plain SGD step at lr 5e-3): the published PAN x2 jumps from a
 #: Charbonnier loss of 0.017 to 5,106 at iteration 52 without it (at lr 2.5e-3, at 122), fp32 and bf16 alike. The
@@ -141,7 +143,7 @@ WORKFLOWS: dict[str, WorkflowPreset] = {
     "cpu-291": WorkflowPreset(
         name="cpu-291",
         description="a published teacher (x2; --scale 3|4 for x3/x4) compressed on T91 + BSD200, evaluated on "
-                    "Set5/Set14/B100, about 80 minutes on a 2-core CPU",
+                    "Set5/Set14/B100, about 45 minutes on a 2-core CPU",
         teacher_model="imdn", scale=2, needs_data=True, needs_teacher=True,
         # Only `cdism-fast train --preset cpu-291` uses it: a model trained from scratch at the students' budget.
         teacher=StageSettings(iterations=8000, batch_size=16, patch_size=48, lr=2e-3, milestones=(4000, 6000, 7000),
