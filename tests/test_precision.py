@@ -12,7 +12,7 @@ import torch
 
 from cdism_fast import evaluate
 from cdism_fast.cli import main
-from cdism_fast.models import build, load_pretrained, pretrained
+from cdism_fast.models import PRETRAINED, build, load_pretrained, pretrained
 from cdism_fast.training import precision
 from cdism_fast.training.teacher_cache import TeacherCache
 
@@ -185,7 +185,7 @@ def _min_psnr(teacher, images, tmp_path) -> float:
     return min(10 * math.log10(1 / float(np.mean((a - b) ** 2))) for a, b in zip(fp32, bf16))
 
 
-@pytest.mark.parametrize("name", ["edsr_mini_291", "imdn_mini_291", "pan_mini_291"])
+@pytest.mark.parametrize("name", list(PRETRAINED))
 def test_bf16_teacher_targets_are_within_float16_storage_of_fp32_shipped_models(name, tmp_path):
     from cdism_fast.data import read_image
 

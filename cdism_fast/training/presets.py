@@ -37,10 +37,11 @@
     ``LR_bicubic/X3``/``X4`` images are then used) on the classic 291
     training images (``--data T91 --data BSD200``) and evaluates on the
     standard benchmarks (``--val Set5 --val Set14 --val B100``), in 44
-    (IMDN ×2) to 51 (PAN ×2) minutes on a 2-core CPU at ×2, bf16 autocast on. The patch sizes are in LR pixels at every
-    scale, so at ×4 the images whose LR side is under 48 pixels (51 of T91's
-    91 for distillation, 7 for pruning's 32) are skipped, one warning
-    counting them; a smaller ``--patch-size`` keeps them. It distils two students
+    (IMDN ×2) to 51 (PAN ×2) minutes on a 2-core CPU at ×2, bf16 autocast
+    on. The patch sizes are in LR pixels at every scale, so at ×4 the
+    images whose LR side is under 48 pixels (51 of T91's 91 for
+    distillation, 7 for pruning's 32) are skipped, one warning counting them;
+    a smaller ``--patch-size`` keeps them. It distils two students
     from the same teacher: the teacher family's own compressed structure
     (stage 2) and the paper's EDSRmini (N_b 8, N_l 1, N_c 16, 49.6K), each
     with its no-KD twin at the same budget. The budget decides the rest:
